@@ -1,0 +1,429 @@
+//! The node configuration: one typed struct, every field with a default, loaded from TOML and then
+//! overridden by the binary's flags and environment variables.
+//!
+//! ```toml
+//! [node]
+//! listen = "127.0.0.1:9000"        # S3 endpoint
+//! admin_listen = "127.0.0.1:9001"  # /metrics and /healthz
+//!
+//! [cache]
+//! dir = "./.cairn"
+//! ram_capacity = "1GiB"
+//! disk_capacity = "20GiB"
+//!
+//! [[origin]]
+//! url = "file://./data"            # account mode: buckets are folders under ./data
+//!
+//! [[origin]]
+//! bucket = "weights"               # one container exposed as bucket "weights"
+//! url = "az://models/llama"
+//! chunk_size = "8MiB"
+//! metadata = "immutable"
+//! options = { azure_storage_account_name = "devstoreaccount1", azure_storage_use_emulator = "true" }
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::key::is_valid_bucket;
+use crate::size::ByteSize;
+
+/// Default chunk size of an origin.
+pub const DEFAULT_CHUNK_SIZE: ByteSize = ByteSize::mib(8);
+/// Smallest and largest chunk size an origin may configure.
+pub const MIN_CHUNK_SIZE: u64 = 64 << 10;
+pub const MAX_CHUNK_SIZE: u64 = 256 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file is not valid TOML for cairn: {0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeSection,
+    pub cache: CacheSection,
+    pub auth: AuthSection,
+    pub limits: LimitsSection,
+    #[serde(rename = "origin")]
+    pub origins: Vec<OriginConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node: NodeSection::default(),
+            cache: CacheSection::default(),
+            auth: AuthSection::default(),
+            limits: LimitsSection::default(),
+            origins: vec![OriginConfig::local_default()],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// Address of the S3 endpoint.
+    pub listen: String,
+    /// Address of `/metrics` and `/healthz`.
+    pub admin_listen: String,
+    /// Region reported to S3 clients and used in SigV4 scopes.
+    pub region: String,
+    /// Log format: "text" or "json".
+    pub log_format: String,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9000".into(),
+            admin_listen: "127.0.0.1:9001".into(),
+            region: "us-east-1".into(),
+            log_format: "text".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSection {
+    /// Directory of the disk tier and of staged multipart uploads.
+    pub dir: String,
+    /// Capacity of the RAM tier.
+    pub ram_capacity: ByteSize,
+    /// Capacity of the disk tier; 0 disables it.
+    pub disk_capacity: ByteSize,
+    /// Chunks fetched ahead of a sequential reader.
+    pub readahead_chunks: usize,
+    /// Object metadata entries kept in memory.
+    pub metadata_entries: usize,
+    /// Origin range GETs running at once on this node.
+    pub max_origin_fetches: usize,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        Self {
+            dir: "./.cairn".into(),
+            ram_capacity: ByteSize::gib(1),
+            disk_capacity: ByteSize::gib(20),
+            readahead_chunks: 8,
+            metadata_entries: 100_000,
+            max_origin_fetches: 64,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// Serve requests without a signature. Off unless set explicitly.
+    pub allow_anonymous: bool,
+    /// Access keys accepted in SigV4 signatures.
+    pub keys: Vec<AccessKey>,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            allow_anonymous: false,
+            keys: vec![AccessKey { access_key: "cairn".into(), secret_key: "cairn-secret-key".into() }],
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessKey {
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl fmt::Debug for AccessKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessKey").field("access_key", &self.access_key).finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Largest single PutObject body (S3's own limit is 5 GiB).
+    pub max_put_size: ByteSize,
+    /// Largest multipart part.
+    pub max_part_size: ByteSize,
+    /// Most parts in one multipart upload.
+    pub max_parts: u32,
+    /// Multipart uploads in progress at once.
+    pub max_multipart_uploads: usize,
+    /// Total bytes of request headers accepted; larger requests get RequestHeaderSectionTooLarge.
+    pub max_header_bytes: usize,
+    /// Client connections served at once; further connections wait to be accepted.
+    pub max_connections: usize,
+    /// Keys returned by one listing page at most.
+    pub max_list_keys: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_put_size: ByteSize::gib(5),
+            max_part_size: ByteSize::gib(5),
+            max_parts: 10_000,
+            max_multipart_uploads: 1_000,
+            max_header_bytes: 16 << 10,
+            max_connections: 4_096,
+            max_list_keys: 1_000,
+        }
+    }
+}
+
+/// When cached object metadata is trusted without asking the origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetadataPolicy {
+    /// Objects never change in place: metadata is fetched once.
+    Immutable,
+    /// Metadata is trusted for this long, then fetched again.
+    Ttl(Duration),
+    /// Every request revalidates with a conditional request to the origin.
+    Always,
+}
+
+impl FromStr for MetadataPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "immutable" => Ok(Self::Immutable),
+            "always" => Ok(Self::Always),
+            other => match other.strip_prefix("ttl:") {
+                Some(d) => humantime::parse_duration(d.trim())
+                    .map(Self::Ttl)
+                    .map_err(|e| format!("invalid metadata ttl {d:?}: {e}")),
+                None => Err(format!(
+                    "invalid metadata policy {other:?}: expected \"immutable\", \"always\" or \"ttl:<duration>\" (e.g. \"ttl:30s\")"
+                )),
+            },
+        }
+    }
+}
+
+impl fmt::Display for MetadataPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Immutable => f.write_str("immutable"),
+            Self::Always => f.write_str("always"),
+            Self::Ttl(d) => write!(f, "ttl:{}", humantime::format_duration(*d)),
+        }
+    }
+}
+
+impl Serialize for MetadataPolicy {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for MetadataPolicy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One object storage backend.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OriginConfig {
+    /// Name used in metrics and chunk ids; defaults to the bucket name, or "default".
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Bucket name this origin is exposed under. Absent: account mode, where S3 bucket names pass
+    /// through to the origin's containers/buckets (or folders of a `file://` root).
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// `file://PATH`, `az://CONTAINER[/PREFIX]`, `s3://BUCKET[/PREFIX]`, `gs://BUCKET[/PREFIX]`; in
+    /// account mode the container/bucket part is left out (`az://`, `s3://`, `gs://`).
+    pub url: String,
+    #[serde(default = "default_chunk_size")]
+    pub chunk_size: ByteSize,
+    #[serde(default = "default_metadata_policy")]
+    pub metadata: MetadataPolicy,
+    /// Backend options passed to `object_store` (e.g. `aws_endpoint`, `aws_allow_http`,
+    /// `azure_storage_account_name`, `azure_storage_use_emulator`); unset ones come from the
+    /// environment as `object_store` reads it.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+fn default_chunk_size() -> ByteSize {
+    DEFAULT_CHUNK_SIZE
+}
+
+fn default_metadata_policy() -> MetadataPolicy {
+    MetadataPolicy::Ttl(Duration::from_secs(10))
+}
+
+impl OriginConfig {
+    /// The embedded default: the folder `./data` in account mode.
+    pub fn local_default() -> Self {
+        Self {
+            name: None,
+            bucket: None,
+            url: "file://./data".into(),
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            metadata: default_metadata_policy(),
+            options: BTreeMap::new(),
+        }
+    }
+
+    pub fn display_name(&self) -> String {
+        self.name.clone().or_else(|| self.bucket.clone()).unwrap_or_else(|| "default".into())
+    }
+}
+
+impl Config {
+    pub fn from_toml_str(s: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(s)?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml_string(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Checks what serde cannot: ranges, names, and that buckets map to one origin each.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.origins.is_empty() {
+            return bad("at least one [[origin]] is required".into());
+        }
+        let mut account = 0;
+        let mut names = std::collections::HashSet::new();
+        let mut buckets = std::collections::HashSet::new();
+        for o in &self.origins {
+            let cs = o.chunk_size.bytes();
+            if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&cs) {
+                return bad(format!(
+                    "origin {}: chunk_size {} is outside {}..={}",
+                    o.display_name(),
+                    o.chunk_size,
+                    ByteSize(MIN_CHUNK_SIZE),
+                    ByteSize(MAX_CHUNK_SIZE)
+                ));
+            }
+            match &o.bucket {
+                Some(b) => {
+                    if !is_valid_bucket(b) {
+                        return bad(format!("origin bucket name {b:?} is not a valid S3 bucket name"));
+                    }
+                    if !buckets.insert(b.clone()) {
+                        return bad(format!("bucket {b:?} is served by two origins"));
+                    }
+                }
+                None => account += 1,
+            }
+            if !names.insert(o.display_name()) {
+                return bad(format!("two origins are named {:?}", o.display_name()));
+            }
+            let scheme_ok =
+                ["file://", "az://", "azure://", "abfs://", "s3://", "gs://"].iter().any(|p| o.url.starts_with(p));
+            if !scheme_ok {
+                return bad(format!("origin url {:?} must start with file://, az://, s3:// or gs://", o.url));
+            }
+        }
+        if account > 1 {
+            return bad("at most one origin may be in account mode (without `bucket`)".into());
+        }
+        if self.cache.ram_capacity.bytes() < MAX_CHUNK_SIZE.min(16 << 20) {
+            return bad(format!("cache.ram_capacity {} is below 16MiB", self.cache.ram_capacity));
+        }
+        if self.cache.readahead_chunks > 256 {
+            return bad("cache.readahead_chunks is above 256".into());
+        }
+        if self.cache.max_origin_fetches == 0 || self.limits.max_connections == 0 {
+            return bad("cache.max_origin_fetches and limits.max_connections must be positive".into());
+        }
+        if !self.auth.allow_anonymous && self.auth.keys.is_empty() {
+            return bad("no access keys are configured and anonymous access is off: nobody could use this node".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let cfg = Config::default();
+        cfg.validate().expect("default config is valid");
+        let text = cfg.to_toml_string();
+        assert_eq!(Config::from_toml_str(&text).expect("parses"), cfg);
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(Config::from_toml_str("").expect("parses"), Config::default());
+    }
+
+    #[test]
+    fn parses_origins() {
+        let cfg = Config::from_toml_str(
+            r#"
+            [cache]
+            ram_capacity = "256MiB"
+            [[origin]]
+            bucket = "weights"
+            url = "az://models/llama"
+            chunk_size = "4MiB"
+            metadata = "immutable"
+            options = { azure_storage_use_emulator = "true" }
+            [[origin]]
+            url = "s3://"
+            metadata = "ttl:1m"
+            "#,
+        )
+        .expect("parses");
+        cfg.validate().expect("valid");
+        assert_eq!(cfg.origins.len(), 2);
+        assert_eq!(cfg.origins[0].chunk_size, ByteSize::mib(4));
+        assert_eq!(cfg.origins[0].metadata, MetadataPolicy::Immutable);
+        assert_eq!(cfg.origins[1].metadata, MetadataPolicy::Ttl(Duration::from_secs(60)));
+        assert_eq!(cfg.cache.ram_capacity, ByteSize::mib(256));
+    }
+
+    #[test]
+    fn rejects_bad_configs() {
+        let cases = [
+            ("[cache]\nram_capcity = 1", "unknown field"),
+            ("[[origin]]\nurl = \"ftp://x\"", "must start with"),
+            ("[[origin]]\nurl = \"s3://\"\n[[origin]]\nurl = \"az://\"", "account mode"),
+            ("[[origin]]\nurl = \"s3://a\"\nbucket = \"Bad_Name\"", "not a valid"),
+            ("[[origin]]\nurl = \"s3://a\"\nchunk_size = \"1KiB\"", "chunk_size"),
+            ("[[origin]]\nurl = \"s3://a\"\nmetadata = \"sometimes\"", "metadata policy"),
+            ("[auth]\nkeys = []", "nobody could use"),
+        ];
+        for (text, want) in cases {
+            let err = Config::from_toml_str(text).and_then(|c| c.validate().map(|_| c));
+            let msg = err.expect_err(text).to_string();
+            assert!(msg.contains(want), "{text:?}: {msg}");
+        }
+    }
+
+    #[test]
+    fn metadata_policy_parses() {
+        assert_eq!("always".parse(), Ok(MetadataPolicy::Always));
+        assert_eq!("ttl:250ms".parse(), Ok(MetadataPolicy::Ttl(Duration::from_millis(250))));
+        assert!("ttl:soon".parse::<MetadataPolicy>().is_err());
+    }
+}

@@ -1,0 +1,11 @@
+//! Pure logic of cairn, free of I/O: chunk math and chunk identity, byte sizes and durations, the
+//! typed node configuration and its validation, and the S3 key rules every interface shares.
+
+pub mod chunk;
+pub mod config;
+pub mod key;
+pub mod size;
+
+pub use chunk::{ChunkId, ChunkLayout, ObjectVersion};
+pub use config::{Config, ConfigError, MetadataPolicy, OriginConfig};
+pub use size::ByteSize;

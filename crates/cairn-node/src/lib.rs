@@ -1,0 +1,98 @@
+//! The cairn daemon: a read-through cache for object storage with an S3-compatible endpoint.
+//!
+//! [`start`] builds the node's shared state (origins, tiered chunk store, metadata cache,
+//! read-through with single-flight and readahead, multipart staging) and serves the S3 endpoint
+//! and the admin endpoint until the returned [`RunningNode`] is dropped or shut down.
+
+pub mod meta;
+pub mod metrics;
+pub mod multipart;
+pub mod reader;
+pub mod s3;
+pub mod server;
+pub mod singleflight;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use cairn_core::Config;
+use s3s::auth::SimpleAuth;
+use s3s::service::S3ServiceBuilder;
+
+pub use state::NodeState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+}
+
+/// Lets unsigned requests through when the configuration allows anonymous access.
+struct AllowAnonymous;
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for AllowAnonymous {
+    async fn check(&self, _cx: &mut s3s::access::S3AccessContext<'_>) -> s3s::S3Result<()> {
+        Ok(())
+    }
+}
+
+pub struct RunningNode {
+    pub s3_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub state: Arc<NodeState>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// Stops accepting connections.
+    pub fn shutdown(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+
+    /// Waits until the listeners stop.
+    pub async fn wait(mut self) {
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+pub async fn start(config: Config) -> Result<RunningNode, StartError> {
+    let state = Arc::new(NodeState::new(config)?);
+    let cfg = &state.config;
+    let mut builder = S3ServiceBuilder::new(s3::CairnS3 { state: state.clone() });
+    if !cfg.auth.keys.is_empty() {
+        let mut auth = SimpleAuth::new();
+        for k in &cfg.auth.keys {
+            auth.register(k.access_key.clone(), k.secret_key.clone().into());
+        }
+        builder.set_auth(auth);
+    }
+    if cfg.auth.allow_anonymous {
+        builder.set_access(AllowAnonymous);
+    }
+    let s3 = builder.build();
+    let (s3_listener, s3_addr) = server::bind(&cfg.node.listen)
+        .await
+        .map_err(|e| StartError::Io(format!("listen on {}", cfg.node.listen), e))?;
+    let (admin_listener, admin_addr) = server::bind(&cfg.node.admin_listen)
+        .await
+        .map_err(|e| StartError::Io(format!("listen on {}", cfg.node.admin_listen), e))?;
+    let tasks = vec![
+        tokio::spawn(server::serve_s3(s3_listener, s3, state.clone())),
+        tokio::spawn(server::serve_admin(admin_listener, state.clone())),
+    ];
+    Ok(RunningNode { s3_addr, admin_addr, state, tasks })
+}

@@ -1,0 +1,204 @@
+//! Prometheus metrics, rendered in the text exposition format.
+//!
+//! Counters are plain atomics bumped on the data path; the store's own counters are read when
+//! `/metrics` is scraped. Latency histograms are per S3 operation with fixed buckets.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use cairn_store::ChunkStore;
+use parking_lot::Mutex;
+
+/// Upper bounds of the latency buckets, in seconds.
+const LATENCY_BUCKETS: [f64; 16] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub bytes_served: AtomicU64,
+    pub origin_bytes: AtomicU64,
+    pub origin_errors: AtomicU64,
+    pub origin_get_range: AtomicU64,
+    pub origin_head: AtomicU64,
+    pub origin_revalidate: AtomicU64,
+    pub origin_put: AtomicU64,
+    pub origin_delete: AtomicU64,
+    pub origin_list: AtomicU64,
+    pub singleflight_waits: AtomicU64,
+    pub readahead_chunks: AtomicU64,
+    pub metadata_hits: AtomicU64,
+    pub metadata_misses: AtomicU64,
+    pub version_changes: AtomicU64,
+    pub connections_open: AtomicU64,
+    latency: Mutex<BTreeMap<&'static str, Histogram>>,
+    errors: Mutex<BTreeMap<(&'static str, String), u64>>,
+}
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; LATENCY_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Metrics {
+    pub fn observe(&self, op: &'static str, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let mut m = self.latency.lock();
+        let h = m.entry(op).or_default();
+        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                h.counts[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += secs;
+    }
+
+    pub fn error(&self, op: &'static str, code: &str) {
+        *self.errors.lock().entry((op, code.to_owned())).or_default() += 1;
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, store: &ChunkStore) -> String {
+        let mut out = String::with_capacity(8192);
+        let s = store.stats();
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(
+            &mut out,
+            "cairn_chunk_hits_total",
+            "Chunk reads served from the cache, by tier.",
+            &[("tier=\"ram\"", get(&s.ram_hits)), ("tier=\"disk\"", get(&s.disk_hits))],
+        );
+        counter(&mut out, "cairn_chunk_misses_total", "Chunk reads found in no tier.", &[("", get(&s.misses))]);
+        counter(
+            &mut out,
+            "cairn_evictions_total",
+            "Chunks evicted, by tier.",
+            &[("tier=\"ram\"", get(&s.ram_evictions)), ("tier=\"disk\"", get(&s.disk_evictions))],
+        );
+        counter(
+            &mut out,
+            "cairn_corrupt_chunks_total",
+            "Disk chunks that failed their checksum and were refetched.",
+            &[("", get(&s.corrupt_chunks))],
+        );
+        counter(
+            &mut out,
+            "cairn_disk_write_errors_total",
+            "Failed writes to the disk tier.",
+            &[("", get(&s.disk_write_errors))],
+        );
+        counter(
+            &mut out,
+            "cairn_disk_writes_skipped_total",
+            "Cache fills not written to disk because its queue was full.",
+            &[("", get(&s.disk_writes_skipped))],
+        );
+        gauge(
+            &mut out,
+            "cairn_cache_bytes",
+            "Bytes held, by tier.",
+            &[("tier=\"ram\"", store.ram_used()), ("tier=\"disk\"", store.disk_used())],
+        );
+        counter(
+            &mut out,
+            "cairn_bytes_served_total",
+            "Object bytes sent to clients.",
+            &[("", get(&self.bytes_served))],
+        );
+        counter(&mut out, "cairn_origin_bytes_total", "Bytes read from origins.", &[("", get(&self.origin_bytes))]);
+        counter(
+            &mut out,
+            "cairn_origin_requests_total",
+            "Requests sent to origins, by operation.",
+            &[
+                ("op=\"get_range\"", get(&self.origin_get_range)),
+                ("op=\"head\"", get(&self.origin_head)),
+                ("op=\"revalidate\"", get(&self.origin_revalidate)),
+                ("op=\"put\"", get(&self.origin_put)),
+                ("op=\"delete\"", get(&self.origin_delete)),
+                ("op=\"list\"", get(&self.origin_list)),
+            ],
+        );
+        counter(
+            &mut out,
+            "cairn_origin_errors_total",
+            "Origin requests that failed.",
+            &[("", get(&self.origin_errors))],
+        );
+        counter(
+            &mut out,
+            "cairn_singleflight_waits_total",
+            "Chunk misses that waited on a fetch already in flight.",
+            &[("", get(&self.singleflight_waits))],
+        );
+        counter(
+            &mut out,
+            "cairn_readahead_chunks_total",
+            "Chunks fetched ahead of sequential readers.",
+            &[("", get(&self.readahead_chunks))],
+        );
+        counter(
+            &mut out,
+            "cairn_metadata_lookups_total",
+            "Object metadata lookups, by result.",
+            &[("result=\"hit\"", get(&self.metadata_hits)), ("result=\"miss\"", get(&self.metadata_misses))],
+        );
+        counter(
+            &mut out,
+            "cairn_version_changes_total",
+            "Objects found changed at the origin.",
+            &[("", get(&self.version_changes))],
+        );
+        gauge(&mut out, "cairn_connections_open", "Client connections open.", &[("", get(&self.connections_open))]);
+
+        let errors = self.errors.lock();
+        let _ =
+            writeln!(out, "# HELP cairn_s3_errors_total S3 requests answered with an error, by operation and code.");
+        let _ = writeln!(out, "# TYPE cairn_s3_errors_total counter");
+        for ((op, code), n) in errors.iter() {
+            let _ = writeln!(out, "cairn_s3_errors_total{{op=\"{op}\",code=\"{code}\"}} {n}");
+        }
+        drop(errors);
+
+        let lat = self.latency.lock();
+        let name = "cairn_request_duration_seconds";
+        let _ = writeln!(out, "# HELP {name} S3 request latency to the response head, by operation.");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (op, h) in lat.iter() {
+            for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+                let _ = writeln!(out, "{name}_bucket{{op=\"{op}\",le=\"{le}\"}} {}", h.counts[i]);
+            }
+            let _ = writeln!(out, "{name}_bucket{{op=\"{op}\",le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "{name}_sum{{op=\"{op}\"}} {}", h.sum);
+            let _ = writeln!(out, "{name}_count{{op=\"{op}\"}} {}", h.count);
+        }
+        out
+    }
+}
+
+fn series(out: &mut String, kind: &str, name: &str, help: &str, values: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, v) in values {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    }
+}
+
+fn counter(out: &mut String, name: &str, help: &str, values: &[(&str, u64)]) {
+    series(out, "counter", name, help, values);
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, values: &[(&str, u64)]) {
+    series(out, "gauge", name, help, values);
+}

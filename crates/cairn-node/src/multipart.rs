@@ -1,0 +1,240 @@
+//! Multipart uploads staged on the node's disk until CompleteMultipartUpload.
+//!
+//! Each upload is a folder under `<cache dir>/uploads/<upload id>/` holding a `target` file
+//! (bucket, key and content type, one per line) and one `NNNNN-<md5>.part` file per part. The
+//! whole object is streamed to the origin at completion, so an upload works the same for every
+//! origin and survives a node restart until it completes or is aborted. Upload ids are random
+//! hex and checked as such before they touch a path.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use md5::{Digest, Md5};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use cairn_origin::BodyStream;
+
+/// S3's smallest part (all but the last part).
+pub const MIN_PART_SIZE: u64 = 5 << 20;
+/// Read size when streaming staged parts to the origin.
+const READ_BLOCK: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MultipartError {
+    #[error("the specified multipart upload does not exist")]
+    NoSuchUpload,
+    #[error("too many multipart uploads in progress (limit {0})")]
+    TooManyUploads(usize),
+    #[error("part number {0} is outside 1..={1}")]
+    BadPartNumber(i32, u32),
+    #[error("part {0} was not uploaded or its ETag does not match")]
+    InvalidPart(i32),
+    #[error("parts must be listed in ascending order")]
+    InvalidPartOrder,
+    #[error("part {0} is {1} bytes; every part but the last must be at least {MIN_PART_SIZE} bytes")]
+    EntityTooSmall(i32, u64),
+    #[error("part is larger than the {0}-byte limit")]
+    EntityTooLarge(u64),
+    #[error("the upload lists no parts")]
+    NoParts,
+    #[error("request body failed: {0}")]
+    Body(io::Error),
+    #[error("staging failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+#[derive(Clone, Debug)]
+pub struct UploadTarget {
+    pub bucket: String,
+    pub key: String,
+    pub content_type: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct StagedPart {
+    pub number: i32,
+    pub etag: String,
+    pub size: u64,
+    pub modified: SystemTime,
+    path: PathBuf,
+}
+
+pub struct Multipart {
+    root: PathBuf,
+    max_uploads: usize,
+    max_parts: u32,
+}
+
+impl Multipart {
+    pub fn open(root: PathBuf, max_uploads: usize, max_parts: u32) -> io::Result<Self> {
+        std::fs::create_dir_all(&root)?;
+        Ok(Self { root, max_uploads, max_parts })
+    }
+
+    fn upload_dir(&self, id: &str) -> Result<PathBuf, MultipartError> {
+        let valid = id.len() == 32 && id.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+        if !valid {
+            return Err(MultipartError::NoSuchUpload);
+        }
+        let dir = self.root.join(id);
+        if dir.join("target").is_file() { Ok(dir) } else { Err(MultipartError::NoSuchUpload) }
+    }
+
+    pub async fn create(&self, target: &UploadTarget) -> Result<String, MultipartError> {
+        let in_progress = std::fs::read_dir(&self.root)?.count();
+        if in_progress >= self.max_uploads {
+            return Err(MultipartError::TooManyUploads(self.max_uploads));
+        }
+        let id = format!("{:032x}", rand::random::<u128>());
+        let dir = self.root.join(&id);
+        tokio::fs::create_dir_all(&dir).await?;
+        let text = format!("{}\n{}\n{}\n", target.bucket, target.key, target.content_type.as_deref().unwrap_or(""));
+        tokio::fs::write(dir.join("target.tmp"), text).await?;
+        tokio::fs::rename(dir.join("target.tmp"), dir.join("target")).await?;
+        Ok(id)
+    }
+
+    /// The upload's target, checked against the bucket and key the request names.
+    pub async fn target(&self, id: &str, bucket: &str, key: &str) -> Result<UploadTarget, MultipartError> {
+        let dir = self.upload_dir(id)?;
+        let text = tokio::fs::read_to_string(dir.join("target")).await?;
+        let mut lines = text.lines();
+        let t = UploadTarget {
+            bucket: lines.next().unwrap_or_default().to_owned(),
+            key: lines.next().unwrap_or_default().to_owned(),
+            content_type: lines.next().filter(|s| !s.is_empty()).map(str::to_owned),
+        };
+        if t.bucket != bucket || t.key != key {
+            return Err(MultipartError::NoSuchUpload);
+        }
+        Ok(t)
+    }
+
+    /// Streams one part to disk; returns its ETag (hex MD5). A part number uploaded again
+    /// replaces the earlier part.
+    pub async fn write_part(
+        &self,
+        id: &str,
+        number: i32,
+        mut body: BodyStream,
+        max_size: u64,
+    ) -> Result<String, MultipartError> {
+        if number < 1 || number as u32 > self.max_parts {
+            return Err(MultipartError::BadPartNumber(number, self.max_parts));
+        }
+        let dir = self.upload_dir(id)?;
+        let tmp = dir.join(format!("{number:05}.{:x}.tmp", rand::random::<u64>()));
+        let result: Result<String, MultipartError> = async {
+            let mut f = tokio::fs::File::create(&tmp).await?;
+            let mut md5 = Md5::new();
+            let mut size = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(MultipartError::Body)?;
+                size += chunk.len() as u64;
+                if size > max_size {
+                    return Err(MultipartError::EntityTooLarge(max_size));
+                }
+                md5.update(&chunk);
+                f.write_all(&chunk).await?;
+            }
+            f.flush().await?;
+            Ok(hex::encode(md5.finalize()))
+        }
+        .await;
+        let etag = match result {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+        };
+        for old in self.parts(&dir).await?.into_iter().filter(|p| p.number == number) {
+            let _ = tokio::fs::remove_file(&old.path).await;
+        }
+        tokio::fs::rename(&tmp, dir.join(format!("{number:05}-{etag}.part"))).await?;
+        Ok(etag)
+    }
+
+    async fn parts(&self, dir: &Path) -> Result<Vec<StagedPart>, MultipartError> {
+        let mut out = Vec::new();
+        let mut rd = tokio::fs::read_dir(dir).await?;
+        while let Some(e) = rd.next_entry().await? {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name.strip_suffix(".part") else { continue };
+            let Some((num, etag)) = stem.split_once('-') else { continue };
+            let Ok(number) = num.parse() else { continue };
+            let meta = e.metadata().await?;
+            out.push(StagedPart {
+                number,
+                etag: etag.to_owned(),
+                size: meta.len(),
+                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                path: e.path(),
+            });
+        }
+        out.sort_by_key(|p| p.number);
+        Ok(out)
+    }
+
+    pub async fn list_parts(&self, id: &str) -> Result<Vec<StagedPart>, MultipartError> {
+        let dir = self.upload_dir(id)?;
+        self.parts(&dir).await
+    }
+
+    /// Checks the client's part list against the staged parts; returns the parts in order and
+    /// the object's total size.
+    pub async fn plan(&self, id: &str, wanted: &[(i32, String)]) -> Result<(Vec<StagedPart>, u64), MultipartError> {
+        let staged = self.list_parts(id).await?;
+        if wanted.is_empty() {
+            return Err(MultipartError::NoParts);
+        }
+        let mut out = Vec::with_capacity(wanted.len());
+        let mut prev = 0;
+        for (number, etag) in wanted {
+            if *number <= prev {
+                return Err(MultipartError::InvalidPartOrder);
+            }
+            prev = *number;
+            let etag = etag.trim_matches('"');
+            let part = staged
+                .iter()
+                .find(|p| p.number == *number && p.etag == etag)
+                .ok_or(MultipartError::InvalidPart(*number))?;
+            out.push(part.clone());
+        }
+        for p in &out[..out.len() - 1] {
+            if p.size < MIN_PART_SIZE {
+                return Err(MultipartError::EntityTooSmall(p.number, p.size));
+            }
+        }
+        let total = out.iter().map(|p| p.size).sum();
+        Ok((out, total))
+    }
+
+    /// The concatenated parts as one body stream.
+    pub fn body(parts: Vec<StagedPart>) -> BodyStream {
+        let paths: Vec<PathBuf> = parts.into_iter().map(|p| p.path).collect();
+        futures::stream::iter(paths)
+            .then(|path| async move { tokio::fs::File::open(path).await })
+            .map(|file| match file {
+                Ok(f) => futures::stream::try_unfold(f, |mut f| async move {
+                    let mut buf = BytesMut::with_capacity(READ_BLOCK);
+                    let n = f.read_buf(&mut buf).await?;
+                    Ok::<_, io::Error>((n > 0).then(|| (Bytes::from(buf), f)))
+                })
+                .boxed(),
+                Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+            })
+            .flatten()
+            .boxed()
+    }
+
+    pub async fn remove(&self, id: &str) -> Result<(), MultipartError> {
+        let dir = self.upload_dir(id)?;
+        tokio::fs::remove_dir_all(dir).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,756 @@
+//! The S3-compatible endpoint: `s3s` parses, authenticates and serialises; this file maps each
+//! operation onto origins, the metadata cache and the chunked read-through.
+
+use std::future::Future;
+use std::io;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Instant, SystemTime};
+
+use cairn_core::ObjectVersion;
+use cairn_core::key::{KeyError, validate_key};
+use cairn_origin::{BodyStream, ErrorKind, ListPage, ObjectInfo};
+use futures::{StreamExt, TryStreamExt};
+use s3s::dto::*;
+use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
+
+use crate::meta::MetaKey;
+use crate::multipart::{MultipartError, UploadTarget};
+use crate::reader::ObjectHandle;
+use crate::state::{NodeState, OriginEntry};
+
+pub struct CairnS3 {
+    pub state: Arc<NodeState>,
+}
+
+fn origin_error(e: &cairn_origin::Error) -> S3Error {
+    let code = match e.kind {
+        ErrorKind::NoSuchKey => S3ErrorCode::NoSuchKey,
+        ErrorKind::NoSuchBucket => S3ErrorCode::NoSuchBucket,
+        ErrorKind::VersionChanged => S3ErrorCode::InternalError,
+        ErrorKind::BucketAlreadyExists => S3ErrorCode::BucketAlreadyOwnedByYou,
+        ErrorKind::BucketNotEmpty => S3ErrorCode::BucketNotEmpty,
+        ErrorKind::InvalidKey => S3ErrorCode::InvalidArgument,
+        ErrorKind::Unsupported => S3ErrorCode::NotImplemented,
+        ErrorKind::Body => S3ErrorCode::IncompleteBody,
+        ErrorKind::Backend => S3ErrorCode::ServiceUnavailable,
+    };
+    S3Error::with_message(code, e.message.clone())
+}
+
+fn multipart_error(e: MultipartError) -> S3Error {
+    let code = match &e {
+        MultipartError::NoSuchUpload => S3ErrorCode::NoSuchUpload,
+        MultipartError::TooManyUploads(_) => S3ErrorCode::SlowDown,
+        MultipartError::BadPartNumber(..) => S3ErrorCode::InvalidArgument,
+        MultipartError::InvalidPart(_) | MultipartError::NoParts => S3ErrorCode::InvalidPart,
+        MultipartError::InvalidPartOrder => S3ErrorCode::InvalidPartOrder,
+        MultipartError::EntityTooSmall(..) => S3ErrorCode::EntityTooSmall,
+        MultipartError::EntityTooLarge(_) => S3ErrorCode::EntityTooLarge,
+        MultipartError::Body(_) => S3ErrorCode::IncompleteBody,
+        MultipartError::Io(_) => S3ErrorCode::InternalError,
+    };
+    S3Error::with_message(code, e.to_string())
+}
+
+fn check_key(key: &str) -> S3Result<()> {
+    validate_key(key).map_err(|e| match e {
+        KeyError::TooLong(_) => S3Error::with_message(S3ErrorCode::KeyTooLongError, e.to_string()),
+        _ => S3Error::with_message(S3ErrorCode::InvalidArgument, e.to_string()),
+    })
+}
+
+/// An ETag's value without quotes or weak marker, as compared and as sent back.
+fn bare_etag(s: &str) -> &str {
+    s.trim_start_matches("W/").trim_matches('"')
+}
+
+fn etag_of(info: &ObjectInfo) -> ETag {
+    ETag::Strong(bare_etag(&info.etag).to_owned())
+}
+
+fn timestamp(t: chrono::DateTime<chrono::Utc>) -> Timestamp {
+    Timestamp::from(SystemTime::from(t))
+}
+
+fn seconds(t: &Timestamp) -> i64 {
+    time::OffsetDateTime::from(t.clone()).unix_timestamp()
+}
+
+fn etag_matches(cond: &ETagCondition, info: &ObjectInfo) -> bool {
+    match cond {
+        ETagCondition::Any => true,
+        ETagCondition::ETag(e) => e.value() == bare_etag(&info.etag),
+    }
+}
+
+/// HTTP preconditions in RFC 9110 order: If-Match, If-Unmodified-Since, If-None-Match,
+/// If-Modified-Since.
+fn check_preconditions(
+    info: &ObjectInfo,
+    if_match: Option<&ETagCondition>,
+    if_unmodified_since: Option<&Timestamp>,
+    if_none_match: Option<&ETagCondition>,
+    if_modified_since: Option<&Timestamp>,
+) -> S3Result<()> {
+    let modified = info.last_modified.timestamp();
+    if let Some(c) = if_match {
+        if !etag_matches(c, info) {
+            return Err(s3_error!(PreconditionFailed, "If-Match does not match the object's ETag"));
+        }
+    } else if let Some(t) = if_unmodified_since
+        && modified > seconds(t)
+    {
+        return Err(s3_error!(PreconditionFailed, "the object was modified after If-Unmodified-Since"));
+    }
+    if let Some(c) = if_none_match {
+        if etag_matches(c, info) {
+            return Err(s3_error!(NotModified));
+        }
+    } else if let Some(t) = if_modified_since
+        && modified <= seconds(t)
+    {
+        return Err(s3_error!(NotModified));
+    }
+    Ok(())
+}
+
+fn resolve_range(range: Option<&s3s::dto::Range>, size: u64) -> S3Result<(Range<u64>, Option<String>)> {
+    match range {
+        None => Ok((0..size, None)),
+        Some(r) => {
+            let checked = r.check(size).map_err(|_| {
+                S3Error::with_message(
+                    S3ErrorCode::InvalidRange,
+                    format!("the requested range is not satisfiable for an object of {size} bytes"),
+                )
+            })?;
+            let cr = format!("bytes {}-{}/{}", checked.start, checked.end - 1, size);
+            Ok((checked, Some(cr)))
+        }
+    }
+}
+
+/// Percent-encodes a key for `encoding-type=url` listings (everything but unreserved and '/').
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Request body as a stream that fails once it passes `limit` bytes, raising `over`.
+fn limited_body(body: Option<StreamingBlob>, limit: u64, over: Arc<AtomicBool>) -> BodyStream {
+    let Some(body) = body else { return futures::stream::empty().boxed() };
+    let mut seen = 0u64;
+    body.map_err(|e| io::Error::other(e.to_string()))
+        .and_then(move |b| {
+            seen += b.len() as u64;
+            let over = over.clone();
+            async move {
+                if seen > limit {
+                    over.store(true, Ordering::Relaxed);
+                    Err(io::Error::other("body exceeds the size limit"))
+                } else {
+                    Ok(b)
+                }
+            }
+        })
+        .boxed()
+}
+
+impl CairnS3 {
+    async fn timed<T, F>(&self, op: &'static str, fut: F) -> S3Result<T>
+    where
+        F: Future<Output = S3Result<T>>,
+    {
+        let start = Instant::now();
+        let r = fut.await;
+        self.state.metrics.observe(op, start.elapsed());
+        if let Err(e) = &r {
+            self.state.metrics.error(op, e.code().as_str());
+        }
+        r
+    }
+
+    fn origin(&self, bucket: &str) -> S3Result<&OriginEntry> {
+        self.state.origin_for(bucket).ok_or_else(|| {
+            S3Error::with_message(S3ErrorCode::NoSuchBucket, format!("bucket {bucket:?} does not exist"))
+        })
+    }
+
+    fn meta_key(entry: &OriginEntry, bucket: &str, key: &str) -> MetaKey {
+        MetaKey { origin: entry.origin.name().to_owned(), bucket: bucket.to_owned(), key: key.to_owned() }
+    }
+
+    async fn object_info(&self, entry: &OriginEntry, bucket: &str, key: &str) -> S3Result<ObjectInfo> {
+        self.state
+            .meta
+            .get(&entry.origin, entry.config.metadata, Self::meta_key(entry, bucket, key))
+            .await
+            .map_err(|e| origin_error(&e))
+    }
+
+    fn handle(entry: &OriginEntry, bucket: &str, key: &str, info: &ObjectInfo) -> Arc<ObjectHandle> {
+        Arc::new(ObjectHandle {
+            origin: entry.origin.clone(),
+            version: ObjectVersion {
+                origin: entry.origin.name().to_owned(),
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                version: info.etag.clone(),
+                size: info.size,
+            },
+            chunk_size: entry.config.chunk_size.bytes(),
+        })
+    }
+
+    /// Forgets an object's metadata and drops the chunks of the version that was cached.
+    fn invalidate(&self, entry: &OriginEntry, bucket: &str, key: &str) {
+        if let Some(old) = self.state.meta.remove(&Self::meta_key(entry, bucket, key)) {
+            let h = Self::handle(entry, bucket, key, &old);
+            for i in 0..h.layout().chunk_count() {
+                self.state.reader.store().remove(h.chunk_id(i));
+            }
+        }
+    }
+
+    async fn get_object_inner(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        let input = req.input;
+        let (bucket, key) = (input.bucket.as_str(), input.key.as_str());
+        check_key(key)?;
+        if input.part_number.is_some() {
+            return Err(s3_error!(NotImplemented, "GetObject with partNumber is not supported"));
+        }
+        let entry = self.origin(bucket)?;
+        // A version change between our metadata and the origin's bytes is retried once with
+        // fresh metadata; after the first byte is sent a change aborts the response instead.
+        let mut attempt = 0;
+        let (info, handle, range, content_range, first) = loop {
+            attempt += 1;
+            let info = self.object_info(entry, bucket, key).await?;
+            check_preconditions(
+                &info,
+                input.if_match.as_ref(),
+                input.if_unmodified_since.as_ref(),
+                input.if_none_match.as_ref(),
+                input.if_modified_since.as_ref(),
+            )?;
+            let (range, content_range) = resolve_range(input.range.as_ref(), info.size)?;
+            let handle = Self::handle(entry, bucket, key, &info);
+            let layout = handle.layout();
+            let Some((first_index, first_piece)) = layout.pieces(range.clone()).next() else {
+                break (info, handle, range, content_range, None);
+            };
+            match self.state.reader.chunk(&handle, first_index).await {
+                Ok(b) if b.len() >= first_piece.end => {
+                    let last = (range.end - 1) / handle.chunk_size;
+                    self.state.reader.note_read(&handle, first_index, last);
+                    break (info, handle, range, content_range, Some(b));
+                }
+                Ok(_) => return Err(s3_error!(InternalError, "cached chunk is shorter than the object claims")),
+                Err(e) if e.kind == ErrorKind::VersionChanged && attempt == 1 => {
+                    self.state.meta.remove(&Self::meta_key(entry, bucket, key));
+                    continue;
+                }
+                Err(e) if e.kind == ErrorKind::NoSuchKey => {
+                    self.state.meta.remove(&Self::meta_key(entry, bucket, key));
+                    return Err(origin_error(&e));
+                }
+                Err(e) => return Err(origin_error(&e)),
+            }
+        };
+        let len = range.end - range.start;
+        let body = self.state.reader.stream(handle, range, first);
+        let output = GetObjectOutput {
+            body: Some(StreamingBlob::wrap(body)),
+            content_length: Some(len as i64),
+            content_range,
+            content_type: info.content_type.clone(),
+            e_tag: Some(etag_of(&info)),
+            last_modified: Some(timestamp(info.last_modified)),
+            accept_ranges: Some("bytes".into()),
+            ..Default::default()
+        };
+        Ok(S3Response::new(output))
+    }
+
+    fn list_page_objects(page: &ListPage, encode: bool) -> (Vec<Object>, Vec<CommonPrefix>) {
+        let enc = |s: &str| if encode { url_encode(s) } else { s.to_owned() };
+        let objects = page
+            .objects
+            .iter()
+            .map(|o| Object {
+                key: Some(enc(&o.key)),
+                size: Some(o.size as i64),
+                e_tag: o.etag.as_deref().map(|e| ETag::Strong(bare_etag(e).to_owned())),
+                last_modified: Some(timestamp(o.last_modified)),
+                storage_class: Some(ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)),
+                ..Default::default()
+            })
+            .collect();
+        let prefixes = page.common_prefixes.iter().map(|p| CommonPrefix { prefix: Some(enc(p)) }).collect();
+        (objects, prefixes)
+    }
+
+    async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        start_after: Option<&str>,
+        max_keys: Option<i32>,
+    ) -> S3Result<(ListPage, i32)> {
+        let entry = self.origin(bucket)?;
+        let limit = self.state.config.limits.max_list_keys;
+        let max = match max_keys {
+            Some(n) if n < 0 => return Err(s3_error!(InvalidArgument, "max-keys must not be negative")),
+            Some(n) => (n as usize).min(limit),
+            None => limit,
+        };
+        if max == 0 {
+            if !entry.origin.bucket_exists(bucket).await.map_err(|e| origin_error(&e))? {
+                return Err(s3_error!(NoSuchBucket));
+            }
+            return Ok((ListPage::default(), 0));
+        }
+        crate::metrics::Metrics::add(&self.state.metrics.origin_list, 1);
+        let page =
+            entry.origin.list(bucket, prefix, delimiter, start_after, max).await.map_err(|e| origin_error(&e))?;
+        Ok((page, max as i32))
+    }
+
+    /// Streams a request body to the origin under the node's size limit.
+    async fn put_body(
+        &self,
+        entry: &OriginEntry,
+        bucket: &str,
+        key: &str,
+        body: BodyStream,
+        over: &AtomicBool,
+        content_type: Option<String>,
+    ) -> S3Result<Option<String>> {
+        crate::metrics::Metrics::add(&self.state.metrics.origin_put, 1);
+        let r = entry.origin.put(bucket, key, body, content_type).await;
+        self.invalidate(entry, bucket, key);
+        match r {
+            Ok(info) => Ok(info.etag),
+            Err(_) if over.load(Ordering::Relaxed) => Err(S3Error::with_message(
+                S3ErrorCode::EntityTooLarge,
+                format!("the body exceeds the {} limit", self.state.config.limits.max_put_size),
+            )),
+            Err(e) => {
+                crate::metrics::Metrics::add(&self.state.metrics.origin_errors, 1);
+                Err(origin_error(&e))
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl S3 for CairnS3 {
+    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        self.timed("GetObject", self.get_object_inner(req)).await
+    }
+
+    async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+        self.timed("HeadObject", async {
+            let input = req.input;
+            let (bucket, key) = (input.bucket.as_str(), input.key.as_str());
+            check_key(key)?;
+            let entry = self.origin(bucket)?;
+            let info = self.object_info(entry, bucket, key).await?;
+            check_preconditions(
+                &info,
+                input.if_match.as_ref(),
+                input.if_unmodified_since.as_ref(),
+                input.if_none_match.as_ref(),
+                input.if_modified_since.as_ref(),
+            )?;
+            let (range, content_range) = resolve_range(input.range.as_ref(), info.size)?;
+            Ok(S3Response::new(HeadObjectOutput {
+                content_length: Some((range.end - range.start) as i64),
+                content_range,
+                content_type: info.content_type.clone(),
+                e_tag: Some(etag_of(&info)),
+                last_modified: Some(timestamp(info.last_modified)),
+                accept_ranges: Some("bytes".into()),
+                ..Default::default()
+            }))
+        })
+        .await
+    }
+
+    async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
+        self.timed("ListObjectsV2", async {
+            let input = req.input;
+            let prefix = input.prefix.clone().unwrap_or_default();
+            let after_token = match &input.continuation_token {
+                Some(t) => Some(
+                    hex::decode(t)
+                        .ok()
+                        .and_then(|b| String::from_utf8(b).ok())
+                        .ok_or_else(|| s3_error!(InvalidArgument, "the continuation token provided is incorrect"))?,
+                ),
+                None => None,
+            };
+            let start_after = after_token.as_deref().or(input.start_after.as_deref());
+            let (page, max) =
+                self.list_page(&input.bucket, &prefix, input.delimiter.as_deref(), start_after, input.max_keys).await?;
+            let encode = input.encoding_type.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL);
+            let (objects, prefixes) = Self::list_page_objects(&page, encode);
+            let enc = |s: String| if encode { url_encode(&s) } else { s };
+            Ok(S3Response::new(ListObjectsV2Output {
+                name: Some(input.bucket.clone()),
+                prefix: Some(enc(prefix)),
+                delimiter: input.delimiter.clone().map(enc),
+                max_keys: Some(max),
+                key_count: Some((objects.len() + prefixes.len()) as i32),
+                is_truncated: Some(page.next_start_after.is_some()),
+                continuation_token: input.continuation_token.clone(),
+                next_continuation_token: page.next_start_after.as_ref().map(hex::encode),
+                start_after: input.start_after.clone().map(enc),
+                encoding_type: input.encoding_type.clone(),
+                contents: Some(objects),
+                common_prefixes: Some(prefixes),
+                ..Default::default()
+            }))
+        })
+        .await
+    }
+
+    async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
+        self.timed("ListObjects", async {
+            let input = req.input;
+            let prefix = input.prefix.clone().unwrap_or_default();
+            let (page, max) = self
+                .list_page(&input.bucket, &prefix, input.delimiter.as_deref(), input.marker.as_deref(), input.max_keys)
+                .await?;
+            let encode = input.encoding_type.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL);
+            let (objects, prefixes) = Self::list_page_objects(&page, encode);
+            let enc = |s: String| if encode { url_encode(&s) } else { s };
+            Ok(S3Response::new(ListObjectsOutput {
+                name: Some(input.bucket.clone()),
+                prefix: Some(enc(prefix)),
+                delimiter: input.delimiter.clone().map(enc),
+                marker: Some(input.marker.clone().map(enc).unwrap_or_default()),
+                max_keys: Some(max),
+                is_truncated: Some(page.next_start_after.is_some()),
+                next_marker: page.next_start_after.clone().map(enc),
+                encoding_type: input.encoding_type.clone(),
+                contents: Some(objects),
+                common_prefixes: Some(prefixes),
+                ..Default::default()
+            }))
+        })
+        .await
+    }
+
+    async fn list_buckets(&self, _req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
+        self.timed("ListBuckets", async {
+            let mut buckets = Vec::new();
+            for entry in &self.state.origins {
+                match entry.origin.list_buckets().await {
+                    Ok(list) => buckets.extend(list.into_iter().map(|b| Bucket {
+                        name: Some(b.name),
+                        creation_date: Some(timestamp(b.created.unwrap_or_default())),
+                        ..Default::default()
+                    })),
+                    Err(e) if e.kind == ErrorKind::Unsupported => {}
+                    Err(e) => return Err(origin_error(&e)),
+                }
+            }
+            buckets.sort_by(|a, b| a.name.cmp(&b.name));
+            buckets.dedup_by(|a, b| a.name == b.name);
+            Ok(S3Response::new(ListBucketsOutput {
+                buckets: Some(buckets),
+                owner: Some(Owner { display_name: Some("cairn".into()), id: Some("cairn".into()) }),
+                ..Default::default()
+            }))
+        })
+        .await
+    }
+
+    async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.timed("HeadBucket", async {
+            let bucket = req.input.bucket.as_str();
+            let entry = self.origin(bucket)?;
+            if !entry.origin.bucket_exists(bucket).await.map_err(|e| origin_error(&e))? {
+                return Err(s3_error!(NoSuchBucket));
+            }
+            Ok(S3Response::new(HeadBucketOutput {
+                bucket_region: Some(self.state.config.node.region.clone()),
+                ..Default::default()
+            }))
+        })
+        .await
+    }
+
+    async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
+        self.timed("CreateBucket", async {
+            let bucket = req.input.bucket.as_str();
+            if !cairn_core::key::is_valid_bucket(bucket) {
+                return Err(s3_error!(InvalidBucketName));
+            }
+            let entry = self
+                .state
+                .origin_for(bucket)
+                .ok_or_else(|| s3_error!(NotImplemented, "no account-mode origin is configured to hold new buckets"))?;
+            entry.origin.create_bucket(bucket).await.map_err(|e| origin_error(&e))?;
+            Ok(S3Response::new(CreateBucketOutput { location: Some(format!("/{bucket}")), ..Default::default() }))
+        })
+        .await
+    }
+
+    async fn delete_bucket(&self, req: S3Request<DeleteBucketInput>) -> S3Result<S3Response<DeleteBucketOutput>> {
+        self.timed("DeleteBucket", async {
+            let bucket = req.input.bucket.as_str();
+            let entry = self.origin(bucket)?;
+            entry.origin.delete_bucket(bucket).await.map_err(|e| origin_error(&e))?;
+            Ok(S3Response::new(DeleteBucketOutput::default()))
+        })
+        .await
+    }
+
+    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+        self.timed("PutObject", async {
+            let input = req.input;
+            let (bucket, key) = (input.bucket.as_str(), input.key.as_str());
+            check_key(key)?;
+            let entry = self.origin(bucket)?;
+            let limit = self.state.config.limits.max_put_size.bytes();
+            if input.content_length.is_some_and(|n| n as u64 > limit) {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::EntityTooLarge,
+                    format!("the body exceeds the {} limit", self.state.config.limits.max_put_size),
+                ));
+            }
+            let over = Arc::new(AtomicBool::new(false));
+            let body = limited_body(input.body, limit, over.clone());
+            let etag = self.put_body(entry, bucket, key, body, &over, input.content_type.clone()).await?;
+            Ok(S3Response::new(PutObjectOutput {
+                e_tag: etag.map(|e| ETag::Strong(bare_etag(&e).to_owned())),
+                ..Default::default()
+            }))
+        })
+        .await
+    }
+
+    async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+        self.timed("DeleteObject", async {
+            let (bucket, key) = (req.input.bucket.as_str(), req.input.key.as_str());
+            check_key(key)?;
+            let entry = self.origin(bucket)?;
+            crate::metrics::Metrics::add(&self.state.metrics.origin_delete, 1);
+            let r = entry.origin.delete(bucket, key).await;
+            self.invalidate(entry, bucket, key);
+            r.map_err(|e| origin_error(&e))?;
+            Ok(S3Response::new(DeleteObjectOutput::default()))
+        })
+        .await
+    }
+
+    async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        self.timed("DeleteObjects", async {
+            let input = req.input;
+            let bucket = input.bucket.as_str();
+            let entry = self.origin(bucket)?;
+            if input.delete.objects.len() > 1000 {
+                return Err(s3_error!(MalformedXML, "DeleteObjects takes at most 1000 keys"));
+            }
+            let quiet = input.delete.quiet.unwrap_or(false);
+            let mut deleted = Vec::new();
+            let mut errors = Vec::new();
+            for obj in &input.delete.objects {
+                let key = obj.key.as_str();
+                let r = match check_key(key) {
+                    Err(e) => Err(e),
+                    Ok(()) => {
+                        crate::metrics::Metrics::add(&self.state.metrics.origin_delete, 1);
+                        let r = entry.origin.delete(bucket, key).await;
+                        self.invalidate(entry, bucket, key);
+                        r.map_err(|e| origin_error(&e))
+                    }
+                };
+                match r {
+                    Ok(()) if !quiet => deleted.push(DeletedObject { key: Some(key.to_owned()), ..Default::default() }),
+                    Ok(()) => {}
+                    Err(e) => errors.push(Error {
+                        code: Some(e.code().as_str().to_owned()),
+                        key: Some(key.to_owned()),
+                        message: e.message().map(str::to_owned),
+                        ..Default::default()
+                    }),
+                }
+            }
+            Ok(S3Response::new(DeleteObjectsOutput {
+                deleted: Some(deleted),
+                errors: Some(errors),
+                ..Default::default()
+            }))
+        })
+        .await
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        self.timed("CreateMultipartUpload", async {
+            let input = req.input;
+            check_key(&input.key)?;
+            let entry = self.origin(&input.bucket)?;
+            if !entry.origin.bucket_exists(&input.bucket).await.map_err(|e| origin_error(&e))? {
+                return Err(s3_error!(NoSuchBucket));
+            }
+            let target =
+                UploadTarget { bucket: input.bucket.clone(), key: input.key.clone(), content_type: input.content_type };
+            let id = self.state.multipart.create(&target).await.map_err(multipart_error)?;
+            Ok(S3Response::new(CreateMultipartUploadOutput {
+                bucket: Some(input.bucket),
+                key: Some(input.key),
+                upload_id: Some(id),
+                ..Default::default()
+            }))
+        })
+        .await
+    }
+
+    async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+        self.timed("UploadPart", async {
+            let input = req.input;
+            let limit = self.state.config.limits.max_part_size.bytes();
+            self.state.multipart.target(&input.upload_id, &input.bucket, &input.key).await.map_err(multipart_error)?;
+            if input.content_length.is_some_and(|n| n as u64 > limit) {
+                return Err(multipart_error(MultipartError::EntityTooLarge(limit)));
+            }
+            let over = Arc::new(AtomicBool::new(false));
+            let body = limited_body(input.body, u64::MAX, over);
+            let etag = self
+                .state
+                .multipart
+                .write_part(&input.upload_id, input.part_number, body, limit)
+                .await
+                .map_err(multipart_error)?;
+            Ok(S3Response::new(UploadPartOutput { e_tag: Some(ETag::Strong(etag)), ..Default::default() }))
+        })
+        .await
+    }
+
+    async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
+        self.timed("ListParts", async {
+            let input = req.input;
+            self.state.multipart.target(&input.upload_id, &input.bucket, &input.key).await.map_err(multipart_error)?;
+            let marker = input.part_number_marker.unwrap_or(0);
+            let max = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
+            let staged = self.state.multipart.list_parts(&input.upload_id).await.map_err(multipart_error)?;
+            let after: Vec<_> = staged.into_iter().filter(|p| p.number > marker).collect();
+            let truncated = after.len() > max;
+            let parts: Vec<Part> = after
+                .iter()
+                .take(max)
+                .map(|p| Part {
+                    part_number: Some(p.number),
+                    e_tag: Some(ETag::Strong(p.etag.clone())),
+                    size: Some(p.size as i64),
+                    last_modified: Some(Timestamp::from(p.modified)),
+                    ..Default::default()
+                })
+                .collect();
+            Ok(S3Response::new(ListPartsOutput {
+                bucket: Some(input.bucket),
+                key: Some(input.key),
+                upload_id: Some(input.upload_id),
+                is_truncated: Some(truncated),
+                next_part_number_marker: parts.last().and_then(|p| p.part_number).filter(|_| truncated),
+                max_parts: Some(max as i32),
+                part_number_marker: input.part_number_marker,
+                parts: Some(parts),
+                ..Default::default()
+            }))
+        })
+        .await
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        self.timed("CompleteMultipartUpload", async {
+            let input = req.input;
+            let (bucket, key) = (input.bucket.as_str(), input.key.as_str());
+            let entry = self.origin(bucket)?;
+            let target = self.state.multipart.target(&input.upload_id, bucket, key).await.map_err(multipart_error)?;
+            let wanted: Vec<(i32, String)> = input
+                .multipart_upload
+                .and_then(|m| m.parts)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| (p.part_number.unwrap_or(0), p.e_tag.map(|e| e.value().to_owned()).unwrap_or_default()))
+                .collect();
+            let (parts, total) = self.state.multipart.plan(&input.upload_id, &wanted).await.map_err(multipart_error)?;
+            if total > self.state.config.limits.max_part_size.bytes() * u64::from(self.state.config.limits.max_parts) {
+                return Err(s3_error!(EntityTooLarge));
+            }
+            let over = AtomicBool::new(false);
+            let body = crate::multipart::Multipart::body(parts);
+            let etag = self.put_body(entry, bucket, key, body, &over, target.content_type).await?;
+            self.state.multipart.remove(&input.upload_id).await.map_err(multipart_error)?;
+            Ok(S3Response::new(CompleteMultipartUploadOutput {
+                bucket: Some(bucket.to_owned()),
+                key: Some(key.to_owned()),
+                e_tag: etag.map(|e| ETag::Strong(bare_etag(&e).to_owned())),
+                location: Some(format!("/{bucket}/{key}")),
+                ..Default::default()
+            }))
+        })
+        .await
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        self.timed("AbortMultipartUpload", async {
+            let input = req.input;
+            self.state.multipart.target(&input.upload_id, &input.bucket, &input.key).await.map_err(multipart_error)?;
+            self.state.multipart.remove(&input.upload_id).await.map_err(multipart_error)?;
+            Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+        })
+        .await
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        self.timed("GetBucketLocation", async {
+            let bucket = req.input.bucket.as_str();
+            let entry = self.origin(bucket)?;
+            if !entry.origin.bucket_exists(bucket).await.map_err(|e| origin_error(&e))? {
+                return Err(s3_error!(NoSuchBucket));
+            }
+            Ok(S3Response::new(GetBucketLocationOutput {
+                location_constraint: Some(BucketLocationConstraint::from(self.state.config.node.region.clone())),
+            }))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_encoding_keeps_slashes() {
+        assert_eq!(url_encode("a b/c+d%"), "a%20b/c%2Bd%25");
+        assert_eq!(url_encode("ü"), "%C3%BC");
+    }
+}

@@ -1,0 +1,122 @@
+//! Listeners: the S3 endpoint and the admin endpoint (`/metrics`, `/healthz`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use s3s::service::S3Service;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::state::NodeState;
+
+/// Read buffer of a connection; requests whose head does not fit are refused by hyper (431).
+const MAX_CONN_BUF: usize = 1 << 20;
+/// Time a client has to send a request head.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Wraps the s3s service with checks it does not make itself.
+#[derive(Clone)]
+struct Front {
+    s3: S3Service,
+    max_header_bytes: usize,
+}
+
+fn xml_error(status: StatusCode, code: &str, message: &str) -> Response<s3s::Body> {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    );
+    let mut resp = Response::new(s3s::Body::from(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/xml"));
+    resp
+}
+
+impl Service<Request<Incoming>> for Front {
+    type Response = Response<s3s::Body>;
+    type Error = s3s::HttpError;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+        if header_bytes > self.max_header_bytes {
+            let msg =
+                format!("your request header section is {header_bytes} bytes; the limit is {}", self.max_header_bytes);
+            let resp = xml_error(StatusCode::BAD_REQUEST, "RequestHeaderSectionTooLarge", &msg);
+            return Box::pin(async move { Ok(resp) });
+        }
+        Service::call(&self.s3, req)
+    }
+}
+
+pub async fn serve_s3(listener: TcpListener, s3: S3Service, state: Arc<NodeState>) {
+    let front = Front { s3, max_header_bytes: state.config.limits.max_header_bytes };
+    let permits = Arc::new(Semaphore::new(state.config.limits.max_connections));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let front = front.clone();
+        let metrics = state.metrics.clone();
+        tokio::spawn(async move {
+            metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .max_buf_size(MAX_CONN_BUF)
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), front);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+}
+
+pub async fn serve_admin(listener: TcpListener, state: Arc<NodeState>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(admin(&state, req.uri().path())) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+fn admin(state: &NodeState, path: &str) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match path {
+        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", state.metrics.render(state.reader.store())),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics or /healthz\n".to_owned()),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+    resp
+}
+
+pub async fn bind(addr: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let l = TcpListener::bind(addr).await?;
+    let a = l.local_addr()?;
+    Ok((l, a))
+}

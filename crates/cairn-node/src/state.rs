@@ -1,0 +1,70 @@
+//! Everything a running node shares between requests.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cairn_core::{Config, OriginConfig};
+use cairn_origin::{Origin, StoreOrigin};
+use cairn_store::ChunkStore;
+
+use crate::StartError;
+use crate::meta::MetaCache;
+use crate::metrics::Metrics;
+use crate::multipart::Multipart;
+use crate::reader::ReadThrough;
+
+pub struct OriginEntry {
+    pub config: OriginConfig,
+    pub origin: Arc<dyn Origin>,
+}
+
+pub struct NodeState {
+    pub config: Config,
+    pub origins: Vec<OriginEntry>,
+    pub meta: MetaCache,
+    pub reader: Arc<ReadThrough>,
+    pub multipart: Multipart,
+    pub metrics: Arc<Metrics>,
+}
+
+impl NodeState {
+    pub fn new(config: Config) -> Result<Self, StartError> {
+        config.validate().map_err(|e| StartError::Config(e.to_string()))?;
+        let dir = PathBuf::from(&config.cache.dir);
+        std::fs::create_dir_all(&dir).map_err(|e| StartError::Io(format!("cache dir {}", dir.display()), e))?;
+        let store =
+            ChunkStore::open(&dir.join("store"), config.cache.ram_capacity.bytes(), config.cache.disk_capacity.bytes())
+                .map_err(|e| StartError::Io(format!("disk tier under {}", dir.display()), e))?;
+        let mut origins = Vec::new();
+        for oc in &config.origins {
+            let origin = StoreOrigin::from_config(oc).map_err(|e| StartError::Config(e.to_string()))?;
+            origins.push(OriginEntry { config: oc.clone(), origin: Arc::new(origin) });
+        }
+        let metrics = Arc::new(Metrics::default());
+        let reader = Arc::new(ReadThrough::new(
+            Arc::new(store),
+            metrics.clone(),
+            config.cache.readahead_chunks,
+            config.cache.max_origin_fetches,
+        ));
+        let multipart =
+            Multipart::open(dir.join("uploads"), config.limits.max_multipart_uploads, config.limits.max_parts)
+                .map_err(|e| StartError::Io(format!("upload staging under {}", dir.display()), e))?;
+        Ok(Self {
+            meta: MetaCache::new(config.cache.metadata_entries, metrics.clone()),
+            config,
+            origins,
+            reader,
+            multipart,
+            metrics,
+        })
+    }
+
+    /// The origin serving `bucket`: the one exposing it by name, else the account-mode origin.
+    pub fn origin_for(&self, bucket: &str) -> Option<&OriginEntry> {
+        self.origins
+            .iter()
+            .find(|o| o.config.bucket.as_deref() == Some(bucket))
+            .or_else(|| self.origins.iter().find(|o| o.config.bucket.is_none()))
+    }
+}

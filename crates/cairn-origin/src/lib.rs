@@ -1,0 +1,119 @@
+//! Object storage backends behind one small trait.
+//!
+//! [`Origin`] is what the node needs from object storage: HEAD, conditional revalidation, range
+//! GETs pinned to one version, streaming PUT, DELETE, S3-style listings and bucket operations.
+//! [`StoreOrigin`] implements it over `object_store` for a local folder (`file://`), Azure Blob
+//! (`az://`), S3 and S3-compatible servers (`s3://`) and GCS (`gs://`), either for a whole account
+//! (S3 bucket names pass through to containers/buckets, or to folders under a `file://` root) or
+//! for one bucket/prefix exposed under a chosen bucket name.
+
+mod list;
+mod store;
+
+use std::ops::Range;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+
+pub use list::{ListPage, ListedObject};
+pub use store::StoreOrigin;
+
+/// What the origin reports about one version of an object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub size: u64,
+    /// The origin's ETag (quoted as the origin sent it), or a version id when there is none.
+    pub etag: String,
+    pub last_modified: DateTime<Utc>,
+    pub content_type: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BucketInfo {
+    pub name: String,
+    pub created: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PutInfo {
+    pub etag: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    NoSuchKey,
+    NoSuchBucket,
+    /// The object is no longer at the version a request was pinned to.
+    VersionChanged,
+    BucketAlreadyExists,
+    BucketNotEmpty,
+    InvalidKey,
+    /// The backend cannot do this (e.g. create containers in single-bucket mode).
+    Unsupported,
+    /// The request body stream failed (client went away, short body).
+    Body,
+    /// Anything else: network, throttling that outlived retries, permissions.
+    Backend,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A request body as a stream of byte chunks.
+pub type BodyStream = BoxStream<'static, std::result::Result<Bytes, std::io::Error>>;
+
+#[async_trait]
+pub trait Origin: Send + Sync + 'static {
+    /// Configured name, used in chunk ids and metrics.
+    fn name(&self) -> &str;
+
+    /// True when bucket names pass through to the backend.
+    fn is_account(&self) -> bool;
+
+    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo>;
+
+    /// Conditional HEAD: `None` when the object still has version `etag`.
+    async fn revalidate(&self, bucket: &str, key: &str, etag: &str) -> Result<Option<ObjectInfo>>;
+
+    /// Bytes `range` of the object, only if it is still at version `etag`
+    /// (else [`ErrorKind::VersionChanged`]).
+    async fn get_range(&self, bucket: &str, key: &str, range: Range<u64>, etag: &str) -> Result<Bytes>;
+
+    /// Stores the whole body as the object's new version; large bodies go up as a multipart upload.
+    async fn put(&self, bucket: &str, key: &str, body: BodyStream, content_type: Option<String>) -> Result<PutInfo>;
+
+    async fn delete(&self, bucket: &str, key: &str) -> Result<()>;
+
+    /// One page of an S3-style listing: keys are relative to the bucket, sorted, after
+    /// `start_after`, at most `max_keys` entries (objects plus common prefixes).
+    async fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        start_after: Option<&str>,
+        max_keys: usize,
+    ) -> Result<ListPage>;
+
+    async fn bucket_exists(&self, bucket: &str) -> Result<bool>;
+
+    async fn list_buckets(&self) -> Result<Vec<BucketInfo>>;
+
+    async fn create_bucket(&self, bucket: &str) -> Result<()>;
+
+    async fn delete_bucket(&self, bucket: &str) -> Result<()>;
+}

@@ -1,0 +1,511 @@
+//! [`Origin`] over `object_store`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cairn_core::OriginConfig;
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{
+    Attribute, Attributes, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutOptions, PutPayload, WriteMultipart,
+};
+use parking_lot::Mutex;
+
+use crate::list::{ListPage, ListedObject, paginate};
+use crate::{BodyStream, BucketInfo, Error, ErrorKind, ObjectInfo, Origin, PutInfo, Result};
+
+/// Bodies up to this size go up in one PUT; larger ones as a multipart upload.
+const SINGLE_PUT_MAX: usize = 8 << 20;
+/// Part size of multipart uploads to the origin.
+const UPLOAD_PART_SIZE: usize = 16 << 20;
+/// Parts of one upload in flight at once.
+const UPLOAD_CONCURRENCY: usize = 4;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scheme {
+    Local,
+    Azure,
+    S3,
+    Gcs,
+}
+
+enum Mode {
+    /// One container/bucket (and prefix) exposed under `bucket`.
+    Single { bucket: String, store: Arc<dyn ObjectStore>, prefix: Path },
+    /// Bucket names pass through; stores are built per bucket on first use.
+    Account { stores: Mutex<HashMap<String, Arc<dyn ObjectStore>>> },
+}
+
+pub struct StoreOrigin {
+    name: String,
+    scheme: Scheme,
+    /// Root folder for `file://` origins.
+    local_root: Option<PathBuf>,
+    options: BTreeMap<String, String>,
+    mode: Mode,
+}
+
+impl StoreOrigin {
+    pub fn from_config(cfg: &OriginConfig) -> Result<Self> {
+        let bad = |m: String| Error::new(ErrorKind::Backend, m);
+        let (scheme, rest) = if let Some(r) = cfg.url.strip_prefix("file://") {
+            (Scheme::Local, r)
+        } else if let Some(r) = ["az://", "azure://", "abfs://"].iter().find_map(|p| cfg.url.strip_prefix(p)) {
+            (Scheme::Azure, r)
+        } else if let Some(r) = cfg.url.strip_prefix("s3://") {
+            (Scheme::S3, r)
+        } else if let Some(r) = cfg.url.strip_prefix("gs://") {
+            (Scheme::Gcs, r)
+        } else {
+            return Err(bad(format!("unsupported origin url {:?}", cfg.url)));
+        };
+        let mut origin = Self {
+            name: cfg.display_name(),
+            scheme,
+            local_root: None,
+            options: cfg.options.clone(),
+            mode: Mode::Account { stores: Mutex::new(HashMap::new()) },
+        };
+        if scheme == Scheme::Local {
+            let root = PathBuf::from(rest);
+            std::fs::create_dir_all(&root)
+                .map_err(|e| bad(format!("cannot create origin folder {}: {e}", root.display())))?;
+            let root = root
+                .canonicalize()
+                .map_err(|e| bad(format!("cannot resolve origin folder {}: {e}", root.display())))?;
+            origin.local_root = Some(root);
+        }
+        if let Some(bucket) = &cfg.bucket {
+            let (store, prefix) = match scheme {
+                Scheme::Local => (origin.build_local(None)?, Path::default()),
+                _ => {
+                    let rest = rest.trim_matches('/');
+                    let (container, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                    if container.is_empty() {
+                        return Err(bad(format!(
+                            "origin {:?} serves bucket {bucket:?} but its url {:?} names no container/bucket",
+                            origin.name, cfg.url
+                        )));
+                    }
+                    let prefix = Path::parse(prefix).map_err(|e| bad(format!("bad origin prefix {prefix:?}: {e}")))?;
+                    (origin.build_cloud(container)?, prefix)
+                }
+            };
+            origin.mode = Mode::Single { bucket: bucket.clone(), store, prefix };
+        } else if scheme != Scheme::Local && !rest.trim_matches('/').is_empty() {
+            return Err(bad(format!(
+                "origin url {:?} names a container/bucket: set `bucket` to expose it, or use {}:// alone for account mode",
+                cfg.url,
+                cfg.url.split("://").next().unwrap_or_default()
+            )));
+        }
+        Ok(origin)
+    }
+
+    fn build_local(&self, bucket: Option<&str>) -> Result<Arc<dyn ObjectStore>> {
+        let root = self.local_root.clone().unwrap_or_default();
+        let dir = match bucket {
+            Some(b) => root.join(b),
+            None => root,
+        };
+        let fs = LocalFileSystem::new_with_prefix(&dir)
+            .map_err(|e| Error::new(ErrorKind::Backend, format!("origin folder {}: {e}", dir.display())))?;
+        Ok(Arc::new(fs))
+    }
+
+    fn build_cloud(&self, container: &str) -> Result<Arc<dyn ObjectStore>> {
+        let err = |e: object_store::Error| Error::new(ErrorKind::Backend, format!("origin {}: {e}", self.name));
+        let store: Arc<dyn ObjectStore> = match self.scheme {
+            Scheme::Azure => {
+                let mut b = MicrosoftAzureBuilder::from_env().with_container_name(container);
+                for (k, v) in &self.options {
+                    b = b.with_config(k.parse().map_err(err)?, v);
+                }
+                Arc::new(b.build().map_err(err)?)
+            }
+            Scheme::S3 => {
+                let mut b = AmazonS3Builder::from_env().with_bucket_name(container);
+                for (k, v) in &self.options {
+                    b = b.with_config(k.parse().map_err(err)?, v);
+                }
+                Arc::new(b.build().map_err(err)?)
+            }
+            Scheme::Gcs => {
+                let mut b = GoogleCloudStorageBuilder::from_env().with_bucket_name(container);
+                for (k, v) in &self.options {
+                    b = b.with_config(k.parse().map_err(err)?, v);
+                }
+                Arc::new(b.build().map_err(err)?)
+            }
+            Scheme::Local => self.build_local(Some(container))?,
+        };
+        Ok(store)
+    }
+
+    /// The store and path prefix serving `bucket`.
+    fn store(&self, bucket: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
+        match &self.mode {
+            Mode::Single { bucket: b, store, prefix } => {
+                if b == bucket {
+                    Ok((store.clone(), prefix.clone()))
+                } else {
+                    Err(Error::new(ErrorKind::NoSuchBucket, format!("bucket {bucket:?} does not exist")))
+                }
+            }
+            Mode::Account { stores } => {
+                if !cairn_core::key::is_valid_bucket(bucket) {
+                    return Err(Error::new(ErrorKind::NoSuchBucket, format!("bucket {bucket:?} does not exist")));
+                }
+                if let Some(s) = stores.lock().get(bucket) {
+                    return Ok((s.clone(), Path::default()));
+                }
+                let s = self.build_cloud(bucket)?;
+                stores.lock().insert(bucket.to_owned(), s.clone());
+                Ok((s, Path::default()))
+            }
+        }
+    }
+
+    fn path(prefix: &Path, key: &str) -> Result<Path> {
+        let rel = Path::parse(key)
+            .map_err(|e| Error::new(ErrorKind::InvalidKey, format!("object key {key:?} cannot be stored: {e}")))?;
+        if rel.as_ref().is_empty() {
+            return Err(Error::new(ErrorKind::InvalidKey, "object key is empty"));
+        }
+        Ok(if prefix.as_ref().is_empty() { rel } else { Path::from_iter(prefix.parts().chain(rel.parts())) })
+    }
+
+    fn relative(prefix: &Path, full: &Path) -> String {
+        let s = full.as_ref();
+        let p = prefix.as_ref();
+        if p.is_empty() { s.to_owned() } else { s.strip_prefix(p).unwrap_or(s).trim_start_matches('/').to_owned() }
+    }
+
+    /// Whether an account-mode local bucket folder exists; errors mean NoSuchBucket for callers.
+    fn local_bucket_dir(&self, bucket: &str) -> Option<PathBuf> {
+        match (&self.mode, &self.local_root) {
+            (Mode::Account { .. }, Some(root)) if cairn_core::key::is_valid_bucket(bucket) => Some(root.join(bucket)),
+            _ => None,
+        }
+    }
+
+    async fn require_bucket(&self, bucket: &str) -> Result<()> {
+        if self.bucket_exists(bucket).await? {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorKind::NoSuchBucket, format!("bucket {bucket:?} does not exist")))
+        }
+    }
+
+    fn map_err(&self, e: object_store::Error, bucket: &str, key: &str) -> Error {
+        use object_store::Error as E;
+        match e {
+            E::NotFound { .. } => Error::new(ErrorKind::NoSuchKey, format!("{bucket}/{key} does not exist")),
+            E::Precondition { .. } => {
+                Error::new(ErrorKind::VersionChanged, format!("{bucket}/{key} changed at the origin"))
+            }
+            E::InvalidPath { source } => Error::new(ErrorKind::InvalidKey, format!("invalid key {key:?}: {source}")),
+            other => Error::new(ErrorKind::Backend, format!("origin {} failed on {bucket}/{key}: {other}", self.name)),
+        }
+    }
+
+    fn info(meta: &object_store::ObjectMeta, attributes: Option<&Attributes>) -> ObjectInfo {
+        ObjectInfo {
+            size: meta.size,
+            etag: meta.e_tag.clone().or_else(|| meta.version.clone()).unwrap_or_else(|| {
+                format!("\"{}-{}\"", meta.last_modified.timestamp_nanos_opt().unwrap_or(0), meta.size)
+            }),
+            last_modified: meta.last_modified,
+            content_type: attributes.and_then(|a| a.get(&Attribute::ContentType)).map(|v| v.to_string()),
+        }
+    }
+}
+
+#[async_trait]
+impl Origin for StoreOrigin {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn is_account(&self) -> bool {
+        matches!(self.mode, Mode::Account { .. })
+    }
+
+    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo> {
+        let (store, prefix) = self.store(bucket)?;
+        let path = Self::path(&prefix, key)?;
+        let opts = GetOptions { head: true, ..Default::default() };
+        match store.get_opts(&path, opts).await {
+            Ok(r) => Ok(Self::info(&r.meta, Some(&r.attributes))),
+            Err(e) => {
+                let err = self.map_err(e, bucket, key);
+                if err.kind == ErrorKind::NoSuchKey {
+                    self.require_bucket(bucket).await?;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn revalidate(&self, bucket: &str, key: &str, etag: &str) -> Result<Option<ObjectInfo>> {
+        let (store, prefix) = self.store(bucket)?;
+        let path = Self::path(&prefix, key)?;
+        let opts = GetOptions { head: true, if_none_match: Some(etag.to_owned()), ..Default::default() };
+        match store.get_opts(&path, opts).await {
+            Ok(r) => {
+                let info = Self::info(&r.meta, Some(&r.attributes));
+                Ok((info.etag != etag).then_some(info))
+            }
+            Err(object_store::Error::NotModified { .. }) => Ok(None),
+            Err(e) => Err(self.map_err(e, bucket, key)),
+        }
+    }
+
+    async fn get_range(&self, bucket: &str, key: &str, range: Range<u64>, etag: &str) -> Result<Bytes> {
+        let (store, prefix) = self.store(bucket)?;
+        let path = Self::path(&prefix, key)?;
+        let want = range.end - range.start;
+        let opts =
+            GetOptions { range: Some(GetRange::Bounded(range)), if_match: Some(etag.to_owned()), ..Default::default() };
+        let r = store.get_opts(&path, opts).await.map_err(|e| self.map_err(e, bucket, key))?;
+        let bytes = r.bytes().await.map_err(|e| self.map_err(e, bucket, key))?;
+        if bytes.len() as u64 != want {
+            // The object shrank under us without the ETag changing: never serve a short chunk.
+            return Err(Error::new(
+                ErrorKind::VersionChanged,
+                format!("{bucket}/{key}: origin returned {} bytes for a {want}-byte range", bytes.len()),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        mut body: BodyStream,
+        content_type: Option<String>,
+    ) -> Result<PutInfo> {
+        let (store, prefix) = self.store(bucket)?;
+        self.require_bucket(bucket).await?;
+        let path = Self::path(&prefix, key)?;
+        let mut attributes = Attributes::new();
+        if let Some(ct) = content_type
+            && self.scheme != Scheme::Local
+        {
+            attributes.insert(Attribute::ContentType, ct.into());
+        }
+        let body_err = |e: std::io::Error| Error::new(ErrorKind::Body, format!("request body failed: {e}"));
+        // Small bodies: one PUT.
+        let mut first: Vec<Bytes> = Vec::new();
+        let mut first_len = 0usize;
+        let mut ended = false;
+        while first_len <= SINGLE_PUT_MAX {
+            match body.next().await {
+                Some(chunk) => {
+                    let chunk = chunk.map_err(body_err)?;
+                    first_len += chunk.len();
+                    first.push(chunk);
+                }
+                None => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        if ended {
+            let payload: PutPayload = first.into_iter().collect();
+            let opts = PutOptions { attributes, ..Default::default() };
+            let r = store.put_opts(&path, payload, opts).await.map_err(|e| self.map_err(e, bucket, key))?;
+            return Ok(PutInfo { etag: r.e_tag });
+        }
+        let opts = object_store::PutMultipartOptions { attributes, ..Default::default() };
+        let upload = store.put_multipart_opts(&path, opts).await.map_err(|e| self.map_err(e, bucket, key))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART_SIZE);
+        for chunk in first {
+            writer.put(chunk);
+        }
+        let result: Result<()> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(body_err)?;
+                writer.wait_for_capacity(UPLOAD_CONCURRENCY).await.map_err(|e| self.map_err(e, bucket, key))?;
+                writer.put(chunk);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = writer.abort().await;
+            return Err(e);
+        }
+        let r = writer.finish().await.map_err(|e| self.map_err(e, bucket, key))?;
+        Ok(PutInfo { etag: r.e_tag })
+    }
+
+    async fn delete(&self, bucket: &str, key: &str) -> Result<()> {
+        let (store, prefix) = self.store(bucket)?;
+        self.require_bucket(bucket).await?;
+        let path = Self::path(&prefix, key)?;
+        match store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.map_err(e, bucket, key)),
+        }
+    }
+
+    async fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        start_after: Option<&str>,
+        max_keys: usize,
+    ) -> Result<ListPage> {
+        let (store, root) = self.store(bucket)?;
+        self.require_bucket(bucket).await?;
+        // object_store lists whole path segments: list the deepest folder that contains every
+        // key with this string prefix, then filter.
+        let dir = match prefix.rfind('/') {
+            Some(i) => &prefix[..i],
+            None => "",
+        };
+        let dir_path = if dir.is_empty() {
+            root.clone()
+        } else {
+            match Self::path(&root, dir) {
+                Ok(p) => p,
+                // No stored key can live under an unrepresentable folder.
+                Err(_) => return Ok(ListPage::default()),
+            }
+        };
+        let listed_prefix = (!dir_path.as_ref().is_empty()).then_some(&dir_path);
+        let to_listed = |m: &object_store::ObjectMeta| ListedObject {
+            key: Self::relative(&root, &m.location),
+            size: m.size,
+            etag: m.e_tag.clone(),
+            last_modified: m.last_modified,
+        };
+        let (objects, dirs) = if delimiter == Some("/") {
+            let r = match store.list_with_delimiter(listed_prefix).await {
+                Ok(r) => r,
+                Err(object_store::Error::NotFound { .. }) => return Ok(ListPage::default()),
+                Err(e) => return Err(self.map_err(e, bucket, prefix)),
+            };
+            let dirs = r.common_prefixes.iter().map(|p| format!("{}/", Self::relative(&root, p))).collect();
+            (r.objects.iter().map(to_listed).collect(), dirs)
+        } else {
+            let all: Vec<ListedObject> = match store.list(listed_prefix).map_ok(|m| to_listed(&m)).try_collect().await {
+                Ok(v) => v,
+                Err(object_store::Error::NotFound { .. }) => Vec::new(),
+                Err(e) => return Err(self.map_err(e, bucket, prefix)),
+            };
+            (all, Vec::new())
+        };
+        Ok(paginate(objects, dirs, prefix, delimiter, start_after, max_keys))
+    }
+
+    async fn bucket_exists(&self, bucket: &str) -> Result<bool> {
+        match &self.mode {
+            Mode::Single { bucket: b, .. } => Ok(b == bucket),
+            Mode::Account { .. } => {
+                if let Some(dir) = self.local_bucket_dir(bucket) {
+                    return Ok(tokio::fs::metadata(&dir).await.map(|m| m.is_dir()).unwrap_or(false));
+                }
+                if !cairn_core::key::is_valid_bucket(bucket) {
+                    return Ok(false);
+                }
+                let (store, _) = self.store(bucket)?;
+                let mut s = store.list(None);
+                match s.next().await {
+                    None | Some(Ok(_)) => Ok(true),
+                    Some(Err(object_store::Error::NotFound { .. })) => Ok(false),
+                    Some(Err(e)) => {
+                        let msg = e.to_string();
+                        if msg.contains("NoSuchBucket") || msg.contains("ContainerNotFound") || msg.contains("404") {
+                            Ok(false)
+                        } else {
+                            Err(self.map_err(e, bucket, ""))
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn list_buckets(&self) -> Result<Vec<BucketInfo>> {
+        match &self.mode {
+            Mode::Single { bucket, .. } => Ok(vec![BucketInfo { name: bucket.clone(), created: None }]),
+            Mode::Account { .. } => {
+                let Some(root) = &self.local_root else {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        format!("origin {} cannot list its containers; expose them as single buckets", self.name),
+                    ));
+                };
+                let mut out = Vec::new();
+                let mut rd = tokio::fs::read_dir(root)
+                    .await
+                    .map_err(|e| Error::new(ErrorKind::Backend, format!("listing {}: {e}", root.display())))?;
+                while let Ok(Some(e)) = rd.next_entry().await {
+                    let Ok(meta) = e.metadata().await else { continue };
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if meta.is_dir() && cairn_core::key::is_valid_bucket(&name) {
+                        let created = meta.created().or_else(|_| meta.modified()).ok().map(DateTime::<Utc>::from);
+                        out.push(BucketInfo { name, created });
+                    }
+                }
+                out.sort_by(|a, b| a.name.cmp(&b.name));
+                Ok(out)
+            }
+        }
+    }
+
+    async fn create_bucket(&self, bucket: &str) -> Result<()> {
+        let Some(dir) = self.local_bucket_dir(bucket) else {
+            if self.bucket_exists(bucket).await? {
+                return Err(Error::new(ErrorKind::BucketAlreadyExists, format!("bucket {bucket:?} already exists")));
+            }
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("origin {} cannot create buckets; create the container at the origin", self.name),
+            ));
+        };
+        match tokio::fs::create_dir(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(Error::new(ErrorKind::BucketAlreadyExists, format!("bucket {bucket:?} already exists")))
+            }
+            Err(e) => Err(Error::new(ErrorKind::Backend, format!("creating bucket {bucket:?}: {e}"))),
+        }
+    }
+
+    async fn delete_bucket(&self, bucket: &str) -> Result<()> {
+        let Some(dir) = self.local_bucket_dir(bucket) else {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("origin {} cannot delete buckets; delete the container at the origin", self.name),
+            ));
+        };
+        self.require_bucket(bucket).await?;
+        let page = self.list(bucket, "", None, None, 1).await?;
+        if !page.objects.is_empty() {
+            return Err(Error::new(ErrorKind::BucketNotEmpty, format!("bucket {bucket:?} is not empty")));
+        }
+        // Only empty folders remain; remove them bottom-up.
+        tokio::fs::remove_dir_all(&dir)
+            .await
+            .map_err(|e| Error::new(ErrorKind::Backend, format!("deleting bucket {bucket:?}: {e}")))?;
+        if let Mode::Account { stores } = &self.mode {
+            stores.lock().remove(bucket);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,206 @@
+//! The `cairn` binary: `cairn serve` runs a node; `get`, `put`, `ls` and `stat` talk to one over
+//! its S3 endpoint.
+
+mod client;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use cairn_core::{ByteSize, Config, MetadataPolicy, OriginConfig};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cairn", version, about = "A distributed cache for AI data in front of object storage")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node. With no arguments: ./data as the origin, the cache in ./.cairn, loopback only.
+    Serve(ServeArgs),
+    /// Download an object (to a file, or to stdout with `-`).
+    Get(client::GetArgs),
+    /// Upload a file as an object.
+    Put(client::PutArgs),
+    /// List objects under a bucket and prefix.
+    Ls(client::LsArgs),
+    /// Show an object's size, ETag and last-modified time.
+    Stat(client::StatArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML config file; flags and environment variables override it.
+    #[arg(long, short, env = "CAIRN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address of the S3 endpoint.
+    #[arg(long, env = "CAIRN_LISTEN")]
+    listen: Option<String>,
+    /// Address of /metrics and /healthz.
+    #[arg(long, env = "CAIRN_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
+    /// Cache directory (disk tier and multipart staging).
+    #[arg(long, env = "CAIRN_CACHE_DIR")]
+    cache_dir: Option<String>,
+    #[arg(long, env = "CAIRN_RAM_CAPACITY")]
+    ram_capacity: Option<ByteSize>,
+    #[arg(long, env = "CAIRN_DISK_CAPACITY")]
+    disk_capacity: Option<ByteSize>,
+    /// Chunks fetched ahead of sequential readers.
+    #[arg(long, env = "CAIRN_READAHEAD")]
+    readahead: Option<usize>,
+    /// Replace the configured origins with this one (file://, az://, s3://, gs://).
+    #[arg(long, env = "CAIRN_ORIGIN")]
+    origin: Option<String>,
+    /// Expose --origin under this bucket name (default: account mode).
+    #[arg(long, env = "CAIRN_BUCKET", requires = "origin")]
+    bucket: Option<String>,
+    /// Backend option for --origin, as KEY=VALUE (repeatable), e.g. aws_endpoint=http://127.0.0.1:9100.
+    #[arg(long = "origin-option", requires = "origin", value_parser = parse_kv)]
+    origin_options: Vec<(String, String)>,
+    /// Chunk size of every origin.
+    #[arg(long, env = "CAIRN_CHUNK_SIZE")]
+    chunk_size: Option<ByteSize>,
+    /// Metadata policy of every origin: immutable, always or ttl:<duration>.
+    #[arg(long, env = "CAIRN_METADATA")]
+    metadata: Option<MetadataPolicy>,
+    /// Replace the access keys with this one (needs --secret-key).
+    #[arg(long, env = "CAIRN_ACCESS_KEY", requires = "secret_key")]
+    access_key: Option<String>,
+    #[arg(long, env = "CAIRN_SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
+    /// Serve unsigned requests too.
+    #[arg(long, env = "CAIRN_ALLOW_ANONYMOUS")]
+    allow_anonymous: bool,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
+
+impl ServeArgs {
+    fn config(&self) -> Result<Config> {
+        let mut cfg = match &self.config {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+                Config::from_toml_str(&text).with_context(|| format!("in {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        if let Some(v) = &self.listen {
+            cfg.node.listen = v.clone();
+        }
+        if let Some(v) = &self.admin_listen {
+            cfg.node.admin_listen = v.clone();
+        }
+        if let Some(v) = &self.cache_dir {
+            cfg.cache.dir = v.clone();
+        }
+        if let Some(v) = self.ram_capacity {
+            cfg.cache.ram_capacity = v;
+        }
+        if let Some(v) = self.disk_capacity {
+            cfg.cache.disk_capacity = v;
+        }
+        if let Some(v) = self.readahead {
+            cfg.cache.readahead_chunks = v;
+        }
+        if let Some(url) = &self.origin {
+            let mut o = OriginConfig::local_default();
+            o.url = url.clone();
+            o.bucket = self.bucket.clone();
+            o.options = self.origin_options.iter().cloned().collect();
+            cfg.origins = vec![o];
+        }
+        for o in &mut cfg.origins {
+            if let Some(cs) = self.chunk_size {
+                o.chunk_size = cs;
+            }
+            if let Some(m) = self.metadata {
+                o.metadata = m;
+            }
+        }
+        if let (Some(k), Some(s)) = (&self.access_key, &self.secret_key) {
+            cfg.auth.keys = vec![cairn_core::config::AccessKey { access_key: k.clone(), secret_key: s.clone() }];
+        }
+        if self.allow_anonymous {
+            cfg.auth.allow_anonymous = true;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let cfg = args.config()?;
+    if args.print_config {
+        print!("{}", cfg.to_toml_string());
+        return Ok(());
+    }
+    init_logging(cfg.node.log_format == "json");
+    let node = cairn_node::start(cfg.clone()).await?;
+    eprintln!("cairn {} serving", env!("CARGO_PKG_VERSION"));
+    eprintln!("  S3 endpoint   http://{} (path-style, region {})", node.s3_addr, cfg.node.region);
+    eprintln!("  admin         http://{}/metrics  http://{}/healthz", node.admin_addr, node.admin_addr);
+    for o in &cfg.origins {
+        let exposed = match &o.bucket {
+            Some(b) => format!("bucket {b}"),
+            None => "account mode: bucket names pass through".to_owned(),
+        };
+        eprintln!("  origin        {} ({exposed}; chunks {}, metadata {})", o.url, o.chunk_size, o.metadata);
+    }
+    eprintln!(
+        "  cache         {} (RAM {}, disk {}, readahead {} chunks)",
+        cfg.cache.dir, cfg.cache.ram_capacity, cfg.cache.disk_capacity, cfg.cache.readahead_chunks
+    );
+    match cfg.auth.keys.first() {
+        Some(k) if cfg.auth.keys.len() == 1 && k.access_key == "cairn" && k.secret_key == "cairn-secret-key" => {
+            eprintln!("  credentials   access key cairn, secret key cairn-secret-key (the built-in default)")
+        }
+        Some(k) => eprintln!("  credentials   {} access key(s), first {}", cfg.auth.keys.len(), k.access_key),
+        None => {}
+    }
+    if cfg.auth.allow_anonymous {
+        eprintln!("  anonymous     allowed");
+    }
+    let stop = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    };
+    stop.await?;
+    tracing::info!("shutting down");
+    node.shutdown();
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(a) => serve(a).await,
+        Command::Get(a) => client::get(a).await,
+        Command::Put(a) => client::put(a).await,
+        Command::Ls(a) => client::ls(a).await,
+        Command::Stat(a) => client::stat(a).await,
+    }
+}
