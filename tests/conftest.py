@@ -1,0 +1,344 @@
+"""Fixtures for the end-to-end suite: real origins (a local folder, Azurite, a moto S3 server) and
+real cairn node processes, all started here on loopback."""
+
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import boto3
+import pytest
+import requests
+from botocore.config import Config
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CAIRN_BIN = os.environ.get("CAIRN_BIN", str(ROOT / "target" / "release" / "cairn"))
+ACCESS_KEY = "test-access"
+SECRET_KEY = "test-secret-key"
+# Small chunks keep multi-chunk tests small.
+CHUNK = 256 * 1024
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc=None, timeout=30.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def stop(proc, sig=signal.SIGTERM):
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def client_config(**kw):
+    return Config(
+        s3={"addressing_style": "path"},
+        retries={"max_attempts": 1, "mode": "standard"},
+        signature_version="s3v4",
+        **kw,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Origins
+
+
+class Origin:
+    """One origin the behaviour suite runs against: the TOML that points a node at it, and a
+    direct handle that writes at the origin behind cairn's back."""
+
+    name = "?"
+    env = {}
+
+    def toml(self):
+        raise NotImplementedError
+
+    def put_direct(self, key, data):
+        raise NotImplementedError
+
+    def delete_direct(self, key):
+        raise NotImplementedError
+
+
+class LocalOrigin(Origin):
+    name = "file"
+
+    def __init__(self, root):
+        self.root = pathlib.Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def toml(self):
+        return f'bucket = "data"\nurl = "file://{self.root}"\n'
+
+    def put_direct(self, key, data):
+        p = self.root / key
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp-direct")
+        tmp.write_bytes(data)
+        os.replace(tmp, p)
+
+    def delete_direct(self, key):
+        (self.root / key).unlink(missing_ok=True)
+
+
+class AzuriteOrigin(Origin):
+    name = "azurite"
+
+    def __init__(self, port):
+        from azure.storage.blob import BlobServiceClient
+
+        self.port = port
+        self.env = {"AZURITE_BLOB_STORAGE_URL": f"http://127.0.0.1:{port}"}
+        conn = (
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+            f"AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+        )
+        self.service = BlobServiceClient.from_connection_string(conn)
+        self.container = self.service.get_container_client("data")
+        if not self.container.exists():
+            self.container.create_container()
+
+    def toml(self):
+        return 'bucket = "data"\nurl = "az://data"\noptions = { azure_storage_use_emulator = "true" }\n'
+
+    def put_direct(self, key, data):
+        self.container.upload_blob(key, data, overwrite=True)
+
+    def delete_direct(self, key):
+        self.container.delete_blob(key)
+
+
+class S3Origin(Origin):
+    name = "s3"
+
+    def __init__(self, port):
+        self.port = port
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            aws_access_key_id="origin",
+            aws_secret_access_key="origin",
+            region_name="us-east-1",
+            config=client_config(),
+        )
+        try:
+            self.client.create_bucket(Bucket="data")
+        except self.client.exceptions.BucketAlreadyOwnedByYou:
+            pass
+
+    def toml(self):
+        return (
+            'bucket = "data"\nurl = "s3://data"\n'
+            f'options = {{ aws_endpoint = "http://127.0.0.1:{self.port}", aws_allow_http = "true", '
+            'aws_access_key_id = "origin", aws_secret_access_key = "origin", aws_region = "us-east-1", '
+            'aws_virtual_hosted_style_request = "false" }\n'
+        )
+
+    def put_direct(self, key, data):
+        self.client.put_object(Bucket="data", Key=key, Body=data)
+
+    def delete_direct(self, key):
+        self.client.delete_object(Bucket="data", Key=key)
+
+
+@pytest.fixture(scope="session")
+def session_dir():
+    d = tempfile.mkdtemp(prefix="cairn-tests-")
+    yield pathlib.Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def azurite_server(session_dir):
+    exe = ROOT / ".test-deps" / "node_modules" / ".bin" / "azurite-blob"
+    if not exe.exists():
+        pytest.fail(f"{exe} is missing: run `cargo xtask deps`")
+    port = free_port()
+    loc = session_dir / "azurite"
+    loc.mkdir()
+    log = open(session_dir / "azurite.log", "wb")
+    proc = subprocess.Popen(
+        [str(exe), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(loc),
+         "--silent", "--skipApiVersionCheck", "--loose", "--inMemoryPersistence"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    wait_port(port, proc)
+    yield port
+    stop(proc)
+
+
+@pytest.fixture(scope="session")
+def moto_server(session_dir):
+    port = free_port()
+    log = open(session_dir / "moto.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    wait_port(port, proc)
+    yield port
+    stop(proc)
+
+
+@pytest.fixture(params=["file", "azurite", "s3"])
+def origin(request, tmp_path):
+    if request.param == "file":
+        return LocalOrigin(tmp_path / "origin")
+    if request.param == "azurite":
+        return AzuriteOrigin(request.getfixturevalue("azurite_server"))
+    return S3Origin(request.getfixturevalue("moto_server"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Nodes
+
+
+class Node:
+    """A `cairn serve` process with its own config, cache directory and log."""
+
+    def __init__(self, workdir, origin_toml, env=None, extra="", metadata="ttl:1s", chunk=CHUNK):
+        self.workdir = pathlib.Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.cache_dir = self.workdir / "cache"
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.env = dict(os.environ, **(env or {}))
+        self.config_path = self.workdir / "cairn.toml"
+        self.config_path.write_text(
+            f"""
+[node]
+listen = "127.0.0.1:{self.port}"
+admin_listen = "127.0.0.1:{self.admin_port}"
+
+[cache]
+dir = "{self.cache_dir}"
+ram_capacity = "64MiB"
+disk_capacity = "1GiB"
+readahead_chunks = 4
+
+[limits]
+max_put_size = "64MiB"
+max_part_size = "32MiB"
+
+[auth]
+keys = [{{ access_key = "{ACCESS_KEY}", secret_key = "{SECRET_KEY}" }}]
+{extra}
+
+[[origin]]
+chunk_size = {chunk}
+metadata = "{metadata}"
+{origin_toml}
+"""
+        )
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.log = open(self.workdir / "node.log", "ab")
+        self.proc = subprocess.Popen(
+            [CAIRN_BIN, "serve", "--config", str(self.config_path)],
+            stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
+        )
+        wait_port(self.port, self.proc)
+        wait_port(self.admin_port, self.proc)
+
+    def stop(self, sig=signal.SIGTERM):
+        stop(self.proc, sig)
+
+    def restart(self):
+        self.stop()
+        self.start()
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def s3(self, **kw):
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=kw.pop("access_key", ACCESS_KEY),
+            aws_secret_access_key=kw.pop("secret_key", SECRET_KEY),
+            region_name="us-east-1",
+            config=client_config(**kw),
+        )
+
+    def metrics(self):
+        text = requests.get(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=5).text
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+    def metric(self, name):
+        return self.metrics().get(name, 0.0)
+
+    def chunk_files(self):
+        return sorted((self.cache_dir / "store" / "chunks").glob("*/*.chunk"))
+
+
+@pytest.fixture
+def make_node(tmp_path):
+    nodes = []
+
+    def make(origin_toml, **kw):
+        n = Node(tmp_path / f"node{len(nodes)}", origin_toml, **kw)
+        nodes.append(n)
+        return n
+
+    yield make
+    for n in nodes:
+        n.stop()
+
+
+@pytest.fixture
+def node(make_node, origin):
+    """A node in front of the parametrized origin, exposing it as bucket `data`."""
+    n = make_node(origin.toml(), env=origin.env)
+    n.origin = origin
+    return n
+
+
+@pytest.fixture
+def prefix():
+    """A key prefix unique to the test, so tests can share session-wide origin servers."""
+    return f"t-{uuid.uuid4().hex[:10]}/"
+
+
+def payload(size, seed=0):
+    """Deterministic, position-dependent bytes: a shifted or mixed chunk never compares equal."""
+    import hashlib
+
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest() * 64
+        counter += 1
+    return bytes(out[:size])
