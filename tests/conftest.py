@@ -184,7 +184,7 @@ def azurite_server(session_dir):
     log = open(session_dir / "azurite.log", "wb")
     proc = subprocess.Popen(
         [str(exe), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(loc),
-         "--silent", "--skipApiVersionCheck", "--loose", "--inMemoryPersistence"],
+         "--silent", "--skipApiVersionCheck", "--loose"],
         stdout=log, stderr=subprocess.STDOUT,
     )
     wait_port(port, proc)

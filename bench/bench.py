@@ -1,0 +1,668 @@
+#!/usr/bin/env python3
+"""cairn benchmark: cairn and its reference measured in the same run, on loopback.
+
+    CAIRN_BIN=target/release/cairn python3 bench/bench.py [--quick] [--keep]
+
+(`cargo xtask bench` installs nginx-light and wrk, builds the release binary and runs this.)
+
+Everything is started here on 127.0.0.1 with free ports inside one temporary directory and
+stopped again at the end: cairn nodes, nginx and Azurite. Measurements:
+
+1. Cache-hit GET throughput of 16 MiB objects with wrk, 1 and 8 connections: cairn (RAM tier,
+   anonymous access) against nginx serving the same files from the page cache with sendfile.
+2. Cold read of one large object (1 GiB; 256 MiB with --quick) from Azurite through a fresh cairn
+   node (readahead 16 chunks) against one streaming GET straight from Azurite, both with curl.
+3. Request collapsing: 8 curl processes read the same cold large object at once through a fresh
+   cairn node with a local-folder origin; origin bytes (cairn_origin_bytes_total) / object size.
+4. p50 / p99 latency of a 4 KiB ranged GET (Range: bytes=4096-8191) on a hit, wrk --latency, 1 and
+   8 connections, cairn against nginx.
+
+The Markdown table is printed and written to bench/results.md.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import pathlib
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+AZURITE_ACCOUNT = "devstoreaccount1"
+MIB = 1 << 20
+GIB = 1 << 30
+HIT_OBJECT = 16 * MIB
+HIT_OBJECTS = 4
+RANGE = (4096, 8191)
+
+PROCS = []  # every process started here, stopped in reverse order at the end
+ANOMALIES = []  # anything in cairn's behaviour that looked wrong
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def anomaly(msg):
+    log("ANOMALY: " + msg)
+    ANOMALIES.append(msg)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, timeout=60.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def start(args, log_path, env=None, cwd=None):
+    out = open(log_path, "wb")
+    proc = subprocess.Popen(
+        args,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        start_new_session=True,
+    )
+    out.close()
+    PROCS.append(proc)
+    return proc
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc in PROCS:
+        PROCS.remove(proc)
+
+
+def stop_all():
+    for proc in reversed(list(PROCS)):
+        try:
+            stop(proc)
+        except Exception as e:  # keep stopping the others
+            log(f"stopping {proc.args[0]}: {e}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Servers
+
+
+class Cairn:
+    def __init__(self, bin_path, tmp, name, origins, readahead=None, env=None):
+        self.name = name
+        self.dir = tmp / name
+        self.dir.mkdir()
+        self.port, self.admin = free_port(), free_port()
+        cache = [
+            f'dir = "{self.dir / "cache"}"',
+            'ram_capacity = "4GiB"',
+            'disk_capacity = "8GiB"',
+        ]
+        if readahead is not None:
+            cache.append(f"readahead_chunks = {readahead}")
+        cfg = (
+            f'[node]\nlisten = "127.0.0.1:{self.port}"\nadmin_listen = "127.0.0.1:{self.admin}"\n\n'
+            "[cache]\n" + "\n".join(cache) + "\n\n[auth]\nallow_anonymous = true\n\n" + "\n".join(origins)
+        )
+        self.config = self.dir / "cfg.toml"
+        self.config.write_text(cfg)
+        self.log_path = self.dir / "cairn.log"
+        self.proc = start([bin_path, "serve", "--config", str(self.config)], self.log_path, env=env)
+        wait_port(self.port, self.proc)
+        wait_port(self.admin, self.proc)
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def metrics(self):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        values = {}
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            key, _, value = line.rpartition(" ")
+            try:
+                values[key] = float(value)
+            except ValueError:
+                pass
+        return values
+
+    def check_metrics(self, expect_origin_errors=0):
+        m = self.metrics()
+        errs = {k: v for k, v in m.items() if k.startswith("cairn_s3_errors_total") and v}
+        if errs:
+            anomaly(f"{self.name}: S3 errors in metrics: {errs}")
+        if m.get("cairn_origin_errors_total", 0) > expect_origin_errors:
+            anomaly(f"{self.name}: cairn_origin_errors_total = {m['cairn_origin_errors_total']:.0f}")
+        for key in ("cairn_disk_write_errors_total",):
+            if m.get(key, 0):
+                anomaly(f"{self.name}: {key} = {m[key]:.0f}")
+        return m
+
+    def stop(self):
+        stop(self.proc)
+        log_text = self.log_path.read_text(errors="replace")
+        bad = [l for l in log_text.splitlines() if " ERROR " in l or "panicked" in l]
+        if bad:
+            anomaly(f"{self.name}: {len(bad)} ERROR/panic line(s) in its log, first: {bad[0][:300]}")
+
+
+class Nginx:
+    def __init__(self, tmp, origin):
+        self.dir = tmp / "nginx"
+        self.dir.mkdir()
+        self.port = free_port()
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        temp = "".join(
+            f"  {d}_temp_path {self.dir / d};\n" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        conf = f"""{user}worker_processes 2;
+daemon off;
+pid {self.dir / "nginx.pid"};
+error_log {self.dir / "error.log"} warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 100000000;
+  keepalive_timeout 120s;
+  default_type application/octet-stream;
+{temp}  server {{
+    listen 127.0.0.1:{self.port};
+    location /bench/ {{ alias {origin}/; }}
+  }}
+}}
+"""
+        self.conf = self.dir / "nginx.conf"
+        self.conf.write_text(conf)
+        self.proc = start(["nginx", "-c", str(self.conf), "-p", str(self.dir)], self.dir / "stdout.log")
+        wait_port(self.port, self.proc)
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def stop(self):
+        stop(self.proc)
+
+
+class Azurite:
+    def __init__(self, tmp):
+        from azure.storage.blob import BlobServiceClient
+
+        bin_path = ROOT / ".test-deps" / "node_modules" / ".bin" / "azurite-blob"
+        if not bin_path.exists():
+            log("installing Azurite into .test-deps")
+            subprocess.run(
+                ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(ROOT / ".test-deps"), "azurite@3.37.0"],
+                check=True,
+            )
+        self.port = free_port()
+        loc = tmp / "azurite"
+        loc.mkdir()
+        self.proc = start(
+            [
+                str(bin_path),
+                "--blobHost", "127.0.0.1",
+                "--blobPort", str(self.port),
+                "--location", str(loc),
+                "--silent", "--skipApiVersionCheck", "--loose",
+            ],
+            loc / "azurite.log",
+        )
+        wait_port(self.port, self.proc)
+        self.endpoint = f"http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT}"
+        conn = (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+            f"AccountKey={AZURITE_KEY};BlobEndpoint={self.endpoint};"
+        )
+        self.service = BlobServiceClient.from_connection_string(conn)
+
+    def sas_url(self, container, blob):
+        from datetime import datetime, timedelta, timezone
+
+        from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+        sas = generate_blob_sas(
+            AZURITE_ACCOUNT,
+            container,
+            blob,
+            account_key=AZURITE_KEY,
+            permission=BlobSasPermissions(read=True),
+            expiry=datetime.now(timezone.utc) + timedelta(hours=2),
+        )
+        return f"{self.endpoint}/{container}/{blob}?{sas}"
+
+    def stop(self):
+        stop(self.proc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Clients
+
+WRK_DONE = """
+done = function(summary, latency, requests)
+  io.write(string.format(
+    'WRKJSON {"duration_us":%d,"requests":%d,"bytes":%d,"connect":%d,"read":%d,"write":%d,"status":%d,' ..
+    '"timeout":%d,"p50_us":%d,"p99_us":%d,"max_us":%d}\\n',
+    summary.duration, summary.requests, summary.bytes, summary.errors.connect, summary.errors.read,
+    summary.errors.write, summary.errors.status, summary.errors.timeout,
+    latency:percentile(50), latency:percentile(99), latency.max))
+end
+"""
+
+
+def wrk_script(path, paths, headers=None):
+    lines = ["local paths = {" + ", ".join(f'"{p}"' for p in paths) + "}", "local i = 0"]
+    for k, v in (headers or {}).items():
+        lines.append(f'wrk.headers["{k}"] = "{v}"')
+    lines += [
+        "request = function()",
+        "  i = i % #paths + 1",
+        '  return wrk.format("GET", paths[i])',
+        "end",
+    ]
+    path.write_text("\n".join(lines) + "\n" + WRK_DONE)
+    return path
+
+
+def wrk(base_url, script, conns, seconds, latency=False):
+    threads = min(2, conns)
+    args = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script)]
+    if latency:
+        args.append("--latency")
+    args.append(base_url)
+    out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60)
+    for line in out.stdout.splitlines():
+        if line.startswith("WRKJSON "):
+            r = json.loads(line[len("WRKJSON "):])
+            r["errors"] = sum(r[k] for k in ("connect", "read", "write", "status", "timeout"))
+            r["gbps"] = r["bytes"] / (r["duration_us"] / 1e6) / 1e9
+            return r
+    raise RuntimeError(f"wrk printed no summary:\n{out.stdout}\n{out.stderr}")
+
+
+def http_get(url, headers=None):
+    req = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return r.status, r.read()
+
+
+def curl_timed(url, sink="/dev/null"):
+    """One streaming GET with curl; returns (seconds, http code, bytes)."""
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        ["curl", "-s", "-o", sink, "-w", "%{http_code} %{size_download}", url],
+        capture_output=True, text=True, timeout=600,
+    )
+    dt = time.perf_counter() - t0
+    code, size = out.stdout.split()
+    return dt, int(code), int(float(size))
+
+
+def curl_sha256(url):
+    """Streams a GET through curl into sha256; returns (hexdigest, bytes, http code)."""
+    proc = subprocess.Popen(
+        ["curl", "-s", "-o", "-", "-w", "%{stderr}%{http_code}", url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    h, n = hashlib.sha256(), 0
+    while True:
+        buf = proc.stdout.read(4 * MIB)
+        if not buf:
+            break
+        h.update(buf)
+        n += len(buf)
+    code = proc.stderr.read().decode().strip()
+    proc.wait()
+    return h.hexdigest(), n, int(code or 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+
+
+def gen_file(path, size, seed):
+    """Writes `size` pseudo-random bytes (cheap to generate, incompressible enough) and returns
+    (sha256 hex, bytes)."""
+    h = hashlib.sha256()
+    block = os.urandom(4 * MIB)
+    with open(path, "wb") as f:
+        for i in range(size // len(block)):
+            # vary every block so no two chunks are identical
+            b = (seed * 1_000_003 + i).to_bytes(8, "little") + block[8:]
+            f.write(b)
+            h.update(b)
+    return h.hexdigest()
+
+
+def bench_hits(cairn, nginx, tmp, seconds, rows):
+    paths = [f"/bench/obj{i}" for i in range(HIT_OBJECTS)]
+    script = wrk_script(tmp / "hits.lua", paths)
+    origin = tmp / "origin"
+    for p in paths:
+        want = (origin / p.rsplit("/", 1)[1]).read_bytes()
+        for name, server in (("cairn", cairn), ("nginx", nginx)):
+            status, body = http_get(server.url(p))  # warms cairn's cache and nginx's page cache
+            if status != 200 or body != want:
+                msg = f"{name} GET {p}: status {status}, {len(body)} bytes, equal={body == want}"
+                if name == "cairn":
+                    anomaly(msg)
+                else:
+                    raise RuntimeError(msg)
+    results = {}
+    for conns in (1, 8):
+        for name, server in (("nginx", nginx), ("cairn", cairn)):
+            wrk(server.url(""), script, conns, 2)  # unmeasured warm-up of both
+            r = wrk(server.url(""), script, conns, seconds)
+            log(f"hit GET 16 MiB c={conns} {name}: {r['gbps']:.2f} GB/s, {r['requests']} requests, {r['errors']} errors")
+            if r["errors"]:
+                (anomaly if name == "cairn" else log)(f"wrk hit c={conns} {name}: errors {r}")
+            results[(name, conns)] = r
+        c, n = results[("cairn", conns)]["gbps"], results[("nginx", conns)]["gbps"]
+        rows.append(
+            (
+                f"Hit GET 16 MiB, {conns} conn{'s' if conns > 1 else ''} (wrk)",
+                f"{c:.2f} GB/s",
+                f"{n:.2f} GB/s (nginx)",
+                f"{c / n:.2f}×",
+                "≥ 0.90×",
+                "met" if c / n >= 0.9 else "not met",
+            )
+        )
+    return results
+
+
+def bench_ranges(cairn, nginx, tmp, seconds, rows):
+    path = "/bench/obj0"
+    lo, hi = RANGE
+    want = (tmp / "origin" / "obj0").read_bytes()[lo : hi + 1]
+    hdr = {"Range": f"bytes={lo}-{hi}"}
+    for name, server in (("cairn", cairn), ("nginx", nginx)):
+        status, body = http_get(server.url(path), hdr)
+        if status != 206 or body != want:
+            msg = f"{name} ranged GET: status {status}, {len(body)} bytes, equal={body == want}"
+            if name == "cairn":
+                anomaly(msg)
+            else:
+                raise RuntimeError(msg)
+    script = wrk_script(tmp / "range.lua", [path], hdr)
+    results = {}
+    for conns in (1, 8):
+        for name, server in (("nginx", nginx), ("cairn", cairn)):
+            wrk(server.url(""), script, conns, 2)
+            r = wrk(server.url(""), script, conns, seconds, latency=True)
+            rps = r["requests"] / (r["duration_us"] / 1e6)
+            log(
+                f"4 KiB range c={conns} {name}: p50 {r['p50_us']} us, p99 {r['p99_us']} us, "
+                f"{rps:.0f} req/s, {r['errors']} errors"
+            )
+            if r["errors"]:
+                (anomaly if name == "cairn" else log)(f"wrk range c={conns} {name}: errors {r}")
+            expected = r["requests"] * 4096
+            if r["bytes"] < expected:
+                (anomaly if name == "cairn" else log)(
+                    f"wrk range c={conns} {name}: {r['bytes']} bytes for {r['requests']} requests"
+                )
+            r["rps"] = rps
+            results[(name, conns)] = r
+        c, n = results[("cairn", conns)], results[("nginx", conns)]
+        for q in ("p50", "p99"):
+            cv, nv = c[f"{q}_us"], n[f"{q}_us"]
+            rows.append(
+                (
+                    f"4 KiB ranged GET hit, {conns} conn{'s' if conns > 1 else ''}, {q} latency (wrk)",
+                    f"{cv / 1000:.3f} ms",
+                    f"{nv / 1000:.3f} ms (nginx)",
+                    f"{cv / nv:.2f}× (lower is better)",
+                    "(reported)",
+                    "—",
+                )
+            )
+        rows.append(
+            (
+                f"4 KiB ranged GET hit, {conns} conn{'s' if conns > 1 else ''}, throughput (wrk)",
+                f"{c['rps']:,.0f} req/s",
+                f"{n['rps']:,.0f} req/s (nginx)",
+                f"{c['rps'] / n['rps']:.2f}×",
+                "(reported)",
+                "—",
+            )
+        )
+    return results
+
+
+def bench_azure_cold(bin_path, tmp, big_path, big_sha, size, rows):
+    az = Azurite(tmp)
+    try:
+        container = az.service.get_container_client("bench")
+        container.create_container()
+        log(f"uploading {size // MIB} MiB to Azurite")
+        t0 = time.perf_counter()
+        with open(big_path, "rb") as f:
+            container.upload_blob("big.bin", f, length=size, overwrite=True, max_concurrency=4)
+        log(f"uploaded in {time.perf_counter() - t0:.1f} s")
+
+        url = az.sas_url("bench", "big.bin")
+        direct = []
+        for _ in range(2):
+            dt, code, n = curl_timed(url)
+            if code != 200 or n != size:
+                raise RuntimeError(f"direct Azurite GET: status {code}, {n} bytes")
+            direct.append(size / dt / 1e6)
+            log(f"direct Azurite GET: {direct[-1]:.0f} MB/s ({dt:.2f} s)")
+
+        origin = (
+            '[[origin]]\nbucket = "azbench"\nurl = "az://bench"\nmetadata = "immutable"\n'
+            'options = { azure_storage_use_emulator = "true" }\n'
+        )
+        env = {"AZURITE_BLOB_STORAGE_URL": f"http://127.0.0.1:{az.port}"}
+        through = []
+        origin_ratio = []
+        for i in range(2):
+            node = Cairn(bin_path, tmp, f"cairn-az{i}", [origin], readahead=16, env=env)
+            try:
+                dt, code, n = curl_timed(node.url("/azbench/big.bin"))
+                if code != 200 or n != size:
+                    anomaly(f"cold GET through cairn from Azurite: status {code}, {n} of {size} bytes")
+                through.append(size / dt / 1e6)
+                m = node.check_metrics()
+                origin_ratio.append(m.get("cairn_origin_bytes_total", 0) / size)
+                gets = m.get('cairn_origin_requests_total{op="get_range"}', 0)
+                log(
+                    f"cold GET via cairn (Azurite): {through[-1]:.0f} MB/s ({dt:.2f} s), "
+                    f"origin bytes {origin_ratio[-1]:.3f}× the object, {gets:.0f} range GETs"
+                )
+            finally:
+                node.stop()
+
+        # Byte check, untimed: a cold read on a fresh node streamed into sha256, then a hit.
+        node = Cairn(bin_path, tmp, "cairn-az-verify", [origin], readahead=16, env=env)
+        try:
+            for what in ("cold", "hit"):
+                digest, n, code = curl_sha256(node.url("/azbench/big.bin"))
+                ok = digest == big_sha and n == size and code == 200
+                log(f"verify {what} read via cairn (Azurite): status {code}, {n} bytes, sha256 ok={ok}")
+                if not ok:
+                    anomaly(f"{what} read via cairn from Azurite: status {code}, {n} bytes, sha256 mismatch")
+            node.check_metrics()
+        finally:
+            node.stop()
+    finally:
+        az.stop()
+
+    d, c = max(direct), max(through)
+    rows.append(
+        (
+            f"Cold read {size // MIB} MiB from Azurite (curl, 1 stream)",
+            f"{c:.0f} MB/s",
+            f"{d:.0f} MB/s (Azurite direct)",
+            f"{c / d:.2f}×",
+            "≥ 3×",
+            "met" if c / d >= 3 else "not met",
+        )
+    )
+    return {"direct_mbps": direct, "cairn_mbps": through, "origin_ratio": origin_ratio}
+
+
+def bench_collapse(bin_path, tmp, big_path, big_sha, size, rows):
+    node = Cairn(
+        bin_path, tmp, "cairn-collapse",
+        [f'[[origin]]\nbucket = "bench"\nurl = "file://{big_path.parent}"\nmetadata = "immutable"\n'],
+    )
+    try:
+        before = node.metrics().get("cairn_origin_bytes_total", 0)
+        url = node.url(f"/bench/{big_path.name}")
+        digests = [None] * 8
+
+        def reader(i):
+            digests[i] = curl_sha256(url)
+
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        dt = time.perf_counter() - t0
+        m = node.check_metrics()
+        origin_bytes = m.get("cairn_origin_bytes_total", 0) - before
+        ratio = origin_bytes / size
+        bad = [d for d in digests if d != (big_sha, size, 200)]
+        log(
+            f"8 concurrent cold readers: origin bytes {origin_bytes:.0f} = {ratio:.3f}× object, "
+            f"{dt:.1f} s wall ({8 * size / dt / 1e6:.0f} MB/s served in total), "
+            f"{len(bad)} bad downloads, singleflight waits {m.get('cairn_singleflight_waits_total', 0):.0f}"
+        )
+        if bad:
+            anomaly(f"8 concurrent cold readers: {len(bad)} downloads wrong: {bad[:2]}")
+        if ratio > 1.0 + 1e-9:
+            anomaly(f"8 concurrent cold readers: origin bytes {ratio:.3f}× the object size (> 1.00×)")
+    finally:
+        node.stop()
+    rows.append(
+        (
+            f"8 concurrent cold readers of {size // MIB} MiB (local-folder origin): origin bytes / object size",
+            f"{ratio:.2f}×",
+            "1.00× (ideal)",
+            f"{ratio:.2f}×",
+            "= 1.00×",
+            "met" if abs(ratio - 1.0) < 0.005 else "not met",
+        )
+    )
+    return {"ratio": ratio, "origin_bytes": origin_bytes, "wall_s": dt, "bad": len(bad)}
+
+
+def table(rows):
+    head = ("Benchmark", "cairn", "reference", "ratio (cairn/ref)", "target", "result")
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="256 MiB instead of 1 GiB, 3 s wrk runs")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results.md"))
+    args = ap.parse_args()
+
+    bin_path = os.environ.get("CAIRN_BIN", str(ROOT / "target" / "release" / "cairn"))
+    bin_path = str(pathlib.Path(bin_path).resolve())
+    for tool in ("nginx", "wrk", "curl"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found (cargo xtask bench installs nginx-light and wrk)")
+    if not os.access(bin_path, os.X_OK):
+        sys.exit(f"cairn binary not found at {bin_path} (cargo build --release -p cairn)")
+
+    big = (256 if args.quick else 1024) * MIB
+    seconds = 3 if args.quick else 10
+    started = time.time()
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="cairn-bench-"))
+    rows = []
+    try:
+        origin = tmp / "origin"
+        origin.mkdir()
+        for i in range(HIT_OBJECTS):
+            gen_file(origin / f"obj{i}", HIT_OBJECT, i)
+        bigdir = tmp / "origin-big"
+        bigdir.mkdir()
+        big_path = bigdir / "big.bin"
+        log(f"generating {big // MIB} MiB object")
+        big_sha = gen_file(big_path, big, 1000)
+
+        cairn = Cairn(
+            bin_path, tmp, "cairn-hit",
+            [f'[[origin]]\nbucket = "bench"\nurl = "file://{origin}"\nmetadata = "immutable"\n'],
+        )
+        nginx = Nginx(tmp, origin)
+        try:
+            bench_hits(cairn, nginx, tmp, seconds, rows)
+            bench_ranges(cairn, nginx, tmp, seconds, rows)
+            cairn.check_metrics()
+        finally:
+            nginx.stop()
+            cairn.stop()
+
+        bench_azure_cold(bin_path, tmp, big_path, big_sha, big, rows)
+        bench_collapse(bin_path, tmp, big_path, big_sha, big, rows)
+    finally:
+        stop_all()
+        if args.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    wall = time.time() - started
+    md = table(rows)
+    try:
+        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        rev = rev.stdout.strip() or "?"
+    except OSError:
+        rev = "?"
+    header = (
+        f"cairn benchmark{' (--quick)' if args.quick else ''}, {time.strftime('%Y-%m-%d %H:%M %Z')}, "
+        f"commit {rev}, {os.cpu_count()} CPUs, {platform.machine()} Linux {platform.release()}, "
+        f"wrk runs {seconds} s, wall time {wall:.0f} s"
+    )
+    notes = "\n".join(f"- {a}" for a in ANOMALIES) or "- none"
+    text = f"{header}\n\n{md}\n\nAnomalies seen in cairn's behaviour:\n{notes}\n"
+    print(text)
+    pathlib.Path(args.out).write_text(text)
+    log(f"wrote {args.out}")
+    return 1 if ANOMALIES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
