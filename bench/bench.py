@@ -584,6 +584,21 @@ def bench_collapse(bin_path, tmp, big_path, big_sha, size, rows):
     return {"ratio": ratio, "origin_bytes": origin_bytes, "wall_s": dt, "bad": len(bad)}
 
 
+def cpu_busy(seconds=2.0):
+    """Fraction of all CPUs busy over `seconds` (from /proc/stat), to flag a machine that is not idle."""
+
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        idle = v[3] + v[4]
+        return sum(v) - idle, sum(v)
+
+    b0, t0 = sample()
+    time.sleep(seconds)
+    b1, t1 = sample()
+    return (b1 - b0) / max(1, t1 - t0)
+
+
 def table(rows):
     head = ("Benchmark", "cairn", "reference", "ratio (cairn/ref)", "target", "result")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -606,12 +621,18 @@ def main():
     if not os.access(bin_path, os.X_OK):
         sys.exit(f"cairn binary not found at {bin_path} (cargo build --release -p cairn)")
 
+    busy_before = cpu_busy()
+    if busy_before > 0.10:
+        log(f"warning: the machine is {busy_before:.0%} busy before the benchmark starts; numbers will be noisy")
     big = (256 if args.quick else 1024) * MIB
     seconds = 3 if args.quick else 10
     started = time.time()
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="cairn-bench-"))
     rows = []
     try:
+        # A private copy, so a rebuild of target/release during the run cannot swap binaries.
+        shutil.copy2(bin_path, tmp / "cairn")
+        bin_path = str(tmp / "cairn")
         origin = tmp / "origin"
         origin.mkdir()
         for i in range(HIT_OBJECTS):
@@ -654,7 +675,8 @@ def main():
     header = (
         f"cairn benchmark{' (--quick)' if args.quick else ''}, {time.strftime('%Y-%m-%d %H:%M %Z')}, "
         f"commit {rev}, {os.cpu_count()} CPUs, {platform.machine()} Linux {platform.release()}, "
-        f"wrk runs {seconds} s, wall time {wall:.0f} s"
+        f"wrk runs {seconds} s, wall time {wall:.0f} s, CPU busy before start {busy_before:.0%}, "
+        f"load average at end {os.getloadavg()[0]:.2f}"
     )
     notes = "\n".join(f"- {a}" for a in ANOMALIES) or "- none"
     text = f"{header}\n\n{md}\n\nAnomalies seen in cairn's behaviour:\n{notes}\n"

@@ -269,3 +269,22 @@ def test_healthz_and_metrics(node):
     for name in ("cairn_chunk_misses_total", "cairn_bytes_served_total", "cairn_singleflight_waits_total",
                  'cairn_evictions_total{tier="ram"}', 'cairn_origin_requests_total{op="get_range"}'):
         assert name in m
+
+
+def test_start_after_inside_a_common_prefix_keeps_it(node, prefix):
+    s3 = node.s3()
+    for k in ("a", "d/x", "d/y", "e"):
+        s3.put_object(Bucket="data", Key=prefix + k, Body=k.encode())
+    r = s3.list_objects_v2(Bucket="data", Prefix=prefix, Delimiter="/", StartAfter=prefix + "d/x")
+    assert [c["Prefix"] for c in r.get("CommonPrefixes", [])] == [prefix + "d/"]
+    assert [o["Key"] for o in r["Contents"]] == [prefix + "e"]
+    # Paging one entry at a time visits each entry once.
+    seen, token = [], None
+    while True:
+        kw = {"ContinuationToken": token} if token else {}
+        r = s3.list_objects_v2(Bucket="data", Prefix=prefix, Delimiter="/", MaxKeys=1, **kw)
+        seen += [o["Key"] for o in r.get("Contents", [])] + [c["Prefix"] for c in r.get("CommonPrefixes", [])]
+        if not r["IsTruncated"]:
+            break
+        token = r["NextContinuationToken"]
+    assert seen == [prefix + "a", prefix + "d/", prefix + "e"]

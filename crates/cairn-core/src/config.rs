@@ -329,7 +329,12 @@ impl Config {
                         return bad(format!("bucket {b:?} is served by two origins"));
                     }
                 }
-                None => account += 1,
+                None => {
+                    account += 1;
+                    if account > 1 {
+                        return bad("at most one origin may be in account mode (without `bucket`)".into());
+                    }
+                }
             }
             if !names.insert(o.display_name()) {
                 return bad(format!("two origins are named {:?}", o.display_name()));
@@ -339,9 +344,6 @@ impl Config {
             if !scheme_ok {
                 return bad(format!("origin url {:?} must start with file://, az://, s3:// or gs://", o.url));
             }
-        }
-        if account > 1 {
-            return bad("at most one origin may be in account mode (without `bucket`)".into());
         }
         if self.cache.ram_capacity.bytes() < MAX_CHUNK_SIZE.min(16 << 20) {
             return bad(format!("cache.ram_capacity {} is below 16MiB", self.cache.ram_capacity));

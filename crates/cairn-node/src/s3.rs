@@ -119,6 +119,10 @@ fn check_preconditions(
 fn resolve_range(range: Option<&s3s::dto::Range>, size: u64) -> S3Result<(Range<u64>, Option<String>)> {
     match range {
         None => Ok((0..size, None)),
+        Some(_) if size == 0 => Err(S3Error::with_message(
+            S3ErrorCode::InvalidRange,
+            "the requested range is not satisfiable for an empty object",
+        )),
         Some(r) => {
             let checked = r.check(size).map_err(|_| {
                 S3Error::with_message(
@@ -374,7 +378,8 @@ impl S3 for CairnS3 {
                 input.if_modified_since.as_ref(),
             )?;
             let (range, content_range) = resolve_range(input.range.as_ref(), info.size)?;
-            Ok(S3Response::new(HeadObjectOutput {
+            let partial = content_range.is_some();
+            let mut resp = S3Response::new(HeadObjectOutput {
                 content_length: Some((range.end - range.start) as i64),
                 content_range,
                 content_type: info.content_type.clone(),
@@ -382,7 +387,11 @@ impl S3 for CairnS3 {
                 last_modified: Some(timestamp(info.last_modified)),
                 accept_ranges: Some("bytes".into()),
                 ..Default::default()
-            }))
+            });
+            if partial {
+                resp.status = Some(http::StatusCode::PARTIAL_CONTENT);
+            }
+            Ok(resp)
         })
         .await
     }

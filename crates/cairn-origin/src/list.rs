@@ -58,8 +58,24 @@ pub fn paginate(
             }
         }
     }
+    // A marker naming a common prefix (as a previous page's last entry does) skips everything
+    // rolled up under it; otherwise entries whose keys all sort at or before it are skipped.
+    let marker = start_after.map(|m| {
+        let names_prefix = delimiter.is_some_and(|d| !d.is_empty() && m.ends_with(d)) && m.starts_with(prefix);
+        if names_prefix { format!("{m}{}", char::MAX) } else { m.to_owned() }
+    });
     let mut page = ListPage::default();
-    let mut iter = items.into_iter().filter(|(k, _)| start_after.is_none_or(|s| k.as_str() > s)).peekable();
+    let mut iter = items
+        .into_iter()
+        .filter(|(k, item)| {
+            let Some(marker) = &marker else { return true };
+            match item {
+                Item::Object(_) => k.as_str() > marker.as_str(),
+                // Keys under a common prefix sort up to prefix + U+10FFFF.
+                Item::Prefix => format!("{k}{}", char::MAX).as_str() > marker.as_str(),
+            }
+        })
+        .peekable();
     let mut last = None;
     let mut taken = 0;
     while taken < max_keys {
@@ -105,6 +121,14 @@ mod tests {
         assert_eq!(p.next_start_after.as_deref(), Some("a/2"));
         let p = paginate(all.clone(), vec![], "", None, Some("a/2"), 10);
         assert_eq!(keys(&p).0, vec!["a/b/3", "ab", "b", "c/d"]);
+
+        // Continuing after a common prefix skips the keys rolled up under it.
+        let all2 = ["p/a", "p/d/x", "p/d/y", "p/e"].map(obj).to_vec();
+        let p = paginate(all2.clone(), vec![], "p/", Some("/"), Some("p/d/"), 10);
+        assert_eq!(keys(&p), (vec!["p/e"], vec![]));
+        // A start-after inside a common prefix keeps the prefix: later keys roll up into it.
+        let p = paginate(all2, vec![], "p/", Some("/"), Some("p/d/x"), 10);
+        assert_eq!(keys(&p), (vec!["p/e"], vec!["p/d/"]));
 
         let p = paginate(all, vec![], "a/", Some("b"), None, 10);
         assert_eq!(keys(&p), (vec!["a/1", "a/2"], vec!["a/b"]));

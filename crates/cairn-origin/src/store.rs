@@ -214,6 +214,11 @@ impl StoreOrigin {
                 Error::new(ErrorKind::VersionChanged, format!("{bucket}/{key} changed at the origin"))
             }
             E::InvalidPath { source } => Error::new(ErrorKind::InvalidKey, format!("invalid key {key:?}: {source}")),
+            // A key whose path segment the origin's file system cannot name (ENAMETOOLONG).
+            other if self.scheme == Scheme::Local && other.to_string().contains("os error 36") => Error::new(
+                ErrorKind::InvalidKey,
+                format!("object key {key:?} has a path segment too long for the origin"),
+            ),
             other => Error::new(ErrorKind::Backend, format!("origin {} failed on {bucket}/{key}: {other}", self.name)),
         }
     }
