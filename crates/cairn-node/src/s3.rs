@@ -512,7 +512,7 @@ impl S3 for CairnS3 {
                 .origin_for(bucket)
                 .ok_or_else(|| s3_error!(NotImplemented, "no account-mode origin is configured to hold new buckets"))?;
             entry.origin.create_bucket(bucket).await.map_err(|e| origin_error(&e))?;
-            Ok(S3Response::new(CreateBucketOutput { location: Some(format!("/{bucket}")), ..Default::default() }))
+            Ok(S3Response::new(CreateBucketOutput { location: Some(format!("/{bucket}")) }))
         })
         .await
     }
