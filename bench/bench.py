@@ -599,6 +599,32 @@ def cpu_busy(seconds=2.0):
     return (b1 - b0) / max(1, t1 - t0)
 
 
+class ForeignLoad:
+    """CPU used on this machine by processes that are not ours, over a span of time, in cores:
+    user+system time from /proc/stat minus the rusage of this process and its (waited-for)
+    children. Softirq time (loopback networking) is counted in neither."""
+
+    def __init__(self):
+        self.t0, self.cpu0, self.own0 = time.time(), self._cpu(), self._own()
+
+    @staticmethod
+    def _cpu():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return (v[0] + v[1] + v[2]) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own():
+        import resource
+
+        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+    def cores(self):
+        wall = max(1e-6, time.time() - self.t0)
+        return max(0.0, (self._cpu() - self.cpu0) - (self._own() - self.own0)) / wall
+
+
 def table(rows):
     head = ("Benchmark", "cairn", "reference", "ratio (cairn/ref)", "target", "result")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -624,9 +650,11 @@ def main():
     busy_before = cpu_busy()
     if busy_before > 0.10:
         log(f"warning: the machine is {busy_before:.0%} busy before the benchmark starts; numbers will be noisy")
+    bin_mtime = os.stat(bin_path).st_mtime
     big = (256 if args.quick else 1024) * MIB
     seconds = 3 if args.quick else 10
     started = time.time()
+    foreign = ForeignLoad()
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="cairn-bench-"))
     rows = []
     try:
@@ -670,13 +698,19 @@ def main():
     try:
         rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
         rev = rev.stdout.strip() or "?"
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "crates"], capture_output=True, text=True
+        )
+        if dirty.stdout.strip():
+            rev += " (+ uncommitted changes under crates/)"
     except OSError:
         rev = "?"
     header = (
         f"cairn benchmark{' (--quick)' if args.quick else ''}, {time.strftime('%Y-%m-%d %H:%M %Z')}, "
-        f"commit {rev}, {os.cpu_count()} CPUs, {platform.machine()} Linux {platform.release()}, "
+        f"commit {rev}, binary built {time.strftime('%Y-%m-%d %H:%M', time.localtime(bin_mtime))}, "
+        f"{os.cpu_count()} CPUs, {platform.machine()} Linux {platform.release()}, "
         f"wrk runs {seconds} s, wall time {wall:.0f} s, CPU busy before start {busy_before:.0%}, "
-        f"load average at end {os.getloadavg()[0]:.2f}"
+        f"CPU used by other processes during the run ≈ {foreign.cores():.2f} cores"
     )
     notes = "\n".join(f"- {a}" for a in ANOMALIES) or "- none"
     text = f"{header}\n\n{md}\n\nAnomalies seen in cairn's behaviour:\n{notes}\n"
