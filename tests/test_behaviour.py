@@ -288,3 +288,26 @@ def test_start_after_inside_a_common_prefix_keeps_it(node, prefix):
             break
         token = r["NextContinuationToken"]
     assert seen == [prefix + "a", prefix + "d/", prefix + "e"]
+
+
+def test_account_mode_missing_bucket_is_no_such_bucket(make_node, tmp_path):
+    root = tmp_path / "account"
+    root.mkdir()
+    n = make_node(f'url = "file://{root}"\n')
+    s3 = n.s3()
+    for call in (
+        lambda: s3.get_object(Bucket="missing", Key="k"),
+        lambda: s3.head_bucket(Bucket="missing"),
+        lambda: s3.list_objects_v2(Bucket="missing"),
+        lambda: s3.put_object(Bucket="missing", Key="k", Body=b"x"),
+        lambda: s3.delete_bucket(Bucket="missing"),
+    ):
+        with pytest.raises(ClientError) as e:
+            call()
+        assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+        assert e.value.response["Error"]["Code"] in ("NoSuchBucket", "404")
+    assert list(root.iterdir()) == []
+    # A bucket created behind cairn's back is found.
+    (root / "later").mkdir()
+    s3.put_object(Bucket="later", Key="k", Body=b"late")
+    assert s3.get_object(Bucket="later", Key="k")["Body"].read() == b"late"

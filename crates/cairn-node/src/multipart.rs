@@ -84,7 +84,11 @@ impl Multipart {
     }
 
     pub async fn create(&self, target: &UploadTarget) -> Result<String, MultipartError> {
-        let in_progress = std::fs::read_dir(&self.root)?.count();
+        let mut in_progress = 0;
+        let mut rd = tokio::fs::read_dir(&self.root).await?;
+        while rd.next_entry().await?.is_some() {
+            in_progress += 1;
+        }
         if in_progress >= self.max_uploads {
             return Err(MultipartError::TooManyUploads(self.max_uploads));
         }

@@ -168,6 +168,11 @@ impl StoreOrigin {
                 if let Some(s) = stores.lock().get(bucket) {
                     return Ok((s.clone(), Path::default()));
                 }
+                if let Some(dir) = self.local_bucket_dir(bucket)
+                    && !dir.is_dir()
+                {
+                    return Err(Error::new(ErrorKind::NoSuchBucket, format!("bucket {bucket:?} does not exist")));
+                }
                 let s = self.build_cloud(bucket)?;
                 stores.lock().insert(bucket.to_owned(), s.clone());
                 Ok((s, Path::default()))

@@ -166,10 +166,13 @@ impl ChunkStore {
         }
     }
 
+    /// Drops a chunk from both tiers; the disk file is removed in the background.
     pub fn remove(&self, id: ChunkId) {
         self.ram.remove(&id);
-        if let Some(d) = &self.disk {
-            d.remove(&id);
+        if let Some(d) = self.disk.clone()
+            && d.contains(&id)
+        {
+            tokio::task::spawn_blocking(move || d.remove(&id));
         }
     }
 
