@@ -1,7 +1,9 @@
 //! Pure logic of cairn, free of I/O: chunk math and chunk identity, byte sizes and durations, the
-//! typed node configuration and its validation, and the S3 key rules every interface shares.
+//! typed node configuration and its validation, the cluster map and placement, and the S3 key
+//! rules every interface shares.
 
 pub mod chunk;
+pub mod cluster;
 pub mod config;
 pub mod key;
 pub mod size;
