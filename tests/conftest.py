@@ -26,23 +26,31 @@ CHUNK = 256 * 1024
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_handed_out = set()
 
 
-def wait_port(port, proc=None, timeout=30.0):
+def free_port(host="127.0.0.1"):
+    """A port free on `host` that this test session has not handed out before."""
+    while True:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+
+
+def wait_port(port, proc=None, timeout=30.0, host="127.0.0.1"):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+    raise RuntimeError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
 def stop(proc, sig=signal.SIGTERM):
@@ -221,20 +229,24 @@ def origin(request, tmp_path):
 class Node:
     """A `cairn serve` process with its own config, cache directory and log."""
 
-    def __init__(self, workdir, origin_toml, env=None, extra="", metadata="ttl:1s", chunk=CHUNK):
+    def __init__(self, workdir, origin_toml, env=None, extra="", metadata="ttl:1s", chunk=CHUNK, host="127.0.0.1",
+                 sections="", wrap=()):
         self.workdir = pathlib.Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cache_dir = self.workdir / "cache"
-        self.port = free_port()
-        self.admin_port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.host = host
+        # A command prefix, e.g. `ip netns exec NS`, to run the node inside a network namespace.
+        self.wrap = list(wrap)
+        self.port = free_port(host) if not self.wrap else free_port()
+        self.admin_port = free_port(host) if not self.wrap else free_port()
+        self.endpoint = f"http://{host}:{self.port}"
         self.env = dict(os.environ, **(env or {}))
         self.config_path = self.workdir / "cairn.toml"
         self.config_path.write_text(
             f"""
 [node]
-listen = "127.0.0.1:{self.port}"
-admin_listen = "127.0.0.1:{self.admin_port}"
+listen = "{host}:{self.port}"
+admin_listen = "{host}:{self.admin_port}"
 
 [cache]
 dir = "{self.cache_dir}"
@@ -250,6 +262,8 @@ max_part_size = "32MiB"
 keys = [{{ access_key = "{ACCESS_KEY}", secret_key = "{SECRET_KEY}" }}]
 {extra}
 
+{sections}
+
 [[origin]]
 chunk_size = {chunk}
 metadata = "{metadata}"
@@ -262,11 +276,11 @@ metadata = "{metadata}"
     def start(self):
         self.log = open(self.workdir / "node.log", "ab")
         self.proc = subprocess.Popen(
-            [CAIRN_BIN, "serve", "--config", str(self.config_path)],
+            self.wrap + [CAIRN_BIN, "serve", "--config", str(self.config_path)],
             stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
         )
-        wait_port(self.port, self.proc)
-        wait_port(self.admin_port, self.proc)
+        wait_port(self.port, self.proc, host=self.host)
+        wait_port(self.admin_port, self.proc, host=self.host)
 
     def stop(self, sig=signal.SIGTERM):
         stop(self.proc, sig)
@@ -289,7 +303,7 @@ metadata = "{metadata}"
         )
 
     def metrics(self):
-        text = requests.get(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=5).text
+        text = requests.get(f"http://{self.host}:{self.admin_port}/metrics", timeout=5).text
         out = {}
         for line in text.splitlines():
             if line and not line.startswith("#"):

@@ -53,6 +53,7 @@ pub struct Config {
     pub cache: CacheSection,
     pub auth: AuthSection,
     pub limits: LimitsSection,
+    pub cluster: ClusterSection,
     #[serde(rename = "origin")]
     pub origins: Vec<OriginConfig>,
 }
@@ -64,6 +65,7 @@ impl Default for Config {
             cache: CacheSection::default(),
             auth: AuthSection::default(),
             limits: LimitsSection::default(),
+            cluster: ClusterSection::default(),
             origins: vec![OriginConfig::local_default()],
         }
     }
@@ -184,6 +186,69 @@ impl Default for LimitsSection {
             max_connections: 4_096,
             max_list_keys: 1_000,
         }
+    }
+}
+
+/// Membership in a cluster. With no `map` the node runs alone.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// Path of the cluster map file (see `cluster.rs`); re-read when it changes. Empty: no cluster.
+    pub map: String,
+    /// This node's id in the map.
+    pub node_id: String,
+    /// Address of the peer transport (chunk and metadata requests between nodes).
+    pub peer_listen: String,
+    /// Shared secret every peer request carries; requests without it are refused.
+    pub secret: String,
+    /// Owners per chunk (R).
+    pub replicas: usize,
+    /// Time a peer has to answer (connect and response head) before the next owner is tried.
+    pub peer_timeout: HumanDuration,
+    /// How long a peer that failed is tried last.
+    pub suspect_for: HumanDuration,
+    /// How often the map file is checked for changes.
+    pub map_poll: HumanDuration,
+    /// Idle keep-alive connections kept per peer.
+    pub peer_pool_idle: usize,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            map: String::new(),
+            node_id: String::new(),
+            peer_listen: "127.0.0.1:9100".into(),
+            secret: String::new(),
+            replicas: 1,
+            peer_timeout: HumanDuration(Duration::from_secs(2)),
+            suspect_for: HumanDuration(Duration::from_secs(10)),
+            map_poll: HumanDuration(Duration::from_secs(1)),
+            peer_pool_idle: 64,
+        }
+    }
+}
+
+impl ClusterSection {
+    pub fn enabled(&self) -> bool {
+        !self.map.is_empty()
+    }
+}
+
+/// A duration written as `2s`, `500ms`, `1m`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map(HumanDuration).map_err(serde::de::Error::custom)
     }
 }
 
@@ -353,6 +418,18 @@ impl Config {
         }
         if self.cache.max_origin_fetches == 0 || self.limits.max_connections == 0 {
             return bad("cache.max_origin_fetches and limits.max_connections must be positive".into());
+        }
+        let c = &self.cluster;
+        if c.enabled() {
+            if c.node_id.is_empty() {
+                return bad("cluster.node_id is required when cluster.map is set".into());
+            }
+            if c.secret.len() < 16 {
+                return bad("cluster.secret must be at least 16 characters when cluster.map is set".into());
+            }
+            if !(1..=5).contains(&c.replicas) {
+                return bad("cluster.replicas must be between 1 and 5".into());
+            }
         }
         if !self.auth.allow_anonymous && self.auth.keys.is_empty() {
             return bad("no access keys are configured and anonymous access is off: nobody could use this node".into());

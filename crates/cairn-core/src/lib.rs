@@ -6,6 +6,7 @@ pub mod chunk;
 pub mod cluster;
 pub mod config;
 pub mod key;
+pub mod placement;
 pub mod size;
 
 pub use chunk::{ChunkId, ChunkLayout, ObjectVersion};

@@ -4,9 +4,11 @@
 //! read-through with single-flight and readahead, multipart staging) and serves the S3 endpoint
 //! and the admin endpoint until the returned [`RunningNode`] is dropped or shut down.
 
+pub mod cluster;
 pub mod meta;
 pub mod metrics;
 pub mod multipart;
+pub mod peer;
 pub mod reader;
 pub mod s3;
 pub mod server;
@@ -43,6 +45,7 @@ impl s3s::access::S3Access for AllowAnonymous {
 pub struct RunningNode {
     pub s3_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    pub peer_addr: Option<SocketAddr>,
     pub state: Arc<NodeState>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -90,9 +93,18 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let (admin_listener, admin_addr) = server::bind(&cfg.node.admin_listen)
         .await
         .map_err(|e| StartError::Io(format!("listen on {}", cfg.node.admin_listen), e))?;
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(server::serve_s3(s3_listener, s3, state.clone())),
         tokio::spawn(server::serve_admin(admin_listener, state.clone())),
     ];
-    Ok(RunningNode { s3_addr, admin_addr, state, tasks })
+    let mut peer_addr = None;
+    if let Some(cluster) = &state.cluster {
+        let listen = &cfg.cluster.peer_listen;
+        let (listener, addr) =
+            server::bind(listen).await.map_err(|e| StartError::Io(format!("listen on {listen}"), e))?;
+        peer_addr = Some(addr);
+        tasks.push(tokio::spawn(peer::serve_peer(listener, state.clone(), cluster.clone())));
+        tasks.push(cluster.spawn_reloader());
+    }
+    Ok(RunningNode { s3_addr, admin_addr, peer_addr, state, tasks })
 }

@@ -32,6 +32,11 @@ pub struct Metrics {
     pub metadata_misses: AtomicU64,
     pub version_changes: AtomicU64,
     pub connections_open: AtomicU64,
+    pub peer_requests: AtomicU64,
+    pub peer_bytes: AtomicU64,
+    pub peer_failovers: AtomicU64,
+    pub peer_served: AtomicU64,
+    pub peer_refused: AtomicU64,
     latency: Mutex<BTreeMap<&'static str, Histogram>>,
     errors: Mutex<BTreeMap<(&'static str, String), u64>>,
 }
@@ -157,6 +162,26 @@ impl Metrics {
             &[("", get(&self.version_changes))],
         );
         gauge(&mut out, "cairn_connections_open", "Client connections open.", &[("", get(&self.connections_open))]);
+        counter(&mut out, "cairn_peer_requests_total", "Requests sent to peers.", &[("", get(&self.peer_requests))]);
+        counter(&mut out, "cairn_peer_bytes_total", "Chunk bytes received from peers.", &[("", get(&self.peer_bytes))]);
+        counter(
+            &mut out,
+            "cairn_peer_failovers_total",
+            "Peers that failed a request and were marked suspect.",
+            &[("", get(&self.peer_failovers))],
+        );
+        counter(
+            &mut out,
+            "cairn_peer_served_total",
+            "Peer requests this node served.",
+            &[("", get(&self.peer_served))],
+        );
+        counter(
+            &mut out,
+            "cairn_peer_refused_total",
+            "Peer requests refused for a missing or wrong secret.",
+            &[("", get(&self.peer_refused))],
+        );
 
         let errors = self.errors.lock();
         let _ =

@@ -16,6 +16,7 @@ use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 
+use crate::cluster::{ChunkQuery, Cluster, PeerError};
 use crate::metrics::Metrics;
 use crate::singleflight::SingleFlight;
 
@@ -43,23 +44,36 @@ impl ObjectHandle {
 
 pub struct ReadThrough {
     store: Arc<ChunkStore>,
+    /// Origin fetches. Requests from peers join these only, never `routed`, so two nodes whose
+    /// maps disagree cannot wait on each other.
     flights: SingleFlight<ChunkId, ChunkResult>,
+    /// Requests to other nodes.
+    routed: SingleFlight<ChunkId, ChunkResult>,
     fetch_permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     readahead: usize,
     /// Last chunk read per object version, to recognise sequential readers.
     last_read: Mutex<HashMap<ObjectVersion, u64>>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl ReadThrough {
-    pub fn new(store: Arc<ChunkStore>, metrics: Arc<Metrics>, readahead: usize, max_fetches: usize) -> Self {
+    pub fn new(
+        store: Arc<ChunkStore>,
+        metrics: Arc<Metrics>,
+        readahead: usize,
+        max_fetches: usize,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Self {
         Self {
             store,
             flights: SingleFlight::default(),
+            routed: SingleFlight::default(),
             fetch_permits: Arc::new(Semaphore::new(max_fetches)),
             metrics,
             readahead,
             last_read: Mutex::new(HashMap::new()),
+            cluster,
         }
     }
 
@@ -67,8 +81,29 @@ impl ReadThrough {
         &self.store
     }
 
-    /// One chunk: from the cache, or fetched once however many ask at the same time.
+    /// One chunk: from this node's tiers, else from its owner (in a cluster), else from the origin;
+    /// fetched once however many readers of this node ask at the same time.
     pub async fn chunk(&self, obj: &ObjectHandle, index: u64) -> ChunkResult {
+        let id = obj.chunk_id(index);
+        if let Some((b, _)) = self.store.get(id).await {
+            return Ok(b);
+        }
+        match &self.cluster {
+            Some(cluster) => {
+                let route = cluster.route(id.0 as u64);
+                if route.self_is_owner {
+                    self.fetch(obj, index, id).await
+                } else {
+                    self.fetch_routed(obj, index, id, cluster.clone(), route.candidates).await
+                }
+            }
+            None => self.fetch(obj, index, id).await,
+        }
+    }
+
+    /// A chunk a peer asked for: served from this node's tiers or its own origin fetch, whoever
+    /// owns it under this node's view; never forwarded again.
+    pub async fn local_chunk(&self, obj: &ObjectHandle, index: u64) -> ChunkResult {
         let id = obj.chunk_id(index);
         if let Some((b, _)) = self.store.get(id).await {
             return Ok(b);
@@ -76,34 +111,71 @@ impl ReadThrough {
         self.fetch(obj, index, id).await
     }
 
+    fn origin_fetch_job(&self, obj: &ObjectHandle, index: u64, id: ChunkId) -> OriginFetch {
+        OriginFetch {
+            store: self.store.clone(),
+            permits: self.fetch_permits.clone(),
+            metrics: self.metrics.clone(),
+            origin: obj.origin.clone(),
+            version: obj.version.clone(),
+            range: obj.layout().chunk_range(index),
+            id,
+        }
+    }
+
     async fn fetch(&self, obj: &ObjectHandle, index: u64, id: ChunkId) -> ChunkResult {
-        let store = self.store.clone();
-        let permits = self.fetch_permits.clone();
-        let metrics = self.metrics.clone();
-        let origin = obj.origin.clone();
-        let v = obj.version.clone();
-        let range = obj.layout().chunk_range(index);
+        let job = self.origin_fetch_job(obj, index, id);
+        let (result, waited) = self.flights.run(id, move || job.run()).await;
+        if waited {
+            Metrics::add(&self.metrics.singleflight_waits, 1);
+        }
+        result
+    }
+
+    /// Asks the chunk's candidates in turn; a candidate that is down, cut off or failing is marked
+    /// suspect and the next one is asked at once. With none left, reads the origin itself.
+    async fn fetch_routed(
+        &self,
+        obj: &ObjectHandle,
+        index: u64,
+        id: ChunkId,
+        cluster: Arc<Cluster>,
+        candidates: Vec<cairn_core::cluster::NodeEntry>,
+    ) -> ChunkResult {
+        let job = self.origin_fetch_job(obj, index, id);
+        let chunk_size = obj.chunk_size;
+        let flights = self.flights.clone();
         let (result, waited) = self
-            .flights
+            .routed
             .run(id, move || async move {
-                // Filled between our miss and our turn as leader.
-                if let Some(b) = store.peek_ram(id) {
-                    return Ok(b);
-                }
-                let _permit = permits.acquire_owned().await;
-                Metrics::add(&metrics.origin_get_range, 1);
-                match origin.get_range(&v.bucket, &v.key, range, &v.version).await {
-                    Ok(b) => {
-                        Metrics::add(&metrics.origin_bytes, b.len() as u64);
-                        store.insert(id, b.clone());
-                        Ok(b)
+                let v = &job.version;
+                let q = ChunkQuery {
+                    origin: &v.origin,
+                    bucket: &v.bucket,
+                    key: &v.key,
+                    version: &v.version,
+                    size: v.size,
+                    chunk_size,
+                    index,
+                };
+                for node in &candidates {
+                    if node.id == cluster.node_id {
+                        break;
                     }
-                    Err(e) => {
-                        Metrics::add(&metrics.origin_errors, 1);
-                        tracing::debug!(chunk = %id, error = %e, "origin chunk fetch failed");
-                        Err(Arc::new(e))
+                    match cluster.get_chunk(node, &q).await {
+                        Ok(b) => {
+                            // A near copy in RAM only: the owner keeps the durable one.
+                            job.store.insert_ram(id, b.clone());
+                            return Ok(b);
+                        }
+                        Err(PeerError::Origin(e)) => return Err(Arc::new(e)),
+                        Err(PeerError::Unavailable(m)) => {
+                            tracing::warn!(peer = %node.id, error = %m, chunk = %id, "peer failed; trying the next node");
+                            cluster.mark_suspect(&node.id);
+                        }
                     }
                 }
+                flights.run(id, move || job.run()).await.0
             })
             .await;
         if waited {
@@ -124,7 +196,7 @@ impl ReadThrough {
             let this = self.clone();
             let obj = obj.clone();
             tokio::spawn(async move {
-                let _ = this.fetch(&obj, index, id).await;
+                let _ = this.chunk(&obj, index).await;
             });
         }
     }
@@ -184,5 +256,40 @@ impl ReadThrough {
                 }
             })
             .buffered(window)
+    }
+}
+
+/// One origin range GET of one chunk, pinned to the object's version, stored on success.
+struct OriginFetch {
+    store: Arc<ChunkStore>,
+    permits: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    origin: Arc<dyn Origin>,
+    version: ObjectVersion,
+    range: Range<u64>,
+    id: ChunkId,
+}
+
+impl OriginFetch {
+    async fn run(self) -> ChunkResult {
+        // Filled between our miss and our turn as leader.
+        if let Some(b) = self.store.peek_ram(self.id) {
+            return Ok(b);
+        }
+        let _permit = self.permits.acquire_owned().await;
+        Metrics::add(&self.metrics.origin_get_range, 1);
+        let v = &self.version;
+        match self.origin.get_range(&v.bucket, &v.key, self.range.clone(), &v.version).await {
+            Ok(b) => {
+                Metrics::add(&self.metrics.origin_bytes, b.len() as u64);
+                self.store.insert(self.id, b.clone());
+                Ok(b)
+            }
+            Err(e) => {
+                Metrics::add(&self.metrics.origin_errors, 1);
+                tracing::debug!(chunk = %self.id, error = %e, "origin chunk fetch failed");
+                Err(Arc::new(e))
+            }
+        }
     }
 }

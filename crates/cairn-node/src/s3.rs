@@ -215,8 +215,20 @@ impl CairnS3 {
         })
     }
 
-    /// Forgets an object's metadata and drops the chunks of the version that was cached.
-    fn invalidate(&self, entry: &OriginEntry, bucket: &str, key: &str) {
+    /// Forgets an object's metadata (here and at the owner of its metadata key) and drops the
+    /// chunks of the version this node had cached.
+    async fn invalidate(&self, entry: &OriginEntry, bucket: &str, key: &str) {
+        if let Some(cluster) = &self.state.cluster {
+            let route = cluster.route(crate::cluster::Cluster::meta_key(entry.origin.name(), bucket, key));
+            for node in route.candidates.iter().take(self.state.config.cluster.replicas) {
+                if node.id == cluster.node_id {
+                    continue;
+                }
+                if let Err(e) = cluster.invalidate(node, entry.origin.name(), bucket, key).await {
+                    tracing::warn!(peer = %node.id, error = ?e, "could not invalidate metadata at its owner");
+                }
+            }
+        }
         if let Some(old) = self.state.meta.remove(&Self::meta_key(entry, bucket, key)) {
             let h = Self::handle(entry, bucket, key, &old);
             for i in 0..h.layout().chunk_count() {
@@ -342,7 +354,7 @@ impl CairnS3 {
     ) -> S3Result<Option<String>> {
         crate::metrics::Metrics::add(&self.state.metrics.origin_put, 1);
         let r = entry.origin.put(bucket, key, body, content_type).await;
-        self.invalidate(entry, bucket, key);
+        self.invalidate(entry, bucket, key).await;
         match r {
             Ok(info) => Ok(info.etag),
             Err(_) if over.load(Ordering::Relaxed) => Err(S3Error::with_message(
@@ -558,7 +570,7 @@ impl S3 for CairnS3 {
             let entry = self.origin(bucket)?;
             crate::metrics::Metrics::add(&self.state.metrics.origin_delete, 1);
             let r = entry.origin.delete(bucket, key).await;
-            self.invalidate(entry, bucket, key);
+            self.invalidate(entry, bucket, key).await;
             r.map_err(|e| origin_error(&e))?;
             Ok(S3Response::new(DeleteObjectOutput::default()))
         })
@@ -583,7 +595,7 @@ impl S3 for CairnS3 {
                     Ok(()) => {
                         crate::metrics::Metrics::add(&self.state.metrics.origin_delete, 1);
                         let r = entry.origin.delete(bucket, key).await;
-                        self.invalidate(entry, bucket, key);
+                        self.invalidate(entry, bucket, key).await;
                         r.map_err(|e| origin_error(&e))
                     }
                 };

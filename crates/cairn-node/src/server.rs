@@ -105,7 +105,13 @@ pub async fn serve_admin(listener: TcpListener, state: Arc<NodeState>) {
 
 fn admin(state: &NodeState, path: &str) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match path {
-        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", state.metrics.render(state.reader.store())),
+        "/metrics" => {
+            let mut text = state.metrics.render(state.reader.store());
+            if let Some(c) = &state.cluster {
+                cluster_metrics(&mut text, &c.placement());
+            }
+            (StatusCode::OK, "text/plain; version=0.0.4", text)
+        }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics or /healthz\n".to_owned()),
     };
@@ -113,6 +119,18 @@ fn admin(state: &NodeState, path: &str) -> Response<Full<Bytes>> {
     *resp.status_mut() = status;
     resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
     resp
+}
+
+fn cluster_metrics(out: &mut String, p: &cairn_core::placement::Placement) {
+    use std::fmt::Write;
+    let up = p.nodes().iter().filter(|n| n.state == cairn_core::cluster::NodeState::Up).count();
+    let _ = writeln!(out, "# HELP cairn_cluster_map_version Version of the cluster map in use.");
+    let _ = writeln!(out, "# TYPE cairn_cluster_map_version gauge");
+    let _ = writeln!(out, "cairn_cluster_map_version {}", p.version());
+    let _ = writeln!(out, "# HELP cairn_cluster_nodes Nodes in the cluster map, by state.");
+    let _ = writeln!(out, "# TYPE cairn_cluster_nodes gauge");
+    let _ = writeln!(out, "cairn_cluster_nodes{{state=\"up\"}} {up}");
+    let _ = writeln!(out, "cairn_cluster_nodes{{state=\"down\"}} {}", p.nodes().len() - up);
 }
 
 pub async fn bind(addr: &str) -> std::io::Result<(TcpListener, SocketAddr)> {

@@ -17,6 +17,12 @@ pub struct SingleFlight<K, V: Clone> {
     inflight: Arc<Mutex<HashMap<K, Shared<BoxFuture<'static, V>>>>>,
 }
 
+impl<K, V: Clone> Clone for SingleFlight<K, V> {
+    fn clone(&self) -> Self {
+        Self { inflight: self.inflight.clone() }
+    }
+}
+
 impl<K, V> Default for SingleFlight<K, V>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,

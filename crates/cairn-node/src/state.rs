@@ -8,6 +8,7 @@ use cairn_origin::{Origin, StoreOrigin};
 use cairn_store::ChunkStore;
 
 use crate::StartError;
+use crate::cluster::Cluster;
 use crate::meta::MetaCache;
 use crate::metrics::Metrics;
 use crate::multipart::Multipart;
@@ -25,6 +26,7 @@ pub struct NodeState {
     pub reader: Arc<ReadThrough>,
     pub multipart: Multipart,
     pub metrics: Arc<Metrics>,
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl NodeState {
@@ -41,23 +43,35 @@ impl NodeState {
             origins.push(OriginEntry { config: oc.clone(), origin: Arc::new(origin) });
         }
         let metrics = Arc::new(Metrics::default());
+        let cluster = if config.cluster.enabled() {
+            Some(Arc::new(Cluster::load(&config.cluster, metrics.clone()).map_err(StartError::Config)?))
+        } else {
+            None
+        };
         let reader = Arc::new(ReadThrough::new(
             Arc::new(store),
             metrics.clone(),
             config.cache.readahead_chunks,
             config.cache.max_origin_fetches,
+            cluster.clone(),
         ));
         let multipart =
             Multipart::open(dir.join("uploads"), config.limits.max_multipart_uploads, config.limits.max_parts)
                 .map_err(|e| StartError::Io(format!("upload staging under {}", dir.display()), e))?;
         Ok(Self {
-            meta: MetaCache::new(config.cache.metadata_entries, metrics.clone()),
+            meta: MetaCache::new(config.cache.metadata_entries, metrics.clone(), cluster.clone()),
             config,
             origins,
             reader,
             multipart,
             metrics,
+            cluster,
         })
+    }
+
+    /// The origin with this configured name (as peers name it).
+    pub fn origin_named(&self, name: &str) -> Option<&OriginEntry> {
+        self.origins.iter().find(|o| o.origin.name() == name)
     }
 
     /// The origin serving `bucket`: the one exposing it by name, else the account-mode origin.

@@ -1,13 +1,16 @@
 //! The node-local tiered chunk store: a RAM tier over a disk tier, both under S3-FIFO eviction.
 //!
-//! Reads look in RAM, then on disk (verifying the checksum; a bad chunk is a miss). A disk hit is
-//! promoted to RAM. Inserts go to RAM at once and to disk in the background, with a bound on the
-//! disk writes waiting, so a slow disk sheds cache fills instead of piling up memory.
+//! Reads look in RAM, then among chunks queued for disk, then on disk (verifying the checksum; a
+//! bad chunk is a miss). A disk hit is promoted to RAM. Inserts go to RAM at once and to disk in
+//! the background; a chunk stays findable in the queue until its file is in place, so RAM eviction
+//! never loses a chunk on its way to disk. The queue is bounded: past it, a slow disk sheds cache
+//! fills instead of piling up memory.
 
 pub mod disk;
 pub mod ram;
 pub mod s3fifo;
 
+use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -15,13 +18,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use cairn_core::ChunkId;
+use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 
 pub use disk::{DiskTier, ReadOutcome};
 pub use ram::RamTier;
 
-/// Disk writes queued at once; past this, fills skip the disk tier.
-pub const MAX_PENDING_DISK_WRITES: usize = 32;
+/// Chunks queued for the disk tier at once; past this, fills skip the disk tier.
+pub const MAX_QUEUED_DISK_WRITES: usize = 64;
+/// Disk writes running at once.
+pub const MAX_PARALLEL_DISK_WRITES: usize = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tier {
@@ -55,6 +61,8 @@ pub struct ChunkStore {
     ram: RamTier,
     disk: Option<Arc<DiskTier>>,
     disk_writes: Arc<Semaphore>,
+    /// Chunks queued for the disk tier, readable until their file is in place.
+    queued: Arc<Mutex<HashMap<ChunkId, Bytes>>>,
     stats: Arc<StoreStats>,
 }
 
@@ -65,7 +73,8 @@ impl ChunkStore {
         Ok(Self {
             ram: RamTier::new(ram_capacity),
             disk,
-            disk_writes: Arc::new(Semaphore::new(MAX_PENDING_DISK_WRITES)),
+            disk_writes: Arc::new(Semaphore::new(MAX_PARALLEL_DISK_WRITES)),
+            queued: Arc::new(Mutex::new(HashMap::new())),
             stats: Arc::new(StoreStats::default()),
         })
     }
@@ -88,7 +97,9 @@ impl ChunkStore {
 
     /// Whether a tier holds the chunk (without reading or verifying it).
     pub fn contains(&self, id: ChunkId) -> bool {
-        self.ram.contains(&id) || self.disk.as_ref().is_some_and(|d| d.contains(&id))
+        self.ram.contains(&id)
+            || self.queued.lock().contains_key(&id)
+            || self.disk.as_ref().is_some_and(|d| d.contains(&id))
     }
 
     /// The chunk if it is in RAM, without counting a hit or a miss.
@@ -100,6 +111,12 @@ impl ChunkStore {
     pub async fn get(&self, id: ChunkId) -> Option<(Bytes, Tier)> {
         if let Some(b) = self.ram.get(&id) {
             self.stats.ram_hits.fetch_add(1, Ordering::Relaxed);
+            return Some((b, Tier::Ram));
+        }
+        let queued = self.queued.lock().get(&id).cloned();
+        if let Some(b) = queued {
+            self.stats.ram_hits.fetch_add(1, Ordering::Relaxed);
+            self.insert_ram(id, b.clone());
             return Some((b, Tier::Ram));
         }
         if let Some(disk) = &self.disk
@@ -129,22 +146,37 @@ impl ChunkStore {
     pub fn insert(&self, id: ChunkId, data: Bytes) {
         self.insert_ram(id, data.clone());
         let Some(disk) = self.disk.clone() else { return };
-        let Ok(permit) = self.disk_writes.clone().try_acquire_owned() else {
-            self.stats.disk_writes_skipped.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
+        {
+            let mut q = self.queued.lock();
+            if q.contains_key(&id) {
+                return;
+            }
+            if q.len() >= MAX_QUEUED_DISK_WRITES {
+                self.stats.disk_writes_skipped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            q.insert(id, data.clone());
+        }
         let stats = self.stats.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            match disk.write(&id, &data) {
-                Ok(n) => {
+        let queued = self.queued.clone();
+        let permits = self.disk_writes.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else { return };
+            let written = tokio::task::spawn_blocking(move || disk.write(&id, &data)).await;
+            match written {
+                Ok(Ok(n)) => {
                     stats.disk_evictions.fetch_add(n as u64, Ordering::Relaxed);
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     stats.disk_write_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(chunk = %id, error = %e, "disk tier write failed");
                 }
+                Err(e) => {
+                    stats.disk_write_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(chunk = %id, error = %e, "disk tier write task failed");
+                }
             }
+            queued.lock().remove(&id);
         });
     }
 
@@ -158,17 +190,17 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// Waits until every background disk write started so far has finished.
+    /// Waits until the disk write queue is empty.
     pub async fn flush(&self) {
-        let all = MAX_PENDING_DISK_WRITES as u32;
-        if let Ok(p) = self.disk_writes.acquire_many(all).await {
-            drop(p);
+        while !self.queued.lock().is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
     }
 
     /// Drops a chunk from both tiers; the disk file is removed in the background.
     pub fn remove(&self, id: ChunkId) {
         self.ram.remove(&id);
+        self.queued.lock().remove(&id);
         if let Some(d) = self.disk.clone()
             && d.contains(&id)
         {
@@ -176,7 +208,8 @@ impl ChunkStore {
         }
     }
 
-    fn insert_ram(&self, id: ChunkId, data: Bytes) {
+    /// Caches a chunk in RAM only (near copies of chunks other nodes own).
+    pub fn insert_ram(&self, id: ChunkId, data: Bytes) {
         let n = self.ram.insert(id, data);
         self.stats.ram_evictions.fetch_add(n as u64, Ordering::Relaxed);
     }

@@ -74,6 +74,18 @@ struct ServeArgs {
     /// Serve unsigned requests too.
     #[arg(long, env = "CAIRN_ALLOW_ANONYMOUS")]
     allow_anonymous: bool,
+    /// Cluster map file (joins a cluster; re-read when it changes).
+    #[arg(long, env = "CAIRN_CLUSTER_MAP")]
+    cluster_map: Option<String>,
+    /// This node's id in the cluster map.
+    #[arg(long, env = "CAIRN_NODE_ID")]
+    node_id: Option<String>,
+    /// Address of the peer transport.
+    #[arg(long, env = "CAIRN_PEER_LISTEN")]
+    peer_listen: Option<String>,
+    /// The cluster's shared secret.
+    #[arg(long, env = "CAIRN_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -132,6 +144,18 @@ impl ServeArgs {
         if self.allow_anonymous {
             cfg.auth.allow_anonymous = true;
         }
+        if let Some(v) = &self.cluster_map {
+            cfg.cluster.map = v.clone();
+        }
+        if let Some(v) = &self.node_id {
+            cfg.cluster.node_id = v.clone();
+        }
+        if let Some(v) = &self.peer_listen {
+            cfg.cluster.peer_listen = v.clone();
+        }
+        if let Some(v) = &self.cluster_secret {
+            cfg.cluster.secret = v.clone();
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -179,6 +203,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     if cfg.auth.allow_anonymous {
         eprintln!("  anonymous     allowed");
+    }
+    if let Some(peer) = node.peer_addr {
+        eprintln!(
+            "  cluster       node {} of map {} (peer transport {peer}, {} owner(s) per chunk)",
+            cfg.cluster.node_id, cfg.cluster.map, cfg.cluster.replicas
+        );
     }
     let stop = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -1,0 +1,301 @@
+//! This node's view of the cluster: the map (re-read when its file changes), routing of chunks and
+//! object metadata to their owners, suspect peers, and the peer transport client.
+//!
+//! Peers talk plain HTTP/1.1 over pooled keep-alive connections, every request carrying the
+//! cluster's shared secret. A request a peer receives is served there (from its tiers or by its
+//! own single-flight origin fetch) and never forwarded again, so two nodes with different map
+//! versions cannot bounce a request between them.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use cairn_core::cluster::ClusterMap;
+use cairn_core::cluster::NodeEntry;
+use cairn_core::config::ClusterSection;
+use cairn_core::placement::{Placement, key_hash};
+use cairn_origin::{Error as OriginError, ErrorKind, ObjectInfo};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use parking_lot::{Mutex, RwLock};
+
+use crate::metrics::Metrics;
+
+/// Header carrying the cluster secret on peer requests.
+pub const SECRET_HEADER: &str = "x-cairn-secret";
+/// Header naming the error code of a failed peer request.
+pub const ERROR_HEADER: &str = "x-cairn-error";
+/// Nodes tried after the owners before a requester reads the origin itself.
+const EXTRA_CANDIDATES: usize = 2;
+/// A peer response body has this long per MiB to arrive, on top of `peer_timeout`.
+const BODY_TIME_PER_MIB: Duration = Duration::from_millis(200);
+
+/// Why a peer request failed.
+#[derive(Debug)]
+pub enum PeerError {
+    /// Refused, timed out, unreachable, cut off, or answered with a server error: try the next node.
+    Unavailable(String),
+    /// The peer answered for the origin (no such key, version changed, ...): do not retry elsewhere.
+    Origin(OriginError),
+}
+
+/// Identifies one chunk of one object version for a peer.
+pub struct ChunkQuery<'a> {
+    pub origin: &'a str,
+    pub bucket: &'a str,
+    pub key: &'a str,
+    pub version: &'a str,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub index: u64,
+}
+
+pub struct Cluster {
+    pub node_id: String,
+    cfg: ClusterSection,
+    map_path: PathBuf,
+    map_mtime: Mutex<Option<SystemTime>>,
+    placement: RwLock<Arc<Placement>>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    suspects: Mutex<HashMap<String, Instant>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Where a key's requests go: its candidates in ranking order and whether this node owns it.
+pub struct Route {
+    pub candidates: Vec<NodeEntry>,
+    pub self_is_owner: bool,
+}
+
+impl Cluster {
+    pub fn load(cfg: &ClusterSection, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let map_path = PathBuf::from(&cfg.map);
+        let (map, mtime) = read_map(&map_path)?;
+        if map.node(&cfg.node_id).is_none() {
+            tracing::warn!(node = %cfg.node_id, "this node is not in the cluster map; it will only route requests");
+        }
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.peer_timeout.0));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(cfg.peer_pool_idle)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(http);
+        Ok(Self {
+            node_id: cfg.node_id.clone(),
+            cfg: cfg.clone(),
+            map_path,
+            map_mtime: Mutex::new(Some(mtime)),
+            placement: RwLock::new(Arc::new(Placement::new(&map))),
+            client,
+            suspects: Mutex::new(HashMap::new()),
+            metrics,
+        })
+    }
+
+    pub fn placement(&self) -> Arc<Placement> {
+        self.placement.read().clone()
+    }
+
+    pub fn secret(&self) -> &str {
+        &self.cfg.secret
+    }
+
+    /// Re-reads the map file if it changed; adopts it if its version is newer.
+    pub fn reload(&self) -> Result<bool, String> {
+        let mtime = std::fs::metadata(&self.map_path).and_then(|m| m.modified()).map_err(|e| e.to_string())?;
+        if *self.map_mtime.lock() == Some(mtime) {
+            return Ok(false);
+        }
+        let (map, mtime) = read_map(&self.map_path)?;
+        *self.map_mtime.lock() = Some(mtime);
+        let current = self.placement.read().version();
+        if map.version <= current {
+            tracing::warn!(current, offered = map.version, "cluster map file changed without a newer version; ignored");
+            return Ok(false);
+        }
+        *self.placement.write() = Arc::new(Placement::new(&map));
+        tracing::info!(version = map.version, nodes = map.nodes.len(), "adopted cluster map");
+        Ok(true)
+    }
+
+    /// Polls the map file until the returned task is aborted.
+    pub fn spawn_reloader(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(this.cfg.map_poll.0);
+            loop {
+                tick.tick().await;
+                if let Err(e) = this.reload() {
+                    tracing::warn!(path = %this.map_path.display(), error = %e, "cannot read the cluster map; keeping the current one");
+                }
+            }
+        })
+    }
+
+    /// The candidates for `key`: its R owners, then a few more nodes of its ranking; healthy
+    /// nodes before suspect ones, each group in ranking order.
+    pub fn route(&self, key: u64) -> Route {
+        let placement = self.placement();
+        let r = self.cfg.replicas;
+        let mut idx = Vec::with_capacity(r + EXTRA_CANDIDATES);
+        placement.ranking(key, r + EXTRA_CANDIDATES, &mut idx);
+        let nodes = placement.nodes();
+        let self_is_owner = idx.iter().take(r).any(|&i| nodes[i].id == self.node_id);
+        let now = Instant::now();
+        let mut suspects = self.suspects.lock();
+        suspects.retain(|_, until| *until > now);
+        let (healthy, suspect): (Vec<&NodeEntry>, Vec<&NodeEntry>) =
+            idx.iter().map(|&i| &nodes[i]).partition(|n| !suspects.contains_key(&n.id));
+        let candidates = healthy.into_iter().chain(suspect).cloned().collect();
+        Route { candidates, self_is_owner }
+    }
+
+    pub fn mark_suspect(&self, id: &str) {
+        Metrics::add(&self.metrics.peer_failovers, 1);
+        self.suspects.lock().insert(id.to_owned(), Instant::now() + self.cfg.suspect_for.0);
+    }
+
+    pub fn meta_key(origin: &str, bucket: &str, key: &str) -> u64 {
+        key_hash(format!("{origin}\0{bucket}\0{key}").as_bytes())
+    }
+
+    async fn call(
+        &self,
+        node: &NodeEntry,
+        method: Method,
+        path_and_query: String,
+    ) -> Result<(http::response::Parts, Bytes), PeerError> {
+        let unavailable = |m: String| PeerError::Unavailable(format!("peer {} ({}): {m}", node.id, node.addr));
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", node.addr, path_and_query))
+            .header(SECRET_HEADER, &self.cfg.secret)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| unavailable(e.to_string()))?;
+        Metrics::add(&self.metrics.peer_requests, 1);
+        let resp = tokio::time::timeout(self.cfg.peer_timeout.0, self.client.request(req))
+            .await
+            .map_err(|_| unavailable("timed out".into()))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        let (parts, body) = resp.into_parts();
+        let expected = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let body_time = self.cfg.peer_timeout.0 + BODY_TIME_PER_MIB * (expected >> 20).max(1) as u32;
+        let body = tokio::time::timeout(body_time, body.collect())
+            .await
+            .map_err(|_| unavailable("response body timed out".into()))?
+            .map_err(|e| unavailable(format!("response body failed: {e}")))?
+            .to_bytes();
+        if parts.status.is_success() {
+            if body.len() as u64 != expected {
+                return Err(unavailable(format!("short body: {} of {expected} bytes", body.len())));
+            }
+            return Ok((parts, body));
+        }
+        let code = parts.headers.get(ERROR_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let message = String::from_utf8_lossy(&body).into_owned();
+        let kind = match code.as_str() {
+            "NoSuchKey" => Some(ErrorKind::NoSuchKey),
+            "NoSuchBucket" => Some(ErrorKind::NoSuchBucket),
+            "VersionChanged" => Some(ErrorKind::VersionChanged),
+            _ => None,
+        };
+        match kind {
+            Some(kind) => Err(PeerError::Origin(OriginError::new(kind, message))),
+            None => Err(unavailable(format!("{}: {message}", parts.status))),
+        }
+    }
+
+    pub async fn get_chunk(&self, node: &NodeEntry, q: &ChunkQuery<'_>) -> Result<Bytes, PeerError> {
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("origin", q.origin)
+            .append_pair("bucket", q.bucket)
+            .append_pair("key", q.key)
+            .append_pair("version", q.version)
+            .append_pair("size", &q.size.to_string())
+            .append_pair("chunk_size", &q.chunk_size.to_string())
+            .append_pair("index", &q.index.to_string())
+            .finish();
+        let (_, body) = self.call(node, Method::GET, format!("/chunk?{query}")).await?;
+        Metrics::add(&self.metrics.peer_bytes, body.len() as u64);
+        Ok(body)
+    }
+
+    /// The object's metadata as the owner holds it, and how long ago the owner checked it.
+    pub async fn get_meta(
+        &self,
+        node: &NodeEntry,
+        origin: &str,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(ObjectInfo, Duration), PeerError> {
+        let query = meta_query(origin, bucket, key);
+        let (parts, _) = self.call(node, Method::GET, format!("/meta?{query}")).await?;
+        let h = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let bad = || PeerError::Unavailable(format!("peer {}: malformed metadata response", node.id));
+        let size = h("x-cairn-size").and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+        let etag = h("x-cairn-etag").ok_or_else(bad)?;
+        let nanos: i64 = h("x-cairn-last-modified").and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+        let age_ms: u64 = h("x-cairn-age-ms").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let info = ObjectInfo {
+            size,
+            etag,
+            last_modified: chrono::DateTime::from_timestamp_nanos(nanos),
+            content_type: h("x-cairn-content-type"),
+        };
+        Ok((info, Duration::from_millis(age_ms)))
+    }
+
+    pub async fn invalidate(&self, node: &NodeEntry, origin: &str, bucket: &str, key: &str) -> Result<(), PeerError> {
+        let query = meta_query(origin, bucket, key);
+        self.call(node, Method::POST, format!("/invalidate?{query}")).await.map(|_| ())
+    }
+}
+
+fn meta_query(origin: &str, bucket: &str, key: &str) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("origin", origin)
+        .append_pair("bucket", bucket)
+        .append_pair("key", key)
+        .finish()
+}
+
+fn read_map(path: &std::path::Path) -> Result<(ClusterMap, SystemTime), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cluster map {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cluster map {}: {e}", path.display()))?;
+    let map = ClusterMap::from_toml_str(&text).map_err(|e| format!("cluster map {}: {e}", path.display()))?;
+    Ok((map, meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
+}
+
+/// Query parameters of a peer request.
+pub fn parse_query(q: Option<&str>) -> HashMap<String, String> {
+    url::form_urlencoded::parse(q.unwrap_or("").as_bytes()).into_owned().collect()
+}
+
+/// Constant-time comparison for the secret.
+pub fn secret_matches(given: &[u8], expected: &[u8]) -> bool {
+    if given.len() != expected.len() {
+        return false;
+    }
+    given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+pub fn error_status(kind: ErrorKind) -> (StatusCode, &'static str) {
+    match kind {
+        ErrorKind::NoSuchKey => (StatusCode::NOT_FOUND, "NoSuchKey"),
+        ErrorKind::NoSuchBucket => (StatusCode::NOT_FOUND, "NoSuchBucket"),
+        ErrorKind::VersionChanged => (StatusCode::PRECONDITION_FAILED, "VersionChanged"),
+        ErrorKind::InvalidKey => (StatusCode::BAD_REQUEST, "InvalidKey"),
+        _ => (StatusCode::BAD_GATEWAY, "OriginError"),
+    }
+}

@@ -1,0 +1,167 @@
+//! The peer transport server: chunk and metadata requests from other nodes, authenticated with
+//! the cluster secret and always served here (from this node's tiers or its own origin fetch),
+//! never forwarded.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cairn_core::{ChunkId, ObjectVersion};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::cluster::{Cluster, ERROR_HEADER, SECRET_HEADER, error_status, parse_query, secret_matches};
+use crate::meta::MetaKey;
+use crate::metrics::Metrics;
+use crate::reader::ObjectHandle;
+use crate::state::NodeState;
+
+/// Largest chunk a peer may push with `PUT /chunk/<id>`.
+const MAX_PUT_CHUNK: usize = cairn_core::config::MAX_CHUNK_SIZE as usize;
+
+type Resp = Response<Full<Bytes>>;
+
+fn text(status: StatusCode, code: &str, msg: impl Into<String>) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(msg.into())));
+    *r.status_mut() = status;
+    if !code.is_empty()
+        && let Ok(v) = http::HeaderValue::from_str(code)
+    {
+        r.headers_mut().insert(ERROR_HEADER, v);
+    }
+    r
+}
+
+fn origin_failure(e: &cairn_origin::Error) -> Resp {
+    let (status, code) = error_status(e.kind);
+    text(status, code, e.message.clone())
+}
+
+pub async fn serve_peer(listener: TcpListener, state: Arc<NodeState>, cluster: Arc<Cluster>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "peer accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let state = state.clone();
+                let cluster = cluster.clone();
+                async move { Ok::<_, Infallible>(handle(&state, &cluster, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+async fn handle(state: &NodeState, cluster: &Cluster, req: Request<Incoming>) -> Resp {
+    let given = req.headers().get(SECRET_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
+    if !secret_matches(given, cluster.secret().as_bytes()) {
+        Metrics::add(&state.metrics.peer_refused, 1);
+        return text(StatusCode::FORBIDDEN, "Forbidden", "missing or wrong cluster secret\n");
+    }
+    Metrics::add(&state.metrics.peer_served, 1);
+    let q = parse_query(req.uri().query());
+    let path = req.uri().path().to_owned();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/chunk") => get_chunk(state, &q).await,
+        (Method::GET, "/meta") => get_meta(state, &q).await,
+        (Method::POST, "/invalidate") => {
+            let Some(key) = meta_key(&q) else {
+                return text(StatusCode::BAD_REQUEST, "BadRequest", "missing parameters");
+            };
+            state.meta.remove(&key);
+            text(StatusCode::NO_CONTENT, "", "")
+        }
+        (Method::PUT, p) if p.starts_with("/chunk/") => put_chunk(state, &p["/chunk/".len()..], req).await,
+        (Method::GET, "/healthz") => text(StatusCode::OK, "", "ok\n"),
+        _ => text(StatusCode::NOT_FOUND, "NotFound", format!("no peer route {path}")),
+    }
+}
+
+fn meta_key(q: &HashMap<String, String>) -> Option<MetaKey> {
+    Some(MetaKey { origin: q.get("origin")?.clone(), bucket: q.get("bucket")?.clone(), key: q.get("key")?.clone() })
+}
+
+async fn get_chunk(state: &NodeState, q: &HashMap<String, String>) -> Resp {
+    let parse = || -> Option<(MetaKey, String, u64, u64, u64)> {
+        Some((
+            meta_key(q)?,
+            q.get("version")?.clone(),
+            q.get("size")?.parse().ok()?,
+            q.get("chunk_size")?.parse().ok()?,
+            q.get("index")?.parse().ok()?,
+        ))
+    };
+    let Some((k, version, size, chunk_size, index)) = parse() else {
+        return text(StatusCode::BAD_REQUEST, "BadRequest", "missing or malformed chunk parameters");
+    };
+    let Some(entry) = state.origin_named(&k.origin) else {
+        return text(StatusCode::NOT_FOUND, "NoSuchOrigin", format!("no origin named {:?}", k.origin));
+    };
+    if chunk_size == 0 || index >= size.div_ceil(chunk_size) {
+        return text(StatusCode::BAD_REQUEST, "BadRequest", "chunk index outside the object");
+    }
+    let handle = ObjectHandle {
+        origin: entry.origin.clone(),
+        version: ObjectVersion { origin: k.origin, bucket: k.bucket, key: k.key, version, size },
+        chunk_size,
+    };
+    match state.reader.local_chunk(&handle, index).await {
+        Ok(b) => Response::new(Full::new(b)),
+        Err(e) => origin_failure(&e),
+    }
+}
+
+async fn get_meta(state: &NodeState, q: &HashMap<String, String>) -> Resp {
+    let Some(k) = meta_key(q) else { return text(StatusCode::BAD_REQUEST, "BadRequest", "missing parameters") };
+    let Some(entry) = state.origin_named(&k.origin) else {
+        return text(StatusCode::NOT_FOUND, "NoSuchOrigin", format!("no origin named {:?}", k.origin));
+    };
+    match state.meta.get_local(&entry.origin, entry.config.metadata, k.clone()).await {
+        Ok(info) => {
+            let age = state.meta.age(&k).unwrap_or_default();
+            let mut r = text(StatusCode::OK, "", "");
+            let h = r.headers_mut();
+            let mut set = |name: &'static str, v: String| {
+                if let Ok(v) = http::HeaderValue::from_str(&v) {
+                    h.insert(name, v);
+                }
+            };
+            set("x-cairn-size", info.size.to_string());
+            set("x-cairn-etag", info.etag.clone());
+            set("x-cairn-last-modified", info.last_modified.timestamp_nanos_opt().unwrap_or(0).to_string());
+            set("x-cairn-age-ms", age.as_millis().to_string());
+            if let Some(ct) = &info.content_type {
+                set("x-cairn-content-type", ct.clone());
+            }
+            r
+        }
+        Err(e) => origin_failure(&e),
+    }
+}
+
+async fn put_chunk(state: &NodeState, hex: &str, req: Request<Incoming>) -> Resp {
+    let Some(id) = ChunkId::from_hex(hex) else {
+        return text(StatusCode::BAD_REQUEST, "BadRequest", "chunk id must be 32 hex digits");
+    };
+    let limited = http_body_util::Limited::new(req.into_body(), MAX_PUT_CHUNK);
+    match limited.collect().await {
+        Ok(body) => {
+            state.reader.store().insert(id, body.to_bytes());
+            text(StatusCode::NO_CONTENT, "", "")
+        }
+        Err(e) => text(StatusCode::PAYLOAD_TOO_LARGE, "BadRequest", format!("chunk body refused: {e}")),
+    }
+}
