@@ -791,7 +791,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, (_, t, hash, weight))| ((draw(level_key, item(hash, weight)), i as u32), t))
                 .collect();
-            ranked.sort_by(|a, b| a.0.cmp(&b.0));
+            ranked.sort_by_key(|a| a.0);
             ranked.into_iter().map(|(_, t)| t).collect()
         }
         let mut zones: BTreeMap<&str, Vec<&NodeEntry>> = BTreeMap::new();
