@@ -203,7 +203,8 @@ pub struct ClusterSection {
     pub secret: String,
     /// Owners per chunk (R).
     pub replicas: usize,
-    /// Time a peer has to answer (connect and response head) before the next owner is tried.
+    /// Time a peer has to answer (connect, and the response head, which an owner sends once it has
+    /// the chunk, so this must cover one origin range GET) before the next node is tried.
     pub peer_timeout: HumanDuration,
     /// How long a peer that failed is tried last.
     pub suspect_for: HumanDuration,
@@ -221,7 +222,7 @@ impl Default for ClusterSection {
             peer_listen: "127.0.0.1:9100".into(),
             secret: String::new(),
             replicas: 1,
-            peer_timeout: HumanDuration(Duration::from_secs(2)),
+            peer_timeout: HumanDuration(Duration::from_secs(5)),
             suspect_for: HumanDuration(Duration::from_secs(10)),
             map_poll: HumanDuration(Duration::from_secs(1)),
             peer_pool_idle: 64,

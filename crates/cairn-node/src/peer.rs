@@ -42,7 +42,9 @@ fn origin_failure(e: &cairn_origin::Error) -> Resp {
 }
 
 pub async fn serve_peer(listener: TcpListener, state: Arc<NodeState>, cluster: Arc<Cluster>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(state.config.limits.max_connections));
     loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
         let (stream, _) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -61,6 +63,7 @@ pub async fn serve_peer(listener: TcpListener, state: Arc<NodeState>, cluster: A
                 async move { Ok::<_, Infallible>(handle(&state, &cluster, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            drop(permit);
         });
     }
 }
