@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node. With no arguments: ./data as the origin, the cache in ./.cairn, loopback only.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Download an object (to a file, or to stdout with `-`).
     Get(client::GetArgs),
     /// Upload a file as an object.
@@ -227,7 +227,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(a) => serve(a).await,
+        Command::Serve(a) => serve(*a).await,
         Command::Get(a) => client::get(a).await,
         Command::Put(a) => client::put(a).await,
         Command::Ls(a) => client::ls(a).await,
