@@ -203,9 +203,12 @@ pub struct ClusterSection {
     pub secret: String,
     /// Owners per chunk (R).
     pub replicas: usize,
-    /// Time a peer has to answer (connect, and the response head, which an owner sends once it has
-    /// the chunk, so this must cover one origin range GET) before the next node is tried.
+    /// Time a peer has to connect, and the interval at which a slow answer is checked: a peer that
+    /// has not answered by then is probed with a fresh connection; if that fails the next node is
+    /// tried, else the wait goes on.
     pub peer_timeout: HumanDuration,
+    /// Longest wait for a live but slow peer's answer before the next node is tried.
+    pub peer_max_wait: HumanDuration,
     /// How long a peer that failed is tried last.
     pub suspect_for: HumanDuration,
     /// How often the map file is checked for changes.
@@ -222,7 +225,8 @@ impl Default for ClusterSection {
             peer_listen: "127.0.0.1:9100".into(),
             secret: String::new(),
             replicas: 1,
-            peer_timeout: HumanDuration(Duration::from_secs(5)),
+            peer_timeout: HumanDuration(Duration::from_secs(2)),
+            peer_max_wait: HumanDuration(Duration::from_secs(60)),
             suspect_for: HumanDuration(Duration::from_secs(10)),
             map_poll: HumanDuration(Duration::from_secs(1)),
             peer_pool_idle: 64,

@@ -179,10 +179,29 @@ impl Cluster {
             .body(Full::new(Bytes::new()))
             .map_err(|e| unavailable(e.to_string()))?;
         Metrics::add(&self.metrics.peer_requests, 1);
-        let resp = tokio::time::timeout(self.cfg.peer_timeout.0, self.client.request(req))
-            .await
-            .map_err(|_| unavailable("timed out".into()))?
-            .map_err(|e| unavailable(e.to_string()))?;
+        // A peer that is slow to answer (busy, or waiting on its origin fetch) is still the owner:
+        // while a fresh connection to it succeeds it is alive, and asking another node would only
+        // fetch the chunk from the origin a second time. A peer that cannot be reached (cut off,
+        // gone) fails that probe and the next node is asked.
+        let request = self.client.request(req);
+        tokio::pin!(request);
+        let started = Instant::now();
+        let resp = loop {
+            match tokio::time::timeout(self.cfg.peer_timeout.0, &mut request).await {
+                Ok(r) => break r.map_err(|e| unavailable(e.to_string()))?,
+                Err(_) if started.elapsed() >= self.cfg.peer_max_wait.0 => {
+                    return Err(unavailable(format!("no answer in {:?}", started.elapsed())));
+                }
+                Err(_) => {
+                    let probe =
+                        tokio::time::timeout(self.cfg.peer_timeout.0, tokio::net::TcpStream::connect(&node.addr));
+                    if !matches!(probe.await, Ok(Ok(_))) {
+                        return Err(unavailable("no answer, and unreachable".into()));
+                    }
+                    Metrics::add(&self.metrics.peer_slow, 1);
+                }
+            }
+        };
         let (parts, body) = resp.into_parts();
         let expected = parts
             .headers

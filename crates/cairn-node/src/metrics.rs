@@ -37,6 +37,7 @@ pub struct Metrics {
     pub peer_failovers: AtomicU64,
     pub peer_served: AtomicU64,
     pub peer_refused: AtomicU64,
+    pub peer_slow: AtomicU64,
     latency: Mutex<BTreeMap<&'static str, Histogram>>,
     errors: Mutex<BTreeMap<(&'static str, String), u64>>,
 }
