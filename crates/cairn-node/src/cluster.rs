@@ -32,8 +32,8 @@ pub const SECRET_HEADER: &str = "x-cairn-secret";
 pub const ERROR_HEADER: &str = "x-cairn-error";
 /// Nodes tried after the owners before a requester reads the origin itself.
 const EXTRA_CANDIDATES: usize = 2;
-/// A peer response body has this long per MiB to arrive, on top of `peer_timeout`.
-const BODY_TIME_PER_MIB: Duration = Duration::from_millis(200);
+/// Largest body buffer reserved up front from a peer's Content-Length.
+const MAX_BODY_PREALLOC: u64 = 256 << 20;
 
 /// Why a peer request failed.
 #[derive(Debug)]
@@ -209,12 +209,27 @@ impl Cluster {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
-        let body_time = self.cfg.peer_timeout.0 + BODY_TIME_PER_MIB * (expected >> 20).max(1) as u32;
-        let body = tokio::time::timeout(body_time, body.collect())
-            .await
-            .map_err(|_| unavailable("response body timed out".into()))?
-            .map_err(|e| unavailable(format!("response body failed: {e}")))?
-            .to_bytes();
+        // The body may take long under load; it only fails when it stalls (no bytes for twice
+        // `peer_timeout`), breaks, or outlasts `peer_max_wait`.
+        let mut body = body;
+        let mut buf = bytes::BytesMut::with_capacity(expected.min(MAX_BODY_PREALLOC) as usize);
+        let stall = self.cfg.peer_timeout.0 * 2;
+        loop {
+            if started.elapsed() >= self.cfg.peer_max_wait.0 {
+                return Err(unavailable("response body outlasted peer_max_wait".into()));
+            }
+            match tokio::time::timeout(stall, body.frame()).await {
+                Err(_) => return Err(unavailable("response body stalled".into())),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(unavailable(format!("response body failed: {e}"))),
+                Ok(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        buf.extend_from_slice(data);
+                    }
+                }
+            }
+        }
+        let body = buf.freeze();
         if parts.status.is_success() {
             if body.len() as u64 != expected {
                 return Err(unavailable(format!("short body: {} of {expected} bytes", body.len())));
