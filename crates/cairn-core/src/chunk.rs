@@ -21,6 +21,22 @@ pub struct ObjectVersion {
     pub size: u64,
 }
 
+/// Versions of objects written through cairn and not yet in the origin start with this.
+pub const PENDING_VERSION_PREFIX: &str = "cairn-w-";
+
+/// The version of a write not yet in the origin: its write id (32 hex digits) and the node that
+/// holds all of it, so any node can find its chunks.
+pub fn pending_version(wid: &str, writer: &str) -> String {
+    format!("{PENDING_VERSION_PREFIX}{wid}-{writer}")
+}
+
+/// The write id and writer of a pending version; `None` for an origin's version.
+pub fn parse_pending_version(version: &str) -> Option<(&str, &str)> {
+    let rest = version.strip_prefix(PENDING_VERSION_PREFIX)?;
+    let (wid, writer) = (rest.get(..32)?, rest.get(32..)?.strip_prefix('-')?);
+    wid.bytes().all(|b| b.is_ascii_hexdigit()).then_some((wid, writer))
+}
+
 /// A 128-bit chunk identifier, stable across processes and platforms.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChunkId(pub u128);
@@ -108,6 +124,16 @@ impl ChunkLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pending_versions_round_trip() {
+        let wid = "0123456789abcdef0123456789abcdef";
+        for writer in ["", "node-1", "a-b-c"] {
+            assert_eq!(parse_pending_version(&pending_version(wid, writer)), Some((wid, writer)));
+        }
+        assert_eq!(parse_pending_version("\"d41d8cd98f00b204e9800998ecf8427e\""), None);
+        assert_eq!(parse_pending_version("cairn-w-short-x"), None);
+    }
     use proptest::prelude::*;
 
     fn obj(version: &str) -> ObjectVersion {

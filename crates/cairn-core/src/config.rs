@@ -54,6 +54,7 @@ pub struct Config {
     pub auth: AuthSection,
     pub limits: LimitsSection,
     pub cluster: ClusterSection,
+    pub writeback: WritebackSection,
     #[serde(rename = "origin")]
     pub origins: Vec<OriginConfig>,
 }
@@ -66,6 +67,7 @@ impl Default for Config {
             auth: AuthSection::default(),
             limits: LimitsSection::default(),
             cluster: ClusterSection::default(),
+            writeback: WritebackSection::default(),
             origins: vec![OriginConfig::local_default()],
         }
     }
@@ -240,6 +242,85 @@ impl ClusterSection {
     }
 }
 
+/// Writes acknowledged before they reach the origin: the journal, the uploader and their limits.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WritebackSection {
+    /// Nodes that hold every chunk of a `replicated` write before it is acknowledged: the writer
+    /// and the chunk's first owners other than the writer.
+    pub replicas: usize,
+    /// Bytes written but not yet in the origin, per node. At the cap, writes wait for uploads.
+    pub dirty_max: ByteSize,
+    /// Objects uploaded to the origin at once.
+    pub upload_concurrency: usize,
+    /// First and longest wait between retries of a failed upload.
+    pub retry_min: HumanDuration,
+    pub retry_max: HumanDuration,
+    /// How long a replica holder waits for an unreachable writer before it uploads the object
+    /// itself (at once when the map marks the writer down).
+    pub takeover_after: HumanDuration,
+}
+
+impl Default for WritebackSection {
+    fn default() -> Self {
+        Self {
+            replicas: 2,
+            dirty_max: ByteSize::gib(16),
+            upload_concurrency: 4,
+            retry_min: HumanDuration(Duration::from_millis(200)),
+            retry_max: HumanDuration(Duration::from_secs(10)),
+            takeover_after: HumanDuration(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// When a write is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Once the bytes are on the writing node's disk (fsync'd); uploaded in the background.
+    Local,
+    /// Once every chunk is on disk at `writeback.replicas` nodes; uploaded in the background.
+    Replicated,
+    /// Once the object is in the origin (write-through).
+    #[default]
+    Origin,
+}
+
+impl FromStr for Durability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "local" => Ok(Self::Local),
+            "replicated" => Ok(Self::Replicated),
+            "origin" => Ok(Self::Origin),
+            other => Err(format!("invalid durability {other:?}: expected \"local\", \"replicated\" or \"origin\"")),
+        }
+    }
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Local => "local",
+            Self::Replicated => "replicated",
+            Self::Origin => "origin",
+        })
+    }
+}
+
+impl Serialize for Durability {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Durability {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A duration written as `2s`, `500ms`, `1m`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
@@ -327,6 +408,9 @@ pub struct OriginConfig {
     pub chunk_size: ByteSize,
     #[serde(default = "default_metadata_policy")]
     pub metadata: MetadataPolicy,
+    /// Durability of writes that do not ask for one (`x-cairn-durability`).
+    #[serde(default)]
+    pub durability: Durability,
     /// Backend options passed to `object_store` (e.g. `aws_endpoint`, `aws_allow_http`,
     /// `azure_storage_account_name`, `azure_storage_use_emulator`); unset ones come from the
     /// environment as `object_store` reads it.
@@ -351,6 +435,7 @@ impl OriginConfig {
             url: "file://./data".into(),
             chunk_size: DEFAULT_CHUNK_SIZE,
             metadata: default_metadata_policy(),
+            durability: Durability::default(),
             options: BTreeMap::new(),
         }
     }
@@ -435,6 +520,13 @@ impl Config {
             if !(1..=5).contains(&c.replicas) {
                 return bad("cluster.replicas must be between 1 and 5".into());
             }
+        }
+        let w = &self.writeback;
+        if !(1..=5).contains(&w.replicas) {
+            return bad("writeback.replicas must be between 1 and 5".into());
+        }
+        if w.upload_concurrency == 0 || w.retry_min.0.is_zero() || w.retry_max.0 < w.retry_min.0 {
+            return bad("writeback.upload_concurrency and retry_min must be positive, retry_max >= retry_min".into());
         }
         if !self.auth.allow_anonymous && self.auth.keys.is_empty() {
             return bad("no access keys are configured and anonymous access is off: nobody could use this node".into());

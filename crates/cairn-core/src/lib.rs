@@ -10,5 +10,5 @@ pub mod placement;
 pub mod size;
 
 pub use chunk::{ChunkId, ChunkLayout, ObjectVersion};
-pub use config::{Config, ConfigError, MetadataPolicy, OriginConfig};
+pub use config::{Config, ConfigError, Durability, MetadataPolicy, OriginConfig};
 pub use size::ByteSize;

@@ -165,18 +165,44 @@ impl Cluster {
         key_hash(format!("{origin}\0{bucket}\0{key}").as_bytes())
     }
 
-    async fn call(
+    /// The map's entry for node `id`.
+    pub fn node(&self, id: &str) -> Option<NodeEntry> {
+        let p = self.placement();
+        p.index_of(id).map(|i| p.nodes()[i].clone())
+    }
+
+    /// True when the map marks node `id` down or no longer lists it.
+    pub fn is_down(&self, id: &str) -> bool {
+        self.node(id).is_none_or(|n| n.state != cairn_core::cluster::NodeState::Up)
+    }
+
+    /// Every node the map lists as up.
+    pub fn up_nodes(&self) -> Vec<NodeEntry> {
+        self.placement().nodes().iter().filter(|n| n.state == cairn_core::cluster::NodeState::Up).cloned().collect()
+    }
+
+    /// Ranking of `key`: up to `n` nodes, in placement order (down nodes skipped).
+    pub fn ranking(&self, key: u64, n: usize) -> Vec<NodeEntry> {
+        let p = self.placement();
+        let mut idx = Vec::with_capacity(n);
+        p.ranking(key, n, &mut idx);
+        idx.into_iter().map(|i| p.nodes()[i].clone()).collect()
+    }
+
+    /// One peer request with a body (empty for most); the answer's head and body.
+    pub async fn call(
         &self,
         node: &NodeEntry,
         method: Method,
         path_and_query: String,
+        body: Bytes,
     ) -> Result<(http::response::Parts, Bytes), PeerError> {
         let unavailable = |m: String| PeerError::Unavailable(format!("peer {} ({}): {m}", node.id, node.addr));
         let req = Request::builder()
             .method(method)
             .uri(format!("http://{}{}", node.addr, path_and_query))
             .header(SECRET_HEADER, &self.cfg.secret)
-            .body(Full::new(Bytes::new()))
+            .body(Full::new(body))
             .map_err(|e| unavailable(e.to_string()))?;
         Metrics::add(&self.metrics.peer_requests, 1);
         // A peer that is slow to answer (busy, or waiting on its origin fetch) is still the owner:
@@ -242,6 +268,7 @@ impl Cluster {
             "NoSuchKey" => Some(ErrorKind::NoSuchKey),
             "NoSuchBucket" => Some(ErrorKind::NoSuchBucket),
             "VersionChanged" => Some(ErrorKind::VersionChanged),
+            "InsufficientStorage" => Some(ErrorKind::Backend),
             _ => None,
         };
         match kind {
@@ -260,7 +287,7 @@ impl Cluster {
             .append_pair("chunk_size", &q.chunk_size.to_string())
             .append_pair("index", &q.index.to_string())
             .finish();
-        let (_, body) = self.call(node, Method::GET, format!("/chunk?{query}")).await?;
+        let (_, body) = self.call(node, Method::GET, format!("/chunk?{query}"), Bytes::new()).await?;
         Metrics::add(&self.metrics.peer_bytes, body.len() as u64);
         Ok(body)
     }
@@ -274,7 +301,7 @@ impl Cluster {
         key: &str,
     ) -> Result<(ObjectInfo, Duration), PeerError> {
         let query = meta_query(origin, bucket, key);
-        let (parts, _) = self.call(node, Method::GET, format!("/meta?{query}")).await?;
+        let (parts, _) = self.call(node, Method::GET, format!("/meta?{query}"), Bytes::new()).await?;
         let h = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let bad = || PeerError::Unavailable(format!("peer {}: malformed metadata response", node.id));
         let size = h("x-cairn-size").and_then(|v| v.parse().ok()).ok_or_else(bad)?;
@@ -292,11 +319,11 @@ impl Cluster {
 
     pub async fn invalidate(&self, node: &NodeEntry, origin: &str, bucket: &str, key: &str) -> Result<(), PeerError> {
         let query = meta_query(origin, bucket, key);
-        self.call(node, Method::POST, format!("/invalidate?{query}")).await.map(|_| ())
+        self.call(node, Method::POST, format!("/invalidate?{query}"), Bytes::new()).await.map(|_| ())
     }
 }
 
-fn meta_query(origin: &str, bucket: &str, key: &str) -> String {
+pub fn meta_query(origin: &str, bucket: &str, key: &str) -> String {
     url::form_urlencoded::Serializer::new(String::new())
         .append_pair("origin", origin)
         .append_pair("bucket", bucket)

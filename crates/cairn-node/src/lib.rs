@@ -14,6 +14,7 @@ pub mod s3;
 pub mod server;
 pub mod singleflight;
 pub mod state;
+pub mod writeback;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,6 +98,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         tokio::spawn(server::serve_s3(s3_listener, s3, state.clone())),
         tokio::spawn(server::serve_admin(admin_listener, state.clone())),
     ];
+    tasks.extend(writeback::spawn(&state));
     let mut peer_addr = None;
     if let Some(cluster) = &state.cluster {
         let listen = &cfg.cluster.peer_listen;

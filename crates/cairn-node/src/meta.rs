@@ -2,6 +2,11 @@
 //!
 //! Entries are bounded in number (S3-FIFO, weight 1). Concurrent lookups of one object share one
 //! origin request (single-flight), so a thousand readers opening the same checkpoint cost one HEAD.
+//!
+//! The owner of a key's metadata also keeps the key's writes that are acknowledged but not yet in
+//! the origin (`KeyWrites`): lookups answer with the newest of them, and it decides the order in
+//! which uploads of one key may reach the origin, so the last acknowledged write is also the last
+//! one there.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +34,60 @@ struct Entry {
     checked: Instant,
 }
 
+/// How long an upload may hold a key before another upload of the key may start.
+const UPLOAD_LEASE: Duration = Duration::from_secs(30 * 60);
+/// Keys whose write state is kept; idle ones are forgotten first past this.
+const MAX_KEY_WRITES: usize = 1_000_000;
+/// A key with no write pending is remembered this long, so a late upload of an older write can
+/// still be recognised as superseded.
+const KEY_WRITES_IDLE: Duration = Duration::from_secs(600);
+
+/// A write acknowledged and not yet in the origin.
+#[derive(Clone, Debug)]
+pub struct PendingWrite {
+    pub wid: String,
+    pub ticket: u64,
+    pub info: ObjectInfo,
+}
+
+#[derive(Default)]
+struct KeyWrites {
+    current: Option<PendingWrite>,
+    /// Ticket of the newest write known to be in the origin.
+    committed: u64,
+    uploading: Option<(String, Instant)>,
+    touched: Option<Instant>,
+}
+
+/// The answer to an uploader that asks to write a key to the origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UploadGrant {
+    Go,
+    /// Another write of the key is being uploaded; ask again later.
+    Wait,
+    /// A newer write of the key exists: this one must not reach the origin.
+    Superseded,
+}
+
+impl UploadGrant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Go => "go",
+            Self::Wait => "wait",
+            Self::Superseded => "superseded",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "go" => Some(Self::Go),
+            "wait" => Some(Self::Wait),
+            "superseded" => Some(Self::Superseded),
+            _ => None,
+        }
+    }
+}
+
 pub type MetaResult = Result<ObjectInfo, Arc<OriginError>>;
 /// Metadata and how long ago it was checked against the origin.
 type FlightResult = Result<(ObjectInfo, Duration), Arc<OriginError>>;
@@ -41,6 +100,7 @@ pub struct MetaCache {
     routed: SingleFlight<MetaKey, FlightResult>,
     metrics: Arc<Metrics>,
     cluster: Option<Arc<Cluster>>,
+    writes: Mutex<HashMap<MetaKey, KeyWrites>>,
 }
 
 struct Inner {
@@ -56,7 +116,88 @@ impl MetaCache {
             routed: SingleFlight::default(),
             metrics,
             cluster,
+            writes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The newest acknowledged write of `key` not yet in the origin, as this node knows it.
+    pub fn pending(&self, key: &MetaKey) -> Option<PendingWrite> {
+        self.writes.lock().get(key).and_then(|w| w.current.clone())
+    }
+
+    fn with_writes<T>(&self, key: &MetaKey, f: impl FnOnce(&mut KeyWrites) -> T) -> T {
+        let mut writes = self.writes.lock();
+        if writes.len() >= MAX_KEY_WRITES && !writes.contains_key(key) {
+            writes.retain(|_, w| w.current.is_some() || w.uploading.is_some());
+        }
+        let w = writes.entry(key.clone()).or_default();
+        w.touched = Some(Instant::now());
+        let out = f(w);
+        if writes.len() % 1024 == 0 {
+            writes.retain(|_, w| {
+                w.current.is_some() || w.uploading.is_some() || w.touched.is_some_and(|t| t.elapsed() < KEY_WRITES_IDLE)
+            });
+        }
+        out
+    }
+
+    /// Records an acknowledged write; the newest ticket is what readers see.
+    pub fn register(&self, key: &MetaKey, write: PendingWrite) {
+        let newest = self.with_writes(key, |w| {
+            let newer = write.ticket > w.committed && w.current.as_ref().is_none_or(|c| write.ticket > c.ticket);
+            if newer {
+                w.current = Some(write);
+            }
+            newer
+        });
+        if newest {
+            self.remove(key);
+        }
+    }
+
+    /// Whether the write `wid` may be uploaded now.
+    pub fn begin_upload(&self, key: &MetaKey, wid: &str, ticket: u64) -> UploadGrant {
+        self.with_writes(key, |w| {
+            if ticket < w.committed || w.current.as_ref().is_some_and(|c| c.ticket > ticket) {
+                return UploadGrant::Superseded;
+            }
+            if let Some((other, since)) = &w.uploading
+                && other != wid
+                && since.elapsed() < UPLOAD_LEASE
+            {
+                return UploadGrant::Wait;
+            }
+            w.uploading = Some((wid.to_owned(), Instant::now()));
+            UploadGrant::Go
+        })
+    }
+
+    /// Ends an upload; with `info`, the write is in the origin under that metadata.
+    pub fn end_upload(&self, key: &MetaKey, wid: &str, ticket: u64, info: Option<ObjectInfo>) {
+        let clean = self.with_writes(key, |w| {
+            if w.uploading.as_ref().is_some_and(|(u, _)| u == wid) {
+                w.uploading = None;
+            }
+            let info = info?;
+            w.committed = w.committed.max(ticket);
+            if w.current.as_ref().is_some_and(|c| c.wid == wid || c.ticket <= ticket) {
+                w.current = None;
+            }
+            w.current.is_none().then_some(info)
+        });
+        if let Some(info) = clean {
+            self.insert(key.clone(), info);
+        }
+    }
+
+    /// Records a write that went straight to the origin: older pending writes are superseded.
+    pub fn committed_write(&self, key: &MetaKey, ticket: u64) {
+        self.with_writes(key, |w| {
+            w.committed = w.committed.max(ticket);
+            if w.current.as_ref().is_some_and(|c| c.ticket <= ticket) {
+                w.current = None;
+            }
+        });
     }
 
     /// The object's current metadata under `policy`: in a cluster, as the owner of its metadata
@@ -66,6 +207,10 @@ impl MetaCache {
             self.cluster.as_ref().map(|c| (c.clone(), c.route(Cluster::meta_key(&key.origin, &key.bucket, &key.key))));
         match route {
             Some((cluster, route)) if !route.self_is_owner => {
+                // Held here when this node is one of the key's R metadata owners.
+                if let Some(p) = self.pending(&key) {
+                    return Ok(p.info);
+                }
                 if let Some(info) = self.fresh(&key, policy).0 {
                     return Ok(info);
                 }
@@ -100,6 +245,10 @@ impl MetaCache {
 
     /// The object's metadata from this node's cache or the origin, never from a peer.
     pub async fn get_local(&self, origin: &Arc<dyn Origin>, policy: MetadataPolicy, key: MetaKey) -> MetaResult {
+        if let Some(p) = self.pending(&key) {
+            Metrics::add(&self.metrics.metadata_hits, 1);
+            return Ok(p.info);
+        }
         let (fresh, cached) = self.fresh(&key, policy);
         if let Some(info) = fresh {
             return Ok(info);
@@ -149,6 +298,9 @@ impl MetaCache {
 
     fn settle(&self, key: MetaKey, result: FlightResult) -> MetaResult {
         match result {
+            // A write not yet in the origin is asked for at its owner each time: its version
+            // changes when the upload completes.
+            Ok((info, _)) if info.etag.starts_with(cairn_core::chunk::PENDING_VERSION_PREFIX) => Ok(info),
             Ok((info, age)) => {
                 let checked = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
                 self.insert_checked(key, info.clone(), checked);

@@ -59,7 +59,7 @@ pub struct StagedPart {
     pub etag: String,
     pub size: u64,
     pub modified: SystemTime,
-    path: PathBuf,
+    pub path: PathBuf,
 }
 
 pub struct Multipart {

@@ -19,6 +19,8 @@ use crate::meta::MetaKey;
 use crate::metrics::Metrics;
 use crate::reader::ObjectHandle;
 use crate::state::NodeState;
+use crate::writeback::{self, WriteError, WriteMsg};
+use cairn_store::journal::{WriteRecord, valid_wid};
 
 /// Largest chunk a peer may push with `PUT /chunk/<id>`.
 const MAX_PUT_CHUNK: usize = cairn_core::config::MAX_CHUNK_SIZE as usize;
@@ -88,6 +90,22 @@ async fn handle(state: &NodeState, cluster: &Cluster, req: Request<Incoming>) ->
             text(StatusCode::NO_CONTENT, "", "")
         }
         (Method::PUT, p) if p.starts_with("/chunk/") => put_chunk(state, &p["/chunk/".len()..], req).await,
+        (Method::PUT, "/wb/chunk") => wb_chunk(state, &q, req).await,
+        (Method::POST, "/wb/commit") => wb_commit(state, req).await,
+        (Method::POST, "/wb/release") => match q.get("wid").filter(|w| valid_wid(w)) {
+            Some(wid) => {
+                writeback::release_replica(state, wid).await;
+                text(StatusCode::NO_CONTENT, "", "")
+            }
+            None => text(StatusCode::BAD_REQUEST, "BadRequest", "wid must be 32 hex digits"),
+        },
+        (Method::GET, "/wb/pending") => {
+            let upto = q.get("upto").and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
+            let prefix = q.get("prefix").map(String::as_str).unwrap_or("");
+            let s = writeback::wb_summary_local(state, q.get("bucket").map(String::as_str), prefix, upto);
+            text(StatusCode::OK, "", serde_json::to_string(&s).unwrap_or_default())
+        }
+        (Method::POST, p) if p.starts_with("/wb/") => wb_meta(state, &p["/wb/".len()..], req).await,
         (Method::GET, "/healthz") => text(StatusCode::OK, "", "ok\n"),
         _ => text(StatusCode::NOT_FOUND, "NotFound", format!("no peer route {path}")),
     }
@@ -166,5 +184,73 @@ async fn put_chunk(state: &NodeState, hex: &str, req: Request<Incoming>) -> Resp
             text(StatusCode::NO_CONTENT, "", "")
         }
         Err(e) => text(StatusCode::PAYLOAD_TOO_LARGE, "BadRequest", format!("chunk body refused: {e}")),
+    }
+}
+
+/// Largest write-back control message (a record lists a checksum per chunk).
+const MAX_WB_MESSAGE: usize = 16 << 20;
+
+async fn small_body(req: Request<Incoming>) -> Result<Bytes, Resp> {
+    match http_body_util::Limited::new(req.into_body(), MAX_WB_MESSAGE).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) => Err(text(StatusCode::PAYLOAD_TOO_LARGE, "BadRequest", format!("body refused: {e}"))),
+    }
+}
+
+fn write_failure(e: &WriteError) -> Resp {
+    match e {
+        WriteError::DiskFull(m) => text(StatusCode::INSUFFICIENT_STORAGE, "InsufficientStorage", m.clone()),
+        other => text(StatusCode::INTERNAL_SERVER_ERROR, "WriteFailed", other.to_string()),
+    }
+}
+
+/// A chunk of a replicated write, stored durably before the write's record comes.
+async fn wb_chunk(state: &NodeState, q: &HashMap<String, String>, req: Request<Incoming>) -> Resp {
+    let wid = q.get("wid").filter(|w| valid_wid(w)).cloned();
+    let index = q.get("index").and_then(|i| i.parse::<u64>().ok());
+    let (Some(wid), Some(index)) = (wid, index) else {
+        return text(StatusCode::BAD_REQUEST, "BadRequest", "wid (32 hex digits) and index are required");
+    };
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_PUT_CHUNK).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return text(StatusCode::PAYLOAD_TOO_LARGE, "BadRequest", format!("chunk body refused: {e}")),
+    };
+    match writeback::store_replica_chunk(state, &wid, index, body).await {
+        Ok(()) => text(StatusCode::NO_CONTENT, "", ""),
+        Err(e) => write_failure(&e),
+    }
+}
+
+async fn wb_commit(state: &NodeState, req: Request<Incoming>) -> Resp {
+    let body = match small_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let record: WriteRecord = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return text(StatusCode::BAD_REQUEST, "BadRequest", format!("malformed record: {e}")),
+    };
+    if !valid_wid(&record.wid) || record.chunk_size == 0 {
+        return text(StatusCode::BAD_REQUEST, "BadRequest", "malformed record");
+    }
+    match writeback::commit_replica(state, record).await {
+        Ok(()) => text(StatusCode::NO_CONTENT, "", ""),
+        Err(e) => write_failure(&e),
+    }
+}
+
+/// Operations on the write state a metadata owner keeps: register, begin, end, committed.
+async fn wb_meta(state: &NodeState, op: &str, req: Request<Incoming>) -> Resp {
+    let body = match small_body(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let msg: WriteMsg = match serde_json::from_slice(&body) {
+        Ok(m) => m,
+        Err(e) => return text(StatusCode::BAD_REQUEST, "BadRequest", format!("malformed message: {e}")),
+    };
+    match writeback::apply_meta_op(state, op, &msg) {
+        Some(answer) => text(StatusCode::OK, "", answer),
+        None => text(StatusCode::BAD_REQUEST, "BadRequest", format!("unknown or incomplete operation {op:?}")),
     }
 }

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use cairn_core::{ChunkId, ChunkLayout, ObjectVersion};
 use cairn_origin::{Error as OriginError, Origin};
 use cairn_store::ChunkStore;
+use cairn_store::journal::Journal;
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
@@ -55,6 +56,8 @@ pub struct ReadThrough {
     /// Last chunk read per object version, to recognise sequential readers.
     last_read: Mutex<HashMap<ObjectVersion, u64>>,
     cluster: Option<Arc<Cluster>>,
+    /// Writes not yet in the origin; their chunks are served from here.
+    journal: Arc<Journal>,
 }
 
 impl ReadThrough {
@@ -64,6 +67,7 @@ impl ReadThrough {
         readahead: usize,
         max_fetches: usize,
         cluster: Option<Arc<Cluster>>,
+        journal: Arc<Journal>,
     ) -> Self {
         Self {
             store,
@@ -74,7 +78,13 @@ impl ReadThrough {
             readahead,
             last_read: Mutex::new(HashMap::new()),
             cluster,
+            journal,
         }
+    }
+
+    /// The chunk from the write-back journal, if a write this node holds has it.
+    async fn journaled(&self, id: ChunkId) -> Option<Bytes> {
+        journaled(&self.journal, &self.store, id).await
     }
 
     pub fn store(&self) -> &Arc<ChunkStore> {
@@ -86,6 +96,9 @@ impl ReadThrough {
     pub async fn chunk(&self, obj: &ObjectHandle, index: u64) -> ChunkResult {
         let id = obj.chunk_id(index);
         if let Some((b, _)) = self.store.get(id).await {
+            return Ok(b);
+        }
+        if let Some(b) = self.journaled(id).await {
             return Ok(b);
         }
         match &self.cluster {
@@ -108,6 +121,9 @@ impl ReadThrough {
         if let Some((b, _)) = self.store.get(id).await {
             return Ok(b);
         }
+        if let Some(b) = self.journaled(id).await {
+            return Ok(b);
+        }
         self.fetch(obj, index, id).await
     }
 
@@ -120,6 +136,9 @@ impl ReadThrough {
             version: obj.version.clone(),
             range: obj.layout().chunk_range(index),
             id,
+            chunk_size: obj.chunk_size,
+            index,
+            cluster: self.cluster.clone(),
         }
     }
 
@@ -268,13 +287,70 @@ struct OriginFetch {
     version: ObjectVersion,
     range: Range<u64>,
     id: ChunkId,
+    chunk_size: u64,
+    index: u64,
+    cluster: Option<Arc<Cluster>>,
+}
+
+/// Reads a journaled chunk (verified) and keeps a copy in RAM for the next reader.
+async fn journaled(journal: &Arc<Journal>, store: &ChunkStore, id: ChunkId) -> Option<Bytes> {
+    let (record, index) = journal.find(id)?;
+    let j = journal.clone();
+    match tokio::task::spawn_blocking(move || j.read_chunk(&record, index)).await {
+        Ok(Ok(b)) => {
+            store.insert_ram(id, b.clone());
+            Some(b)
+        }
+        Ok(Err(e)) => {
+            tracing::error!(chunk = %id, error = %e, "journaled chunk unreadable");
+            None
+        }
+        Err(_) => None,
+    }
 }
 
 impl OriginFetch {
+    /// A chunk of a write not yet in the origin comes from its writer, which holds all of it.
+    async fn from_writer(self, writer: &str) -> ChunkResult {
+        let gone = |m: String| Arc::new(OriginError::new(cairn_origin::ErrorKind::VersionChanged, m));
+        let cluster = match &self.cluster {
+            Some(c) if c.node_id != writer => c,
+            _ => return Err(gone(format!("write {} is no longer pending here", self.version.version))),
+        };
+        let Some(node) = cluster.node(writer) else {
+            return Err(Arc::new(OriginError::new(
+                cairn_origin::ErrorKind::Backend,
+                format!("writer {writer} of a pending object is not in the map"),
+            )));
+        };
+        let v = &self.version;
+        let q = ChunkQuery {
+            origin: &v.origin,
+            bucket: &v.bucket,
+            key: &v.key,
+            version: &v.version,
+            size: v.size,
+            chunk_size: self.chunk_size,
+            index: self.index,
+        };
+        match cluster.get_chunk(&node, &q).await {
+            Ok(b) => {
+                self.store.insert(self.id, b.clone());
+                Ok(b)
+            }
+            Err(PeerError::Origin(e)) => Err(Arc::new(e)),
+            Err(PeerError::Unavailable(m)) => Err(Arc::new(OriginError::new(cairn_origin::ErrorKind::Backend, m))),
+        }
+    }
+
     async fn run(self) -> ChunkResult {
         // Filled between our miss and our turn as leader.
         if let Some(b) = self.store.peek_ram(self.id) {
             return Ok(b);
+        }
+        if let Some((_, writer)) = cairn_core::chunk::parse_pending_version(&self.version.version) {
+            let writer = writer.to_owned();
+            return self.from_writer(&writer).await;
         }
         let _permit = self.permits.acquire_owned().await;
         Metrics::add(&self.metrics.origin_get_range, 1);

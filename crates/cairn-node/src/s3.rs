@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
 
-use cairn_core::ObjectVersion;
+use cairn_core::{Durability, ObjectVersion};
 use cairn_core::key::{KeyError, validate_key};
 use cairn_origin::{BodyStream, ErrorKind, ListPage, ObjectInfo};
 use futures::{StreamExt, TryStreamExt};
@@ -19,6 +19,7 @@ use crate::meta::MetaKey;
 use crate::multipart::{MultipartError, UploadTarget};
 use crate::reader::ObjectHandle;
 use crate::state::{NodeState, OriginEntry};
+use crate::writeback::{self, WriteError};
 
 pub struct CairnS3 {
     pub state: Arc<NodeState>,
@@ -52,6 +53,43 @@ fn multipart_error(e: MultipartError) -> S3Error {
         MultipartError::Io(_) => S3ErrorCode::InternalError,
     };
     S3Error::with_message(code, e.to_string())
+}
+
+/// Header choosing a write's durability: `local`, `replicated` or `origin`.
+pub const DURABILITY_HEADER: &str = "x-cairn-durability";
+
+fn durability(headers: &http::HeaderMap, entry: &OriginEntry) -> S3Result<Durability> {
+    match headers.get(DURABILITY_HEADER) {
+        None => Ok(entry.config.durability),
+        Some(v) => v.to_str().ok().and_then(|v| v.parse().ok()).ok_or_else(|| {
+            S3Error::with_message(
+                S3ErrorCode::InvalidArgument,
+                format!("{DURABILITY_HEADER} must be \"local\", \"replicated\" or \"origin\""),
+            )
+        }),
+    }
+}
+
+fn write_error(e: WriteError, limit: &cairn_core::ByteSize, over: bool) -> S3Error {
+    match e {
+        WriteError::Body(_) if over => {
+            S3Error::with_message(S3ErrorCode::EntityTooLarge, format!("the body exceeds the {limit} limit"))
+        }
+        WriteError::Body(e) => S3Error::with_message(S3ErrorCode::IncompleteBody, format!("request body failed: {e}")),
+        WriteError::DiskFull(m) => {
+            let mut err = S3Error::with_message(
+                S3ErrorCode::Custom("InsufficientStorage".into()),
+                format!("the node cannot store the object: its disk is full ({m}); earlier objects are intact"),
+            );
+            err.set_status_code(http::StatusCode::INSUFFICIENT_STORAGE);
+            err
+        }
+        WriteError::Replication(m) => S3Error::with_message(
+            S3ErrorCode::ServiceUnavailable,
+            format!("the object could not be replicated; nothing was acknowledged: {m}"),
+        ),
+        WriteError::Io(m) => S3Error::with_message(S3ErrorCode::InternalError, m),
+    }
 }
 
 fn check_key(key: &str) -> S3Result<()> {
@@ -354,6 +392,9 @@ impl CairnS3 {
     ) -> S3Result<Option<String>> {
         crate::metrics::Metrics::add(&self.state.metrics.origin_put, 1);
         let r = entry.origin.put(bucket, key, body, content_type).await;
+        if r.is_ok() {
+            writeback::note_origin_write(&self.state, entry, bucket, key).await;
+        }
         self.invalidate(entry, bucket, key).await;
         match r {
             Ok(info) => Ok(info.etag),
@@ -552,9 +593,17 @@ impl S3 for CairnS3 {
                     format!("the body exceeds the {} limit", self.state.config.limits.max_put_size),
                 ));
             }
+            let durability = durability(&req.headers, entry)?;
             let over = Arc::new(AtomicBool::new(false));
             let body = limited_body(input.body, limit, over.clone());
-            let etag = self.put_body(entry, bucket, key, body, &over, input.content_type.clone()).await?;
+            let etag = match durability {
+                Durability::Origin => self.put_body(entry, bucket, key, body, &over, input.content_type.clone()).await?,
+                d => Some(
+                    writeback::write_stream(&self.state, entry, bucket, key, body, input.content_type.clone(), d)
+                        .await
+                        .map_err(|e| write_error(e, &self.state.config.limits.max_put_size, over.load(Ordering::Relaxed)))?,
+                ),
+            };
             Ok(S3Response::new(PutObjectOutput {
                 e_tag: etag.map(|e| ETag::Strong(bare_etag(&e).to_owned())),
                 ..Default::default()
@@ -569,6 +618,7 @@ impl S3 for CairnS3 {
             check_key(key)?;
             let entry = self.origin(bucket)?;
             crate::metrics::Metrics::add(&self.state.metrics.origin_delete, 1);
+            writeback::note_origin_write(&self.state, entry, bucket, key).await;
             let r = entry.origin.delete(bucket, key).await;
             self.invalidate(entry, bucket, key).await;
             r.map_err(|e| origin_error(&e))?;
@@ -594,6 +644,7 @@ impl S3 for CairnS3 {
                     Err(e) => Err(e),
                     Ok(()) => {
                         crate::metrics::Metrics::add(&self.state.metrics.origin_delete, 1);
+                        writeback::note_origin_write(&self.state, entry, bucket, key).await;
                         let r = entry.origin.delete(bucket, key).await;
                         self.invalidate(entry, bucket, key).await;
                         r.map_err(|e| origin_error(&e))
@@ -719,9 +770,18 @@ impl S3 for CairnS3 {
             if total > self.state.config.limits.max_part_size.bytes() * u64::from(self.state.config.limits.max_parts) {
                 return Err(s3_error!(EntityTooLarge));
             }
-            let over = AtomicBool::new(false);
-            let body = crate::multipart::Multipart::body(parts);
-            let etag = self.put_body(entry, bucket, key, body, &over, target.content_type).await?;
+            let etag = match durability(&req.headers, entry)? {
+                Durability::Origin => {
+                    let over = AtomicBool::new(false);
+                    let body = crate::multipart::Multipart::body(parts);
+                    self.put_body(entry, bucket, key, body, &over, target.content_type).await?
+                }
+                d => Some(
+                    writeback::write_parts(&self.state, entry, bucket, key, parts, target.content_type, d)
+                        .await
+                        .map_err(|e| write_error(e, &self.state.config.limits.max_part_size, false))?,
+                ),
+            };
             self.state.multipart.remove(&input.upload_id).await.map_err(multipart_error)?;
             Ok(S3Response::new(CompleteMultipartUploadOutput {
                 bucket: Some(bucket.to_owned()),

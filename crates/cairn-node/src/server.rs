@@ -96,7 +96,17 @@ pub async fn serve_admin(listener: TcpListener, state: Arc<NodeState>) {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(admin(&state, req.uri().path())) }
+                async move {
+                    let path = req.uri().path().to_owned();
+                    let q = crate::cluster::parse_query(req.uri().query());
+                    let resp = match (req.method().clone(), path.as_str()) {
+                        (_, "/v1/status" | "/v1/pending" | "/v1/sync") => {
+                            write_back_admin(&state, req.method(), &path, &q).await
+                        }
+                        _ => admin(&state, &path),
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
         });
@@ -110,6 +120,7 @@ fn admin(state: &NodeState, path: &str) -> Response<Full<Bytes>> {
             if let Some(c) = &state.cluster {
                 cluster_metrics(&mut text, &c.placement());
             }
+            write_back_metrics(&mut text, state);
             (StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
@@ -119,6 +130,73 @@ fn admin(state: &NodeState, path: &str) -> Response<Full<Bytes>> {
     *resp.status_mut() = status;
     resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
     resp
+}
+
+/// `GET /v1/status`: pending uploads per node. `GET /v1/pending?bucket=&prefix=[&upto=]`: the
+/// same under a prefix, with the mark to pass back as `upto`. `POST /v1/sync?bucket=&prefix=
+/// [&timeout=30s]`: waits until everything written under the prefix before the call is in the
+/// origin (504 with what is left when the timeout passes first).
+async fn write_back_admin(
+    state: &Arc<NodeState>,
+    method: &http::Method,
+    path: &str,
+    q: &std::collections::HashMap<String, String>,
+) -> Response<Full<Bytes>> {
+    let bucket = q.get("bucket").map(String::as_str).filter(|b| !b.is_empty());
+    let prefix = q.get("prefix").map(String::as_str).unwrap_or("");
+    let json = |status: StatusCode, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        r
+    };
+    let to_json = |s: &crate::writeback::ClusterSummary| serde_json::to_string(s).unwrap_or_default();
+    match (method.as_str(), path) {
+        ("GET", "/v1/status") => json(StatusCode::OK, to_json(&crate::writeback::cluster_summary(state, None, "", None).await)),
+        ("GET", "/v1/pending") => {
+            let upto = q.get("upto").and_then(|v| v.parse().ok());
+            json(StatusCode::OK, to_json(&crate::writeback::cluster_summary(state, bucket, prefix, upto).await))
+        }
+        ("POST", "/v1/sync") => {
+            let timeout = match q.get("timeout").map(|t| humantime::parse_duration(t)) {
+                None => None,
+                Some(Ok(t)) => Some(t),
+                Some(Err(e)) => return json(StatusCode::BAD_REQUEST, format!("{{\"error\":\"bad timeout: {e}\"}}")),
+            };
+            let (done, s) = crate::writeback::sync(state, bucket, prefix, timeout).await;
+            json(if done { StatusCode::OK } else { StatusCode::GATEWAY_TIMEOUT }, to_json(&s))
+        }
+        _ => json(StatusCode::METHOD_NOT_ALLOWED, "{\"error\":\"use GET /v1/status, GET /v1/pending or POST /v1/sync\"}".into()),
+    }
+}
+
+fn write_back_metrics(out: &mut String, state: &NodeState) {
+    use std::fmt::Write;
+    let wb = &state.writeback;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let s = wb.summary(state.cluster.as_deref(), None, "", u64::MAX);
+    let mut metric = |name: &str, kind: &str, help: &str, rows: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, v) in rows {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    metric("cairn_dirty_bytes", "gauge", "Bytes written here and not yet in the origin (journal).", &[("", s.dirty_bytes)]);
+    metric("cairn_pending_uploads", "gauge", "Writes this node has to upload.", &[("", s.objects)]);
+    metric(
+        "cairn_writes_acked_total",
+        "counter",
+        "Writes acknowledged before reaching the origin, by durability.",
+        &[("{durability=\"local\"}", get(&wb.stats.acked_local)), ("{durability=\"replicated\"}", get(&wb.stats.acked_replicated))],
+    );
+    metric("cairn_write_bytes_acked_total", "counter", "Bytes of acknowledged write-back writes.", &[("", get(&wb.stats.bytes_acked))]);
+    metric("cairn_uploads_total", "counter", "Journaled writes uploaded to the origin.", &[("", get(&wb.stats.uploads))]);
+    metric("cairn_upload_bytes_total", "counter", "Bytes uploaded from the journal.", &[("", get(&wb.stats.upload_bytes))]);
+    metric("cairn_upload_retries_total", "counter", "Failed upload attempts (retried).", &[("", get(&wb.stats.upload_retries))]);
+    metric("cairn_uploads_superseded_total", "counter", "Writes not uploaded because a newer write of the key came.", &[("", get(&wb.stats.superseded))]);
+    metric("cairn_takeovers_total", "counter", "Writes uploaded by this replica holder for a writer that was gone.", &[("", get(&wb.stats.takeovers))]);
+    metric("cairn_write_throttled_total", "counter", "Writes that waited because dirty bytes were at their cap.", &[("", get(&wb.stats.throttled))]);
 }
 
 fn cluster_metrics(out: &mut String, p: &cairn_core::placement::Placement) {

@@ -13,6 +13,7 @@ use crate::meta::MetaCache;
 use crate::metrics::Metrics;
 use crate::multipart::Multipart;
 use crate::reader::ReadThrough;
+use crate::writeback::WriteBack;
 
 pub struct OriginEntry {
     pub config: OriginConfig,
@@ -27,6 +28,7 @@ pub struct NodeState {
     pub multipart: Multipart,
     pub metrics: Arc<Metrics>,
     pub cluster: Option<Arc<Cluster>>,
+    pub writeback: WriteBack,
 }
 
 impl NodeState {
@@ -48,12 +50,15 @@ impl NodeState {
         } else {
             None
         };
+        let writeback = WriteBack::open(dir.join("writeback"), config.writeback.clone(), config.cluster.node_id.clone())
+            .map_err(|e| StartError::Io(format!("write-back journal under {}", dir.display()), e))?;
         let reader = Arc::new(ReadThrough::new(
             Arc::new(store),
             metrics.clone(),
             config.cache.readahead_chunks,
             config.cache.max_origin_fetches,
             cluster.clone(),
+            writeback.journal.clone(),
         ));
         let multipart =
             Multipart::open(dir.join("uploads"), config.limits.max_multipart_uploads, config.limits.max_parts)
@@ -66,6 +71,7 @@ impl NodeState {
             multipart,
             metrics,
             cluster,
+            writeback,
         })
     }
 

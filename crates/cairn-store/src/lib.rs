@@ -7,6 +7,7 @@
 //! fills instead of piling up memory.
 
 pub mod disk;
+pub mod journal;
 pub mod ram;
 pub mod s3fifo;
 

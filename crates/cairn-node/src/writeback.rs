@@ -1,0 +1,967 @@
+//! Write-back: writes acknowledged at `local` or `replicated` durability, their background upload
+//! to the origin, takeover by a replica holder when the writer is gone, and the sync barrier.
+//!
+//! A write streams into the journal (`cairn_store::journal`) on the receiving node, is fsync'd,
+//! and, at `replicated`, each chunk is pushed to `writeback.replicas - 1` of its owners, which
+//! store it durably too. The write is then registered with the owners of the key's metadata (so
+//! every node reads it at once, under a pending version whose chunks the owners fetch from the
+//! writer) and acknowledged. The uploader sends it to the origin later, with retries and backoff,
+//! after asking the key's metadata owner for its turn: uploads of one key go one at a time and an
+//! upload older than an acknowledged newer write is dropped, so the last acknowledged write is the
+//! last one in the origin.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use cairn_core::chunk::pending_version;
+use cairn_core::cluster::NodeEntry;
+use cairn_core::config::WritebackSection;
+use cairn_core::{Durability, ObjectVersion};
+use cairn_origin::{BodyStream, ObjectInfo};
+use cairn_store::journal::{Journal, Role, Segment, WriteRecord};
+use futures::{StreamExt, TryStreamExt};
+use http::Method;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, Semaphore, mpsc};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::cluster::{ChunkQuery, Cluster, PeerError};
+use crate::meta::{MetaKey, PendingWrite, UploadGrant};
+use crate::metrics::Metrics;
+use crate::multipart::StagedPart;
+use crate::state::{NodeState, OriginEntry};
+
+/// Replica folders whose record never came are removed after this long.
+const UNCOMMITTED_MAX_AGE: Duration = Duration::from_secs(3600);
+/// How often replica holders look for writes whose writer is gone.
+const TAKEOVER_POLL: Duration = Duration::from_secs(1);
+/// Chunks of one write pushed to replica holders at once.
+const PUSH_PARALLELISM: usize = 4;
+/// Nodes tried past the first choices when a replica holder or metadata owner fails.
+const EXTRA_CANDIDATES: usize = 3;
+/// Interval at which a sync barrier re-counts pending uploads.
+const SYNC_POLL: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("request body failed: {0}")]
+    Body(io::Error),
+    #[error("the node's disk is full: {0}")]
+    DiskFull(String),
+    #[error("journal write failed: {0}")]
+    Io(String),
+    #[error("could not place replicas: {0}")]
+    Replication(String),
+}
+
+fn io_error(context: &str, e: io::Error) -> WriteError {
+    if e.raw_os_error() == Some(28) || e.kind() == io::ErrorKind::StorageFull {
+        WriteError::DiskFull(format!("{context}: {e}"))
+    } else {
+        WriteError::Io(format!("{context}: {e}"))
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
+}
+
+/// Metadata of a write sent to the owners of its key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WriteMsg {
+    pub origin: String,
+    pub bucket: String,
+    pub key: String,
+    pub wid: String,
+    pub ticket: u64,
+    /// Register: the pending object's metadata. End of upload: the origin's (none: abandoned).
+    pub info: Option<InfoMsg>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InfoMsg {
+    pub size: u64,
+    pub etag: String,
+    pub modified_ns: i64,
+    pub content_type: Option<String>,
+}
+
+impl InfoMsg {
+    fn from_info(i: &ObjectInfo) -> Self {
+        Self {
+            size: i.size,
+            etag: i.etag.clone(),
+            modified_ns: i.last_modified.timestamp_nanos_opt().unwrap_or(0),
+            content_type: i.content_type.clone(),
+        }
+    }
+
+    fn to_info(&self) -> ObjectInfo {
+        ObjectInfo {
+            size: self.size,
+            etag: self.etag.clone(),
+            last_modified: chrono::DateTime::from_timestamp_nanos(self.modified_ns),
+            content_type: self.content_type.clone(),
+        }
+    }
+}
+
+impl WriteMsg {
+    fn meta_key(&self) -> MetaKey {
+        MetaKey { origin: self.origin.clone(), bucket: self.bucket.clone(), key: self.key.clone() }
+    }
+
+    fn of(rec: &WriteRecord, info: Option<&ObjectInfo>) -> Self {
+        Self {
+            origin: rec.origin.clone(),
+            bucket: rec.bucket.clone(),
+            key: rec.key.clone(),
+            wid: rec.wid.clone(),
+            ticket: rec.ticket,
+            info: info.map(InfoMsg::from_info),
+        }
+    }
+}
+
+/// Pending uploads on one node.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Summary {
+    pub node: String,
+    pub objects: u64,
+    pub bytes: u64,
+    pub oldest_age_secs: f64,
+    pub dirty_bytes: u64,
+    pub last_error: Option<String>,
+}
+
+/// Pending uploads across the cluster.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ClusterSummary {
+    /// Writes acknowledged up to this ticket are counted.
+    pub mark: u64,
+    pub objects: u64,
+    pub bytes: u64,
+    pub nodes: Vec<Summary>,
+    pub unreachable: Vec<String>,
+}
+
+#[derive(Default)]
+pub struct WriteStats {
+    pub acked_local: AtomicU64,
+    pub acked_replicated: AtomicU64,
+    pub bytes_acked: AtomicU64,
+    pub uploads: AtomicU64,
+    pub upload_bytes: AtomicU64,
+    pub upload_retries: AtomicU64,
+    pub superseded: AtomicU64,
+    pub takeovers: AtomicU64,
+    pub throttled: AtomicU64,
+}
+
+pub struct WriteBack {
+    pub journal: Arc<Journal>,
+    pub stats: WriteStats,
+    cfg: WritebackSection,
+    node_id: String,
+    last_ticket: Mutex<u64>,
+    queue: mpsc::UnboundedSender<String>,
+    queue_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    dirty_freed: Notify,
+    errors: Mutex<HashMap<String, String>>,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+impl WriteBack {
+    /// Opens the journal; writes found in it are queued for upload.
+    pub fn open(dir: PathBuf, cfg: WritebackSection, node_id: String) -> io::Result<Self> {
+        let (journal, found) = Journal::open(&dir)?;
+        let (queue, rx) = mpsc::unbounded_channel();
+        let mut last = 0;
+        for r in &found {
+            last = last.max(r.ticket);
+            if matches!(r.role, Role::Writer { .. }) {
+                tracing::info!(bucket = %r.bucket, key = %r.key, bytes = r.size, "resuming the upload of a journaled write");
+                let _ = queue.send(r.wid.clone());
+            }
+        }
+        Ok(Self {
+            journal: Arc::new(journal),
+            stats: WriteStats::default(),
+            cfg,
+            node_id,
+            last_ticket: Mutex::new(last),
+            queue,
+            queue_rx: Mutex::new(Some(rx)),
+            dirty_freed: Notify::new(),
+            errors: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn next_ticket(&self) -> u64 {
+        let mut last = self.last_ticket.lock();
+        *last = (*last + 1).max(now_ns());
+        *last
+    }
+
+    /// A ticket later than every write acknowledged here so far.
+    pub fn mark(&self) -> u64 {
+        self.next_ticket()
+    }
+
+    /// Takes `n` bytes of the dirty budget, waiting while the node is at its cap. A write whose
+    /// own bytes (`own`) are all that is dirty goes on, so one object larger than the cap cannot
+    /// wait on itself.
+    async fn reserve(&self, n: u64, own: u64) {
+        let cap = self.cfg.dirty_max.bytes();
+        let mut counted = false;
+        loop {
+            let freed = self.dirty_freed.notified();
+            let d = self.journal.dirty();
+            if d + n <= cap || d <= own {
+                self.journal.add_dirty(n);
+                return;
+            }
+            if !counted {
+                Metrics::add(&self.stats.throttled, 1);
+                counted = true;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(500), freed).await;
+        }
+    }
+
+    /// Pending uploads on this node matching the filter, acknowledged up to `upto`.
+    pub fn summary(&self, cluster: Option<&Cluster>, bucket: Option<&str>, prefix: &str, upto: u64) -> Summary {
+        let now = now_ns();
+        let mut s = Summary { node: self.node_id.clone(), dirty_bytes: self.journal.dirty(), ..Default::default() };
+        for r in self.journal.records() {
+            let counted = match &r.role {
+                Role::Writer { .. } => true,
+                // A replica stands for its write once the writer is gone.
+                Role::Replica { .. } => cluster.is_some_and(|c| c.is_down(&r.writer)),
+            };
+            if !counted || r.ticket > upto || bucket.is_some_and(|b| b != r.bucket) || !r.key.starts_with(prefix) {
+                continue;
+            }
+            s.objects += 1;
+            s.bytes += r.size;
+            s.oldest_age_secs = s.oldest_age_secs.max(now.saturating_sub(r.ticket) as f64 / 1e9);
+        }
+        s.last_error = self.errors.lock().values().next().cloned();
+        s
+    }
+}
+
+fn new_wid() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Removes a write's files unless it was committed.
+struct Uncommitted {
+    journal: Arc<Journal>,
+    wid: String,
+    bytes: u64,
+    armed: bool,
+}
+
+impl Drop for Uncommitted {
+    fn drop(&mut self) {
+        if self.armed {
+            self.journal.discard(&self.wid, self.bytes);
+        }
+    }
+}
+
+/// Streams a PutObject body into the journal and acknowledges it at `durability`; returns the
+/// object's (pending) version, answered as its ETag.
+pub async fn write_stream(
+    state: &Arc<NodeState>,
+    entry: &OriginEntry,
+    bucket: &str,
+    key: &str,
+    mut body: BodyStream,
+    content_type: Option<String>,
+    durability: Durability,
+) -> Result<String, WriteError> {
+    let wb = &state.writeback;
+    let journal = wb.journal.clone();
+    let wid = new_wid();
+    let chunk_size = entry.config.chunk_size.bytes() as usize;
+    let mut guard = Uncommitted { journal: journal.clone(), wid: wid.clone(), bytes: 0, armed: true };
+    let path = {
+        let (j, w) = (journal.clone(), wid.clone());
+        blocking(move || j.create(&w).map(|d| d.join("data"))).await.map_err(|e| io_error("journal folder", e))?
+    };
+    let file = {
+        let p = path.clone();
+        blocking(move || std::fs::File::create(p)).await.map_err(|e| io_error("journal file", e))?
+    };
+    // One chunk is written while the next is received.
+    let mut writing: Option<tokio::task::JoinHandle<io::Result<(std::fs::File, u64)>>> = None;
+    let mut file = Some(file);
+    let mut sums = Vec::new();
+    let mut buf = BytesMut::with_capacity(chunk_size);
+    let mut size = 0u64;
+    let mut ended = false;
+    while !ended {
+        match body.next().await {
+            Some(Ok(mut b)) => {
+                while !b.is_empty() {
+                    let take = (chunk_size - buf.len()).min(b.len());
+                    buf.extend_from_slice(&b.split_to(take));
+                    if buf.len() < chunk_size {
+                        continue;
+                    }
+                    let data = std::mem::replace(&mut buf, BytesMut::with_capacity(chunk_size)).freeze();
+                    flush(wb, &mut guard, &mut writing, &mut file, &mut sums, data).await?;
+                }
+            }
+            Some(Err(e)) => return Err(WriteError::Body(e)),
+            None => ended = true,
+        }
+    }
+    if !buf.is_empty() {
+        flush(wb, &mut guard, &mut writing, &mut file, &mut sums, buf.freeze()).await?;
+    }
+    if let Some(w) = writing.take() {
+        let (f, sum) = w.await.map_err(|e| WriteError::Io(e.to_string()))?.map_err(|e| io_error("journal write", e))?;
+        sums.push(sum);
+        file = Some(f);
+    }
+    if let Some(f) = file {
+        blocking(move || f.sync_data()).await.map_err(|e| io_error("journal fsync", e))?;
+    }
+    size += guard.bytes;
+    let segments = vec![Segment { file: "data".into(), len: size }];
+    finish(state, entry, bucket, key, content_type, durability, guard, segments, sums).await
+}
+
+async fn flush(
+    wb: &WriteBack,
+    guard: &mut Uncommitted,
+    writing: &mut Option<tokio::task::JoinHandle<io::Result<(std::fs::File, u64)>>>,
+    file: &mut Option<std::fs::File>,
+    sums: &mut Vec<u64>,
+    data: Bytes,
+) -> Result<(), WriteError> {
+    wb.reserve(data.len() as u64, guard.bytes).await;
+    guard.bytes += data.len() as u64;
+    if let Some(w) = writing.take() {
+        let (f, sum) = w.await.map_err(|e| WriteError::Io(e.to_string()))?.map_err(|e| io_error("journal write", e))?;
+        sums.push(sum);
+        *file = Some(f);
+    }
+    let Some(mut f) = file.take() else { return Err(WriteError::Io("journal file missing".into())) };
+    *writing = Some(tokio::task::spawn_blocking(move || {
+        f.write_all(&data)?;
+        Ok((f, xxh3_64(&data)))
+    }));
+    Ok(())
+}
+
+/// Moves the staged parts of a multipart upload into the journal and acknowledges the object.
+pub async fn write_parts(
+    state: &Arc<NodeState>,
+    entry: &OriginEntry,
+    bucket: &str,
+    key: &str,
+    parts: Vec<StagedPart>,
+    content_type: Option<String>,
+    durability: Durability,
+) -> Result<String, WriteError> {
+    let wb = &state.writeback;
+    let journal = wb.journal.clone();
+    let wid = new_wid();
+    let total: u64 = parts.iter().map(|p| p.size).sum();
+    wb.reserve(total, 0).await;
+    let guard = Uncommitted { journal: journal.clone(), wid: wid.clone(), bytes: total, armed: true };
+    let chunk_size = entry.config.chunk_size.bytes();
+    let (j, w) = (journal.clone(), wid.clone());
+    let (segments, sums) = blocking(move || {
+        let dir = j.create(&w)?;
+        let mut segments = Vec::with_capacity(parts.len());
+        for p in &parts {
+            let name = format!("p{:05}", p.number);
+            std::fs::rename(&p.path, dir.join(&name))?;
+            std::fs::File::open(dir.join(&name))?.sync_data()?;
+            segments.push(Segment { file: name, len: p.size });
+        }
+        let sums = chunk_sums(&dir, &segments, chunk_size)?;
+        Ok((segments, sums))
+    })
+    .await
+    .map_err(|e| io_error("journal parts", e))?;
+    finish(state, entry, bucket, key, content_type, durability, guard, segments, sums).await
+}
+
+/// xxh3 of each `chunk_size` piece of the concatenated segments.
+fn chunk_sums(dir: &std::path::Path, segments: &[Segment], chunk_size: u64) -> io::Result<Vec<u64>> {
+    use std::io::Read;
+    let mut sums = Vec::new();
+    let mut buf = vec![0u8; chunk_size as usize];
+    let mut filled = 0usize;
+    for s in segments {
+        let mut f = std::fs::File::open(dir.join(&s.file))?;
+        let mut left = s.len as usize;
+        while left > 0 {
+            let take = (buf.len() - filled).min(left);
+            f.read_exact(&mut buf[filled..filled + take])?;
+            filled += take;
+            left -= take;
+            if filled == buf.len() {
+                sums.push(xxh3_64(&buf));
+                filled = 0;
+            }
+        }
+    }
+    if filled > 0 {
+        sums.push(xxh3_64(&buf[..filled]));
+    }
+    Ok(sums)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    state: &Arc<NodeState>,
+    entry: &OriginEntry,
+    bucket: &str,
+    key: &str,
+    content_type: Option<String>,
+    durability: Durability,
+    mut guard: Uncommitted,
+    segments: Vec<Segment>,
+    sums: Vec<u64>,
+) -> Result<String, WriteError> {
+    let wb = &state.writeback;
+    let size = segments.iter().map(|s| s.len).sum();
+    let wid = guard.wid.clone();
+    let mut record = WriteRecord {
+        wid: wid.clone(),
+        origin: entry.origin.name().to_owned(),
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+        size,
+        chunk_size: entry.config.chunk_size.bytes(),
+        content_type,
+        version: pending_version(&wid, &wb.node_id),
+        writer: wb.node_id.clone(),
+        durability: durability.to_string(),
+        ticket: 0,
+        sums,
+        holders: Vec::new(),
+        role: Role::Writer { segments },
+    };
+    record.ticket = wb.next_ticket();
+    if durability == Durability::Replicated
+        && let Some(cluster) = &state.cluster
+    {
+        replicate(state, cluster, &mut record).await?;
+    }
+    let (j, r) = (wb.journal.clone(), record.clone());
+    blocking(move || j.commit(r)).await.map_err(|e| io_error("journal commit", e))?;
+    guard.armed = false;
+    let info = ObjectInfo {
+        size,
+        etag: record.version.clone(),
+        last_modified: chrono::Utc::now(),
+        content_type: record.content_type.clone(),
+    };
+    if let Err(e) = meta_broadcast(state, "register", &WriteMsg::of(&record, Some(&info)), true).await {
+        tracing::warn!(bucket, key, error = %e, "no owner of the key's metadata took the write; other nodes read the previous version until it is uploaded");
+    }
+    let counter = if durability == Durability::Replicated { &wb.stats.acked_replicated } else { &wb.stats.acked_local };
+    Metrics::add(counter, 1);
+    Metrics::add(&wb.stats.bytes_acked, size);
+    let _ = wb.queue.send(wid);
+    Ok(record.version)
+}
+
+/// Pushes every chunk to `replicas - 1` nodes of its ranking other than this one, and commits a
+/// replica record at each.
+async fn replicate(state: &Arc<NodeState>, cluster: &Arc<Cluster>, record: &mut WriteRecord) -> Result<(), WriteError> {
+    let copies = state.config.writeback.replicas.saturating_sub(1);
+    if copies == 0 {
+        return Ok(());
+    }
+    let rec = Arc::new(record.clone());
+    let placed: Vec<(u64, Vec<String>)> = futures::stream::iter(0..record.chunk_count())
+        .map(|index| {
+            let (state, cluster, rec) = (state.clone(), cluster.clone(), rec.clone());
+            async move {
+                let (j, r) = (state.writeback.journal.clone(), rec.clone());
+                let data = blocking(move || j.read_chunk(&r, index)).await.map_err(|e| io_error("journal read", e))?;
+                let query = format!("/wb/chunk?wid={}&index={index}", rec.wid);
+                let mut holders = Vec::new();
+                let mut last_err = String::new();
+                for node in cluster.ranking(rec.chunk_id(index).0 as u64, copies + 1 + EXTRA_CANDIDATES) {
+                    if holders.len() == copies {
+                        break;
+                    }
+                    if node.id == cluster.node_id {
+                        continue;
+                    }
+                    match cluster.call(&node, Method::PUT, query.clone(), data.clone()).await {
+                        Ok(_) => holders.push(node.id.clone()),
+                        Err(e) => {
+                            last_err = format!("{e:?}");
+                            cluster.mark_suspect(&node.id);
+                        }
+                    }
+                }
+                if holders.len() < copies {
+                    return Err(WriteError::Replication(format!(
+                        "chunk {index} reached {} of {copies} other nodes: {last_err}",
+                        holders.len()
+                    )));
+                }
+                Ok((index, holders))
+            }
+        })
+        .buffer_unordered(PUSH_PARALLELISM)
+        .try_collect()
+        .await?;
+    let mut by_holder: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (index, holders) in placed {
+        for h in holders {
+            by_holder.entry(h).or_default().push(index);
+        }
+    }
+    record.holders = by_holder.keys().cloned().collect();
+    for (holder, mut chunks) in by_holder {
+        chunks.sort_unstable();
+        let mut r = record.clone();
+        r.role = Role::Replica { chunks };
+        let body = Bytes::from(serde_json::to_vec(&r).map_err(|e| WriteError::Io(e.to_string()))?);
+        let node = cluster.node(&holder).ok_or_else(|| WriteError::Replication(format!("{holder} left the map")))?;
+        cluster
+            .call(&node, Method::POST, "/wb/commit".into(), body)
+            .await
+            .map_err(|e| WriteError::Replication(format!("commit at {holder}: {e:?}")))?;
+    }
+    Ok(())
+}
+
+/// Sends `op` to the owners of the key's metadata: the first `writeback.replicas` of its ranking
+/// (this node handles its own share locally). With `need_one`, keeps going down the ranking until
+/// one owner took it.
+async fn meta_broadcast(state: &Arc<NodeState>, op: &str, msg: &WriteMsg, need_one: bool) -> Result<(), String> {
+    let Some(cluster) = &state.cluster else {
+        apply_meta_op(state, op, msg);
+        return Ok(());
+    };
+    let r = state.config.writeback.replicas;
+    let body = Bytes::from(serde_json::to_vec(msg).map_err(|e| e.to_string())?);
+    let ranking = cluster.ranking(Cluster::meta_key(&msg.origin, &msg.bucket, &msg.key), r + EXTRA_CANDIDATES);
+    let mut took = 0;
+    let mut last_err = String::from("no node in the map");
+    for (i, node) in ranking.iter().enumerate() {
+        if i >= r && (took > 0 || !need_one) {
+            break;
+        }
+        if node.id == cluster.node_id {
+            apply_meta_op(state, op, msg);
+            took += 1;
+            continue;
+        }
+        match cluster.call(node, Method::POST, format!("/wb/{op}"), body.clone()).await {
+            Ok(_) => took += 1,
+            Err(e) => last_err = format!("{e:?}"),
+        }
+    }
+    if took == 0 { Err(last_err) } else { Ok(()) }
+}
+
+/// The key's upload turn, from the first metadata owner that answers (go when none does).
+async fn begin_upload(state: &Arc<NodeState>, msg: &WriteMsg) -> UploadGrant {
+    let Some(cluster) = &state.cluster else {
+        return state.meta.begin_upload(&msg.meta_key(), &msg.wid, msg.ticket);
+    };
+    let Ok(body) = serde_json::to_vec(msg) else { return UploadGrant::Go };
+    let r = state.config.writeback.replicas;
+    for node in cluster.ranking(Cluster::meta_key(&msg.origin, &msg.bucket, &msg.key), r + EXTRA_CANDIDATES) {
+        if node.id == cluster.node_id {
+            return state.meta.begin_upload(&msg.meta_key(), &msg.wid, msg.ticket);
+        }
+        if let Ok((_, answer)) = cluster.call(&node, Method::POST, "/wb/begin".into(), Bytes::from(body.clone())).await
+        {
+            return UploadGrant::parse(&String::from_utf8_lossy(&answer)).unwrap_or(UploadGrant::Go);
+        }
+    }
+    UploadGrant::Go
+}
+
+/// Applies a metadata-owner operation from this node or a peer; returns the answer's body.
+pub fn apply_meta_op(state: &NodeState, op: &str, msg: &WriteMsg) -> Option<String> {
+    let key = msg.meta_key();
+    match op {
+        "register" => {
+            let info = msg.info.as_ref()?.to_info();
+            state.meta.register(&key, PendingWrite { wid: msg.wid.clone(), ticket: msg.ticket, info });
+            Some(String::new())
+        }
+        "begin" => Some(state.meta.begin_upload(&key, &msg.wid, msg.ticket).as_str().to_owned()),
+        "end" => {
+            state.meta.end_upload(&key, &msg.wid, msg.ticket, msg.info.as_ref().map(InfoMsg::to_info));
+            Some(String::new())
+        }
+        "committed" => {
+            state.meta.committed_write(&key, msg.ticket);
+            Some(String::new())
+        }
+        _ => None,
+    }
+}
+
+/// Tells the key's metadata owners that a write went to the origin directly (or the key was
+/// deleted), so pending writes acknowledged before it never overwrite it.
+pub async fn note_origin_write(state: &Arc<NodeState>, entry: &OriginEntry, bucket: &str, key: &str) {
+    let msg = WriteMsg {
+        origin: entry.origin.name().to_owned(),
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+        wid: String::new(),
+        ticket: state.writeback.next_ticket(),
+        info: None,
+    };
+    if let Err(e) = meta_broadcast(state, "committed", &msg, false).await {
+        tracing::debug!(bucket, key, error = %e, "could not tell the key's owners about a write-through");
+    }
+}
+
+/// Starts the uploader and the replica watcher.
+pub fn spawn(state: &Arc<NodeState>) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    if let Some(rx) = state.writeback.queue_rx.lock().take() {
+        tasks.push(tokio::spawn(upload_loop(state.clone(), rx)));
+    }
+    tasks.push(tokio::spawn(replica_watch(state.clone())));
+    tasks
+}
+
+async fn upload_loop(state: Arc<NodeState>, mut rx: mpsc::UnboundedReceiver<String>) {
+    let permits = Arc::new(Semaphore::new(state.config.writeback.upload_concurrency));
+    while let Some(wid) = rx.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let state = state.clone();
+        tokio::spawn(async move {
+            upload(&state, &wid).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Uploads one journaled write, retrying until the origin takes it or a newer write of the key
+/// supersedes it; then releases the replicas and the journal entry.
+async fn upload(state: &Arc<NodeState>, wid: &str) {
+    let wb = &state.writeback;
+    let Some(rec) = wb.journal.record(wid) else { return };
+    let Some(entry) = state.origin_named(&rec.origin) else {
+        tracing::error!(origin = %rec.origin, key = %rec.key, "journaled write names an origin no longer configured; kept");
+        wb.errors.lock().insert(wid.to_owned(), format!("origin {:?} is not configured", rec.origin));
+        return;
+    };
+    let cfg = &state.config.writeback;
+    let msg = WriteMsg::of(&rec, None);
+    let mut backoff = cfg.retry_min.0;
+    loop {
+        match begin_upload(state, &msg).await {
+            UploadGrant::Go => break,
+            UploadGrant::Wait => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(cfg.retry_max.0);
+            }
+            UploadGrant::Superseded => {
+                tracing::info!(bucket = %rec.bucket, key = %rec.key, "a newer write of the key was acknowledged; this one is not uploaded");
+                Metrics::add(&wb.stats.superseded, 1);
+                let _ = meta_broadcast(state, "end", &msg, false).await;
+                release(state, &rec).await;
+                return;
+            }
+        }
+    }
+    let mut backoff = cfg.retry_min.0;
+    let info = loop {
+        let body = journal_body(wb.journal.clone(), rec.clone());
+        match entry.origin.put(&rec.bucket, &rec.key, body, rec.content_type.clone()).await {
+            Ok(put) => {
+                Metrics::add(&state.metrics.origin_put, 1);
+                break match entry.origin.head(&rec.bucket, &rec.key).await {
+                    Ok(info) if info.size == rec.size => info,
+                    _ => ObjectInfo {
+                        size: rec.size,
+                        etag: put.etag.unwrap_or_else(|| rec.version.clone()),
+                        last_modified: chrono::Utc::now(),
+                        content_type: rec.content_type.clone(),
+                    },
+                };
+            }
+            Err(e) => {
+                Metrics::add(&wb.stats.upload_retries, 1);
+                Metrics::add(&state.metrics.origin_errors, 1);
+                tracing::warn!(bucket = %rec.bucket, key = %rec.key, error = %e, retry_in = ?backoff, "upload to the origin failed; will retry");
+                wb.errors.lock().insert(wid.to_owned(), format!("{}/{}: {}", rec.bucket, rec.key, e.message));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(cfg.retry_max.0);
+            }
+        }
+    };
+    Metrics::add(&wb.stats.uploads, 1);
+    Metrics::add(&wb.stats.upload_bytes, rec.size);
+    let _ = meta_broadcast(state, "end", &WriteMsg::of(&rec, Some(&info)), false).await;
+    release(state, &rec).await;
+    tracing::debug!(bucket = %rec.bucket, key = %rec.key, bytes = rec.size, "uploaded");
+}
+
+/// Drops a finished write here and at its replica holders.
+async fn release(state: &Arc<NodeState>, rec: &WriteRecord) {
+    if let Some(cluster) = &state.cluster {
+        let mut others: Vec<&String> = rec.holders.iter().collect();
+        others.push(&rec.writer);
+        for id in others {
+            if *id == cluster.node_id {
+                continue;
+            }
+            let Some(node) = cluster.node(id) else { continue };
+            if let Err(e) = cluster.call(&node, Method::POST, format!("/wb/release?wid={}", rec.wid), Bytes::new()).await
+            {
+                tracing::debug!(peer = %id, error = ?e, "could not release a replica; its holder drops it when it finds the write superseded");
+            }
+        }
+    }
+    let (j, wid) = (state.writeback.journal.clone(), rec.wid.clone());
+    let _ = tokio::task::spawn_blocking(move || j.remove(&wid)).await;
+    state.writeback.errors.lock().remove(&rec.wid);
+    state.writeback.dirty_freed.notify_waiters();
+}
+
+/// The object's bytes from the journal, chunk by chunk, each verified against its checksum.
+fn journal_body(journal: Arc<Journal>, rec: Arc<WriteRecord>) -> BodyStream {
+    futures::stream::iter(0..rec.chunk_count())
+        .map(move |index| {
+            let (j, r) = (journal.clone(), rec.clone());
+            async move { blocking(move || j.read_chunk(&r, index)).await }
+        })
+        .buffered(2)
+        .boxed()
+}
+
+/// Replica holders: stores a pushed chunk (before the write's record arrives).
+pub async fn store_replica_chunk(state: &NodeState, wid: &str, index: u64, data: Bytes) -> Result<(), WriteError> {
+    let wb = &state.writeback;
+    wb.reserve(data.len() as u64, 0).await;
+    wb.journal.sub_dirty(data.len() as u64);
+    let (j, w) = (wb.journal.clone(), wid.to_owned());
+    blocking(move || j.write_replica_chunk(&w, index, &data)).await.map_err(|e| io_error("replica chunk", e))
+}
+
+/// Replica holders: commits a replica record.
+pub async fn commit_replica(state: &NodeState, record: WriteRecord) -> Result<(), WriteError> {
+    if !matches!(record.role, Role::Replica { .. }) {
+        return Err(WriteError::Io("a pushed record must be a replica's".into()));
+    }
+    let j = state.writeback.journal.clone();
+    blocking(move || j.commit(record)).await.map_err(|e| io_error("replica commit", e))
+}
+
+/// Replica holders: the write is in the origin.
+pub async fn release_replica(state: &NodeState, wid: &str) {
+    let j = state.writeback.journal.clone();
+    if j.record(wid).is_some_and(|r| matches!(r.role, Role::Replica { .. })) {
+        let w = wid.to_owned();
+        let _ = tokio::task::spawn_blocking(move || j.remove(&w)).await;
+        state.writeback.dirty_freed.notify_waiters();
+    }
+}
+
+/// Watches replicas whose writer is gone and uploads them from here when this node is the first
+/// live holder; sweeps replica folders that were never committed.
+async fn replica_watch(state: Arc<NodeState>) {
+    let mut tick = tokio::time::interval(TAKEOVER_POLL);
+    let mut sweeps = 0u64;
+    loop {
+        tick.tick().await;
+        sweeps += 1;
+        if sweeps % 600 == 0 {
+            let j = state.writeback.journal.clone();
+            let _ = tokio::task::spawn_blocking(move || j.sweep_uncommitted(UNCOMMITTED_MAX_AGE)).await;
+        }
+        let Some(cluster) = state.cluster.clone() else { continue };
+        for rec in state.writeback.journal.records() {
+            if !matches!(rec.role, Role::Replica { .. }) || rec.writer == cluster.node_id {
+                continue;
+            }
+            let age = Duration::from_nanos(now_ns().saturating_sub(rec.ticket));
+            let down = cluster.is_down(&rec.writer);
+            if !down && (age < state.config.writeback.takeover_after.0 || alive(&cluster, &rec.writer).await) {
+                continue;
+            }
+            if successor(&cluster, &rec).await.as_deref() != Some(cluster.node_id.as_str()) {
+                continue;
+            }
+            if let Err(e) = take_over(&state, &cluster, &rec).await {
+                tracing::warn!(key = %rec.key, error = %e, "could not take over a write whose writer is gone; will retry");
+            }
+        }
+    }
+}
+
+async fn alive(cluster: &Cluster, id: &str) -> bool {
+    let Some(node) = cluster.node(id) else { return false };
+    cluster.call(&node, Method::GET, "/healthz".into(), Bytes::new()).await.is_ok()
+}
+
+/// The holder that uploads a write whose writer is gone: the first live one in the record's order.
+async fn successor(cluster: &Cluster, rec: &WriteRecord) -> Option<String> {
+    for h in &rec.holders {
+        if *h == cluster.node_id || (!cluster.is_down(h) && alive(cluster, h).await) {
+            return Some(h.clone());
+        }
+    }
+    None
+}
+
+/// Gathers the chunks this node lacks from the other holders, turns the replica into a writer's
+/// record and queues its upload.
+async fn take_over(state: &Arc<NodeState>, cluster: &Arc<Cluster>, rec: &WriteRecord) -> Result<(), String> {
+    let Role::Replica { chunks: held } = &rec.role else { return Ok(()) };
+    tracing::warn!(writer = %rec.writer, bucket = %rec.bucket, key = %rec.key, "the writer is gone; uploading its write from this replica");
+    let journal = state.writeback.journal.clone();
+    let dir = journal.dir(&rec.wid);
+    let mut segments = Vec::new();
+    let v: ObjectVersion = rec.object_version();
+    for index in 0..rec.chunk_count() {
+        let len = rec.chunk_size.min(rec.size - index * rec.chunk_size);
+        if held.contains(&index) {
+            segments.push(Segment { file: format!("c{index}"), len });
+            continue;
+        }
+        let q = ChunkQuery {
+            origin: &v.origin,
+            bucket: &v.bucket,
+            key: &v.key,
+            version: &v.version,
+            size: v.size,
+            chunk_size: rec.chunk_size,
+            index,
+        };
+        let mut got = None;
+        for id in rec.holders.iter().filter(|h| **h != cluster.node_id) {
+            let Some(node) = cluster.node(id) else { continue };
+            match cluster.get_chunk(&node, &q).await {
+                Ok(b) if rec.sums.get(index as usize) == Some(&xxh3_64(&b)) => {
+                    got = Some(b);
+                    break;
+                }
+                Ok(_) => tracing::warn!(peer = %id, index, "a holder sent a chunk that fails its checksum"),
+                Err(PeerError::Unavailable(m) | PeerError::Origin(cairn_origin::Error { message: m, .. })) => {
+                    tracing::debug!(peer = %id, index, error = %m, "holder could not send a chunk")
+                }
+            }
+        }
+        let data = got.ok_or_else(|| format!("no live holder has chunk {index}"))?;
+        let name = format!("t{index}");
+        let path = dir.join(&name);
+        let n = data.len() as u64;
+        blocking(move || {
+            let mut f = std::fs::File::create(path)?;
+            f.write_all(&data)?;
+            f.sync_data()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        journal.add_dirty(n);
+        segments.push(Segment { file: name, len });
+    }
+    let mut record = rec.clone();
+    record.role = Role::Writer { segments };
+    record.holders.retain(|h| *h != cluster.node_id);
+    record.holders.push(rec.writer.clone());
+    let j = journal.clone();
+    blocking(move || j.commit(record)).await.map_err(|e| e.to_string())?;
+    Metrics::add(&state.writeback.stats.takeovers, 1);
+    let _ = state.writeback.queue.send(rec.wid.clone());
+    Ok(())
+}
+
+/// Pending uploads under `bucket`/`prefix` acknowledged up to `mark`, on every node of the map
+/// that is up (or this node alone).
+pub async fn cluster_summary(
+    state: &Arc<NodeState>,
+    bucket: Option<&str>,
+    prefix: &str,
+    mark: Option<u64>,
+) -> ClusterSummary {
+    let wb = &state.writeback;
+    let mark = mark.unwrap_or_else(|| wb.mark());
+    let mut out = ClusterSummary { mark, ..Default::default() };
+    let nodes: Vec<NodeEntry> = state.cluster.as_ref().map(|c| c.up_nodes()).unwrap_or_default();
+    let asks = nodes.iter().map(|node| {
+        let state = state.clone();
+        async move {
+            let cluster = state.cluster.as_ref()?;
+            if node.id == cluster.node_id {
+                return Some(Ok(wb_summary_local(&state, bucket, prefix, mark)));
+            }
+            let query = {
+                let mut q = url::form_urlencoded::Serializer::new(String::new());
+                q.append_pair("prefix", prefix).append_pair("upto", &mark.to_string());
+                if let Some(b) = bucket {
+                    q.append_pair("bucket", b);
+                }
+                q.finish()
+            };
+            let r = cluster.call(node, Method::GET, format!("/wb/pending?{query}"), Bytes::new()).await;
+            Some(match r {
+                Ok((_, body)) => serde_json::from_slice::<Summary>(&body).map_err(|_| node.id.clone()),
+                Err(_) => Err(node.id.clone()),
+            })
+        }
+    });
+    let answers = futures::future::join_all(asks).await;
+    if state.cluster.is_none() {
+        out.nodes.push(wb_summary_local(state, bucket, prefix, mark));
+    }
+    for a in answers.into_iter().flatten() {
+        match a {
+            Ok(s) => out.nodes.push(s),
+            Err(id) => out.unreachable.push(id),
+        }
+    }
+    out.objects = out.nodes.iter().map(|n| n.objects).sum();
+    out.bytes = out.nodes.iter().map(|n| n.bytes).sum();
+    out
+}
+
+pub fn wb_summary_local(state: &NodeState, bucket: Option<&str>, prefix: &str, upto: u64) -> Summary {
+    state.writeback.summary(state.cluster.as_deref(), bucket, prefix, upto)
+}
+
+/// Waits until every write under `bucket`/`prefix` acknowledged before the call is in the origin
+/// (on every reachable node; nodes the map marks down are left to their replica holders).
+pub async fn sync(
+    state: &Arc<NodeState>,
+    bucket: Option<&str>,
+    prefix: &str,
+    timeout: Option<Duration>,
+) -> (bool, ClusterSummary) {
+    let mark = state.writeback.mark();
+    let started = tokio::time::Instant::now();
+    loop {
+        let s = cluster_summary(state, bucket, prefix, Some(mark)).await;
+        if s.objects == 0 && s.unreachable.is_empty() {
+            return (true, s);
+        }
+        if timeout.is_some_and(|t| started.elapsed() >= t) {
+            return (false, s);
+        }
+        tokio::time::sleep(SYNC_POLL).await;
+    }
+}

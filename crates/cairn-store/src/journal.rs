@@ -1,0 +1,414 @@
+//! The write-back journal: writes acknowledged before they are in the origin, kept on disk until
+//! uploaded (a writer's record) or released by the uploader (a replica's record).
+//!
+//! Each write is a folder `<root>/<write id>/` holding its data and a `record.json` written last
+//! (temporary file, fsync, rename, fsync of the folder): the record is the commit point. A folder
+//! without a record is a write that was never acknowledged, and is removed. A writer's data is
+//! the object's bytes in one or more segment files (one for a PutObject, the staged parts of a
+//! multipart upload); a replica's data is one file per chunk it holds. Every chunk's xxh3 is in
+//! the record and verified on every read, so a damaged journal gives an error, never wrong bytes.
+//!
+//! Journal entries are never evicted: they leave only when their upload is complete.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use cairn_core::{ChunkId, ObjectVersion};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
+
+const RECORD: &str = "record.json";
+
+/// What this node holds of a write.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The whole object, in these files in order; this node uploads it.
+    Writer { segments: Vec<Segment> },
+    /// These chunks, one file each; the writer (or a successor) uploads the object.
+    Replica { chunks: Vec<u64> },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Segment {
+    /// File name inside the write's folder.
+    pub file: String,
+    pub len: u64,
+}
+
+/// One acknowledged write.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WriteRecord {
+    /// 32 hex digits, unique per write.
+    pub wid: String,
+    pub origin: String,
+    pub bucket: String,
+    pub key: String,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub content_type: Option<String>,
+    /// The object's version until it is in the origin; chunk ids are computed from it.
+    pub version: String,
+    /// Node that accepted the write ("" on a node outside a cluster).
+    pub writer: String,
+    /// "local" or "replicated".
+    pub durability: String,
+    /// Orders writes of one key (later wins) and sync barriers: nanoseconds since the epoch at
+    /// acknowledgement, strictly increasing per node.
+    pub ticket: u64,
+    /// xxh3 of each chunk.
+    pub sums: Vec<u64>,
+    /// Nodes other than the writer holding chunks of this write.
+    pub holders: Vec<String>,
+    pub role: Role,
+}
+
+impl WriteRecord {
+    pub fn object_version(&self) -> ObjectVersion {
+        ObjectVersion {
+            origin: self.origin.clone(),
+            bucket: self.bucket.clone(),
+            key: self.key.clone(),
+            version: self.version.clone(),
+            size: self.size,
+        }
+    }
+
+    pub fn chunk_count(&self) -> u64 {
+        self.size.div_ceil(self.chunk_size)
+    }
+
+    pub fn chunk_id(&self, index: u64) -> ChunkId {
+        ChunkId::new(&self.object_version(), self.chunk_size, index)
+    }
+
+    fn chunk_len(&self, index: u64) -> u64 {
+        self.chunk_size.min(self.size - index * self.chunk_size)
+    }
+
+    /// Bytes of this write held on this node's disk.
+    pub fn held_bytes(&self) -> u64 {
+        match &self.role {
+            Role::Writer { segments } => segments.iter().map(|s| s.len).sum(),
+            Role::Replica { chunks } => chunks.iter().map(|&i| self.chunk_len(i)).sum(),
+        }
+    }
+
+    fn held_chunks(&self) -> Vec<u64> {
+        match &self.role {
+            Role::Writer { .. } => (0..self.chunk_count()).collect(),
+            Role::Replica { chunks } => chunks.clone(),
+        }
+    }
+}
+
+/// True for the 32-hex-digit ids of writes (and nothing that could name another path).
+pub fn valid_wid(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+pub struct Journal {
+    root: PathBuf,
+    records: Mutex<HashMap<String, Arc<WriteRecord>>>,
+    chunks: Mutex<HashMap<ChunkId, (String, u64)>>,
+    /// Bytes on disk in the journal, committed or being written.
+    dirty: AtomicU64,
+}
+
+impl Journal {
+    /// Opens the journal, removing folders of writes that were never committed; returns the
+    /// committed records.
+    pub fn open(root: &Path) -> io::Result<(Self, Vec<WriteRecord>)> {
+        fs::create_dir_all(root)?;
+        let mut found = Vec::new();
+        for entry in fs::read_dir(root)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            let record = fs::read(path.join(RECORD))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<WriteRecord>(&b).ok())
+                .filter(|r| r.wid == name && valid_wid(&name));
+            match record {
+                Some(r) => found.push(r),
+                None => {
+                    tracing::info!(path = %path.display(), "removing a write that was never acknowledged");
+                    let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+                }
+            }
+        }
+        let journal = Self {
+            root: root.to_owned(),
+            records: Mutex::new(HashMap::new()),
+            chunks: Mutex::new(HashMap::new()),
+            dirty: AtomicU64::new(0),
+        };
+        for r in &found {
+            journal.dirty.fetch_add(r.held_bytes(), Ordering::Relaxed);
+            journal.index(r.clone());
+        }
+        found.sort_by_key(|r| r.ticket);
+        Ok((journal, found))
+    }
+
+    fn index(&self, record: WriteRecord) {
+        let mut chunks = self.chunks.lock();
+        for i in record.held_chunks() {
+            chunks.insert(record.chunk_id(i), (record.wid.clone(), i));
+        }
+        self.records.lock().insert(record.wid.clone(), Arc::new(record));
+    }
+
+    pub fn dir(&self, wid: &str) -> PathBuf {
+        debug_assert!(valid_wid(wid));
+        self.root.join(wid)
+    }
+
+    /// Creates the folder of a new write.
+    pub fn create(&self, wid: &str) -> io::Result<PathBuf> {
+        let dir = self.dir(wid);
+        fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    /// Makes the write durable and visible: syncs its folder and writes its record.
+    pub fn commit(&self, record: WriteRecord) -> io::Result<()> {
+        let dir = self.dir(&record.wid);
+        let tmp = dir.join("record.json.tmp");
+        let body = serde_json::to_vec(&record).map_err(io::Error::other)?;
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&body)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, dir.join(RECORD))?;
+        File::open(&dir)?.sync_all()?;
+        File::open(&self.root)?.sync_all()?;
+        self.index(record);
+        Ok(())
+    }
+
+    /// Stores one chunk of a replicated write, durably, before its record exists.
+    pub fn write_replica_chunk(&self, wid: &str, index: u64, data: &[u8]) -> io::Result<()> {
+        let dir = self.create(wid)?;
+        let path = dir.join(format!("c{index}"));
+        let tmp = dir.join(format!("c{index}.tmp"));
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_data()?;
+        fs::rename(&tmp, &path)?;
+        self.add_dirty(data.len() as u64);
+        Ok(())
+    }
+
+    pub fn record(&self, wid: &str) -> Option<Arc<WriteRecord>> {
+        self.records.lock().get(wid).cloned()
+    }
+
+    pub fn records(&self) -> Vec<Arc<WriteRecord>> {
+        self.records.lock().values().cloned().collect()
+    }
+
+    /// The committed write holding this chunk, if any.
+    pub fn find(&self, id: ChunkId) -> Option<(Arc<WriteRecord>, u64)> {
+        let (wid, index) = self.chunks.lock().get(&id).cloned()?;
+        Some((self.record(&wid)?, index))
+    }
+
+    /// One chunk of a committed write, verified against its checksum.
+    pub fn read_chunk(&self, record: &WriteRecord, index: u64) -> io::Result<Bytes> {
+        let len = record.chunk_len(index) as usize;
+        let dir = self.dir(&record.wid);
+        let mut buf = BytesMut::zeroed(len);
+        match &record.role {
+            Role::Replica { .. } => {
+                File::open(dir.join(format!("c{index}")))?.read_exact(&mut buf)?;
+            }
+            Role::Writer { segments } => {
+                let mut offset = index * record.chunk_size;
+                let mut filled = 0usize;
+                for s in segments {
+                    if filled == len {
+                        break;
+                    }
+                    if offset >= s.len {
+                        offset -= s.len;
+                        continue;
+                    }
+                    let take = ((s.len - offset) as usize).min(len - filled);
+                    let mut f = File::open(dir.join(&s.file))?;
+                    f.seek(SeekFrom::Start(offset))?;
+                    f.read_exact(&mut buf[filled..filled + take])?;
+                    filled += take;
+                    offset = 0;
+                }
+                if filled != len {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "journal segments are short"));
+                }
+            }
+        }
+        let want = record.sums.get(index as usize).copied();
+        if want != Some(xxh3_64(&buf)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("chunk {index} of write {} fails its checksum", record.wid),
+            ));
+        }
+        Ok(buf.freeze())
+    }
+
+    /// Forgets a write and deletes its files (uploaded, released, or never acknowledged).
+    pub fn remove(&self, wid: &str) {
+        if let Some(r) = self.records.lock().remove(wid) {
+            let mut chunks = self.chunks.lock();
+            for i in r.held_chunks() {
+                chunks.remove(&r.chunk_id(i));
+            }
+            self.sub_dirty(r.held_bytes());
+        }
+        let _ = fs::remove_dir_all(self.dir(wid));
+    }
+
+    /// Drops an uncommitted write's files, returning the bytes they held to the dirty budget.
+    pub fn discard(&self, wid: &str, bytes: u64) {
+        let _ = fs::remove_dir_all(self.dir(wid));
+        self.sub_dirty(bytes);
+    }
+
+    /// Removes replica folders whose record never came (their writer failed before
+    /// acknowledging); returns how many.
+    pub fn sweep_uncommitted(&self, older_than: Duration) -> usize {
+        let Ok(entries) = fs::read_dir(&self.root) else { return 0 };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !valid_wid(&name) || self.records.lock().contains_key(&name) {
+                continue;
+            }
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .is_some_and(|age| age > older_than);
+            if old {
+                let bytes = dir_bytes(&entry.path());
+                if fs::remove_dir_all(entry.path()).is_ok() {
+                    self.sub_dirty(bytes);
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
+    pub fn add_dirty(&self, n: u64) {
+        self.dirty.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn sub_dirty(&self, n: u64) {
+        let _ = self.dirty.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| Some(d.saturating_sub(n)));
+    }
+
+    pub fn dirty(&self) -> u64 {
+        self.dirty.load(Ordering::Relaxed)
+    }
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .map(|es| es.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(dir: &Path, wid: &str, data: &[u8], chunk_size: u64) -> WriteRecord {
+        fs::write(dir.join("data"), data).unwrap();
+        let sums = data.chunks(chunk_size as usize).map(xxh3_64).collect();
+        WriteRecord {
+            wid: wid.into(),
+            origin: "o".into(),
+            bucket: "b".into(),
+            key: "k".into(),
+            size: data.len() as u64,
+            chunk_size,
+            content_type: None,
+            version: "v".into(),
+            writer: String::new(),
+            durability: "local".into(),
+            ticket: 1,
+            sums,
+            holders: vec![],
+            role: Role::Writer { segments: vec![Segment { file: "data".into(), len: data.len() as u64 }] },
+        }
+    }
+
+    #[test]
+    fn committed_writes_survive_reopen_and_uncommitted_do_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("j");
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let wid = "0123456789abcdef0123456789abcdef";
+        {
+            let (j, found) = Journal::open(&root).unwrap();
+            assert!(found.is_empty());
+            let dir = j.create(wid).unwrap();
+            let r = record(&dir, wid, &data, 4096);
+            j.commit(r).unwrap();
+            j.create("ffffffffffffffffffffffffffffffff").unwrap();
+        }
+        let (j, found) = Journal::open(&root).unwrap();
+        assert_eq!(found.len(), 1);
+        assert!(!root.join("ffffffffffffffffffffffffffffffff").exists());
+        let r = j.record(wid).unwrap();
+        for i in 0..3 {
+            let b = j.read_chunk(&r, i).unwrap();
+            let end = ((i + 1) * 4096).min(10_000) as usize;
+            assert_eq!(&b[..], &data[(i * 4096) as usize..end]);
+        }
+        assert_eq!(j.find(r.chunk_id(2)).map(|(_, i)| i), Some(2));
+        assert_eq!(j.dirty(), 10_000);
+        j.remove(wid);
+        assert_eq!(j.dirty(), 0);
+        assert!(j.find(r.chunk_id(2)).is_none());
+    }
+
+    #[test]
+    fn segments_split_across_chunks_and_corruption_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(tmp.path()).unwrap();
+        let wid = "00000000000000000000000000000001";
+        let dir = j.create(wid).unwrap();
+        let data: Vec<u8> = (0..9000u32).map(|i| (i * 7 % 256) as u8).collect();
+        let mut r = record(&dir, wid, &data, 4096);
+        fs::write(dir.join("p1"), &data[..3000]).unwrap();
+        fs::write(dir.join("p2"), &data[3000..]).unwrap();
+        r.role = Role::Writer {
+            segments: vec![Segment { file: "p1".into(), len: 3000 }, Segment { file: "p2".into(), len: 6000 }],
+        };
+        j.commit(r.clone()).unwrap();
+        assert_eq!(&j.read_chunk(&r, 0).unwrap()[..], &data[..4096]);
+        assert_eq!(&j.read_chunk(&r, 2).unwrap()[..], &data[8192..]);
+        let mut bad = data[3000..].to_vec();
+        bad[100] ^= 1;
+        fs::write(dir.join("p2"), &bad).unwrap();
+        assert_eq!(j.read_chunk(&r, 0).unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn wids_are_checked() {
+        assert!(valid_wid("0123456789abcdef0123456789abcdef"));
+        assert!(!valid_wid("../../../../etc/passwd00000000000"));
+        assert!(!valid_wid("0123456789ABCDEF0123456789abcdef"));
+    }
+}
