@@ -41,7 +41,16 @@ fn split_target(s: &str) -> Result<(String, String)> {
 }
 
 fn store(ep: &Endpoint, bucket: &str) -> Result<Arc<dyn ObjectStore>> {
+    store_with(ep, bucket, None)
+}
+
+fn store_with(ep: &Endpoint, bucket: &str, durability: Option<cairn_core::Durability>) -> Result<Arc<dyn ObjectStore>> {
+    let mut headers = http::HeaderMap::new();
+    if let Some(d) = durability {
+        headers.insert("x-cairn-durability", http::HeaderValue::from_str(&d.to_string())?);
+    }
     let s = AmazonS3Builder::new()
+        .with_client_options(object_store::ClientOptions::new().with_default_headers(headers))
         .with_endpoint(&ep.endpoint)
         .with_allow_http(true)
         .with_virtual_hosted_style_request(false)
@@ -126,6 +135,10 @@ pub struct PutArgs {
     source: PathBuf,
     /// s3://BUCKET/KEY (a trailing '/' appends the file name).
     dest: String,
+    /// Acknowledge at: local (on the node's disk), replicated (on several nodes' disks) or
+    /// origin (in object storage); default: the origin's configured durability.
+    #[arg(long)]
+    durability: Option<cairn_core::Durability>,
     #[command(flatten)]
     endpoint: Endpoint,
 }
@@ -136,7 +149,7 @@ pub async fn put(a: PutArgs) -> Result<()> {
         let name = a.source.file_name().context("source has no file name")?.to_string_lossy();
         key.push_str(&name);
     }
-    let s = store(&a.endpoint, &bucket)?;
+    let s = store_with(&a.endpoint, &bucket, a.durability)?;
     let path = Path::parse(&key).with_context(|| format!("invalid key {key:?}"))?;
     let mut file = tokio::fs::File::open(&a.source).await.with_context(|| format!("opening {}", a.source.display()))?;
     let total = file.metadata().await?.len();

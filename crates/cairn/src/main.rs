@@ -1,6 +1,7 @@
 //! The `cairn` binary: `cairn serve` runs a node; `get`, `put`, `ls` and `stat` talk to one over
 //! its S3 endpoint.
 
+mod admin;
 mod client;
 
 use std::path::PathBuf;
@@ -28,6 +29,10 @@ enum Command {
     Ls(client::LsArgs),
     /// Show an object's size, ETag and last-modified time.
     Stat(client::StatArgs),
+    /// Wait until everything written under BUCKET/PREFIX before now is in the origin.
+    Sync(admin::SyncArgs),
+    /// Show pending uploads (objects, bytes, oldest age) per node.
+    Status(admin::StatusArgs),
 }
 
 #[derive(Args)]
@@ -66,6 +71,12 @@ struct ServeArgs {
     /// Metadata policy of every origin: immutable, always or ttl:<duration>.
     #[arg(long, env = "CAIRN_METADATA")]
     metadata: Option<MetadataPolicy>,
+    /// Default durability of writes to every origin: local, replicated or origin.
+    #[arg(long, env = "CAIRN_DURABILITY")]
+    durability: Option<cairn_core::Durability>,
+    /// Cap on bytes written but not yet uploaded (e.g. 16GiB).
+    #[arg(long, env = "CAIRN_DIRTY_MAX")]
+    dirty_max: Option<ByteSize>,
     /// Replace the access keys with this one (needs --secret-key).
     #[arg(long, env = "CAIRN_ACCESS_KEY", requires = "secret_key")]
     access_key: Option<String>,
@@ -137,6 +148,12 @@ impl ServeArgs {
             if let Some(m) = self.metadata {
                 o.metadata = m;
             }
+            if let Some(d) = self.durability {
+                o.durability = d;
+            }
+        }
+        if let Some(v) = self.dirty_max {
+            cfg.writeback.dirty_max = v;
         }
         if let (Some(k), Some(s)) = (&self.access_key, &self.secret_key) {
             cfg.auth.keys = vec![cairn_core::config::AccessKey { access_key: k.clone(), secret_key: s.clone() }];
@@ -189,7 +206,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
             Some(b) => format!("bucket {b}"),
             None => "account mode: bucket names pass through".to_owned(),
         };
-        eprintln!("  origin        {} ({exposed}; chunks {}, metadata {})", o.url, o.chunk_size, o.metadata);
+        eprintln!(
+            "  origin        {} ({exposed}; chunks {}, metadata {}, durability {})",
+            o.url, o.chunk_size, o.metadata, o.durability
+        );
     }
     eprintln!(
         "  cache         {} (RAM {}, disk {}, readahead {} chunks)",
@@ -233,5 +253,7 @@ async fn main() -> Result<()> {
         Command::Put(a) => client::put(a).await,
         Command::Ls(a) => client::ls(a).await,
         Command::Stat(a) => client::stat(a).await,
+        Command::Sync(a) => admin::sync(a).await,
+        Command::Status(a) => admin::status(a).await,
     }
 }

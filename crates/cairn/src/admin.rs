@@ -1,0 +1,146 @@
+//! Operator subcommands over a node's admin endpoint: `sync` (the write-back barrier, with a
+//! progress bar) and `status` (pending uploads per node).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use cairn_node::writeback::ClusterSummary;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// How often `sync` asks for progress.
+const POLL: Duration = Duration::from_millis(250);
+
+#[derive(clap::Args, Clone)]
+pub struct Admin {
+    /// The node's admin endpoint.
+    #[arg(long, env = "CAIRN_ADMIN", default_value = "http://127.0.0.1:9001")]
+    admin: String,
+}
+
+#[derive(clap::Args)]
+pub struct SyncArgs {
+    /// BUCKET[/PREFIX] (or s3://BUCKET/PREFIX): writes under it acknowledged before now.
+    target: String,
+    /// Give up (exit status 1) after this long, e.g. 10m.
+    #[arg(long)]
+    timeout: Option<humantime::Duration>,
+    #[command(flatten)]
+    admin: Admin,
+}
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// Print the JSON answer instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    admin: Admin,
+}
+
+async fn get(admin: &Admin, path_and_query: &str) -> Result<ClusterSummary> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let uri = format!("{}{}", admin.admin.trim_end_matches('/'), path_and_query);
+    let req = http::Request::get(&uri).body(Full::new(Bytes::new()))?;
+    let resp = client.request(req).await.with_context(|| format!("asking {uri}"))?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
+    if !status.is_success() {
+        bail!("{uri}: {status}: {}", String::from_utf8_lossy(&body));
+    }
+    serde_json::from_slice(&body).with_context(|| format!("{uri}: unexpected answer"))
+}
+
+fn query(bucket: &str, prefix: &str, upto: Option<u64>) -> String {
+    let mut q = url_encode(&[("bucket", bucket), ("prefix", prefix)]);
+    if let Some(u) = upto {
+        q.push_str(&format!("&upto={u}"));
+    }
+    q
+}
+
+fn url_encode(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let enc: String = v
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            format!("{k}={enc}")
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+pub async fn sync(a: SyncArgs) -> Result<()> {
+    let target = a.target.strip_prefix("s3://").unwrap_or(&a.target);
+    let (bucket, prefix) = target.split_once('/').unwrap_or((target, ""));
+    if bucket.is_empty() {
+        bail!("expected BUCKET[/PREFIX], got {:?}", a.target);
+    }
+    let first = get(&a.admin, &format!("/v1/pending?{}", query(bucket, prefix, None))).await?;
+    let mark = first.mark;
+    let total = first.bytes;
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} in the origin, {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let mut s = first;
+    loop {
+        pb.set_position(total.saturating_sub(s.bytes));
+        let mut msg = format!("{} objects left", s.objects);
+        if !s.unreachable.is_empty() {
+            msg.push_str(&format!(", waiting for unreachable nodes {}", s.unreachable.join(", ")));
+        }
+        if let Some(err) = s.nodes.iter().find_map(|n| n.last_error.clone()) {
+            msg.push_str(&format!(", retrying: {err}"));
+        }
+        pb.set_message(msg);
+        if s.objects == 0 && s.unreachable.is_empty() {
+            pb.finish_and_clear();
+            println!("synced s3://{bucket}/{prefix}: everything written before the call is in the origin");
+            return Ok(());
+        }
+        if a.timeout.is_some_and(|t| started.elapsed() >= *t) {
+            pb.abandon();
+            bail!("timed out: {} objects ({} bytes) not yet in the origin", s.objects, s.bytes);
+        }
+        tokio::time::sleep(POLL).await;
+        s = get(&a.admin, &format!("/v1/pending?{}", query(bucket, prefix, Some(mark)))).await?;
+    }
+}
+
+pub async fn status(a: StatusArgs) -> Result<()> {
+    let s = get(&a.admin, "/v1/status").await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!("{:<24} {:>8} {:>16} {:>12} {:>16}  last error", "node", "objects", "bytes", "oldest (s)", "dirty bytes");
+    for n in &s.nodes {
+        let name = if n.node.is_empty() { "(this node)" } else { n.node.as_str() };
+        println!(
+            "{:<24} {:>8} {:>16} {:>12.1} {:>16}  {}",
+            name,
+            n.objects,
+            n.bytes,
+            n.oldest_age_secs,
+            n.dirty_bytes,
+            n.last_error.as_deref().unwrap_or("-")
+        );
+    }
+    for id in &s.unreachable {
+        println!("{id:<24} unreachable");
+    }
+    println!("total: {} objects, {} bytes pending", s.objects, s.bytes);
+    Ok(())
+}
