@@ -181,23 +181,40 @@ def session_dir():
     shutil.rmtree(d, ignore_errors=True)
 
 
+class AzuriteProcess:
+    """An Azurite blob server on its own port and folder; stop() and start() keep its data, so a
+    test can take the origin away and bring it back."""
+
+    def __init__(self, location, port=None):
+        self.exe = ROOT / ".test-deps" / "node_modules" / ".bin" / "azurite-blob"
+        if not self.exe.exists():
+            pytest.fail(f"{self.exe} is missing: run `cargo xtask deps`")
+        self.location = pathlib.Path(location)
+        self.location.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.proc = None
+        self.start()
+
+    def start(self):
+        log = open(self.location / "azurite.log", "ab")
+        self.proc = subprocess.Popen(
+            [str(self.exe), "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--location",
+             str(self.location), "--silent", "--skipApiVersionCheck", "--loose"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        wait_port(self.port, self.proc)
+
+    def stop(self):
+        if self.proc is not None:
+            stop(self.proc)
+            self.proc = None
+
+
 @pytest.fixture(scope="session")
 def azurite_server(session_dir):
-    exe = ROOT / ".test-deps" / "node_modules" / ".bin" / "azurite-blob"
-    if not exe.exists():
-        pytest.fail(f"{exe} is missing: run `cargo xtask deps`")
-    port = free_port()
-    loc = session_dir / "azurite"
-    loc.mkdir()
-    log = open(session_dir / "azurite.log", "wb")
-    proc = subprocess.Popen(
-        [str(exe), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(loc),
-         "--silent", "--skipApiVersionCheck", "--loose"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    wait_port(port, proc)
-    yield port
-    stop(proc)
+    az = AzuriteProcess(session_dir / "azurite")
+    yield az.port
+    az.stop()
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,9 @@ class Cluster:
     """N cairn processes, each on its own loopback address, sharing one origin folder. Each node
     reads its own copy of the map file, so a test can leave one node on an old version."""
 
-    def __init__(self, tmp_path, n, replicas=1, racks=None, chunk=8 * MIB, ips=None, wraps=None):
-        self.origin = LocalOrigin(tmp_path / "origin")
+    def __init__(self, tmp_path, n, replicas=1, racks=None, chunk=8 * MIB, ips=None, wraps=None, origin=None,
+                 more_sections="", origin_extra=""):
+        self.origin = origin or LocalOrigin(tmp_path / "origin")
         self.tmp = tmp_path
         self.ips = ips or [f"127.0.0.{11 + i}" for i in range(n)]
         wraps = wraps or [()] * n
@@ -41,9 +42,11 @@ secret = "{SECRET}"
 replicas = {replicas}
 peer_timeout = "1s"
 map_poll = "200ms"
+{more_sections}
 """
-            node = Node(tmp_path / f"n{i}", self.origin.toml(), host=ip, chunk=chunk, metadata="immutable",
-                        extra="allow_anonymous = true", sections=sections, wrap=wraps[i])
+            node = Node(tmp_path / f"n{i}", self.origin.toml() + origin_extra, host=ip, chunk=chunk,
+                        metadata="immutable", extra="allow_anonymous = true", sections=sections, wrap=wraps[i],
+                        env=self.origin.env)
             self.nodes.append(node)
 
     def map_text(self, version, down=()):

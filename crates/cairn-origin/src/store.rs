@@ -122,25 +122,27 @@ impl StoreOrigin {
         Ok(Arc::new(fs))
     }
 
+    /// cairn retries above this layer (the uploader until the origin takes a write, clients on
+    /// read errors), so a request fails after a few quick retries instead of minutes.
     fn build_cloud(&self, container: &str) -> Result<Arc<dyn ObjectStore>> {
         let err = |e: object_store::Error| Error::new(ErrorKind::Backend, format!("origin {}: {e}", self.name));
         let store: Arc<dyn ObjectStore> = match self.scheme {
             Scheme::Azure => {
-                let mut b = MicrosoftAzureBuilder::from_env().with_container_name(container);
+                let mut b = MicrosoftAzureBuilder::from_env().with_container_name(container).with_retry(origin_retry());
                 for (k, v) in &self.options {
                     b = b.with_config(k.parse().map_err(err)?, v);
                 }
                 Arc::new(b.build().map_err(err)?)
             }
             Scheme::S3 => {
-                let mut b = AmazonS3Builder::from_env().with_bucket_name(container);
+                let mut b = AmazonS3Builder::from_env().with_bucket_name(container).with_retry(origin_retry());
                 for (k, v) in &self.options {
                     b = b.with_config(k.parse().map_err(err)?, v);
                 }
                 Arc::new(b.build().map_err(err)?)
             }
             Scheme::Gcs => {
-                let mut b = GoogleCloudStorageBuilder::from_env().with_bucket_name(container);
+                let mut b = GoogleCloudStorageBuilder::from_env().with_bucket_name(container).with_retry(origin_retry());
                 for (k, v) in &self.options {
                     b = b.with_config(k.parse().map_err(err)?, v);
                 }
@@ -518,4 +520,12 @@ impl Origin for StoreOrigin {
         }
         Ok(())
     }
+}
+
+/// Retries of one origin request inside `object_store`.
+const ORIGIN_RETRIES: usize = 3;
+const ORIGIN_RETRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+fn origin_retry() -> object_store::RetryConfig {
+    object_store::RetryConfig { max_retries: ORIGIN_RETRIES, retry_timeout: ORIGIN_RETRY_TIMEOUT, ..Default::default() }
 }
