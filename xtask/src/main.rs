@@ -3,7 +3,8 @@
 //! - `cargo xtask test`  installs what the tests need (Python clients, moto, Azurite, rclone),
 //!   builds in release mode and runs the Rust and the end-to-end suites.
 //! - `cargo xtask deps`  installs the test dependencies only.
-//! - `cargo xtask bench` installs the benchmark references (nginx, wrk) and runs the benchmark.
+//! - `cargo xtask bench [write | cluster]` installs the benchmark references (nginx, wrk, FUSE)
+//!   and runs the single-node, checkpoint-write or cluster benchmark.
 //! - `cargo xtask lint`  rustfmt and clippy, warnings denied.
 
 use std::path::{Path, PathBuf};
@@ -88,16 +89,23 @@ fn test(rest: &[String]) -> Result<()> {
         .args(rest))
 }
 
+/// `bench [args]`: the single-node benchmark; `bench write [args]`: checkpoint writes;
+/// `bench cluster [args]`: the cluster benchmark.
 fn bench(rest: &[String]) -> Result<()> {
     deps()?;
-    apt_install(&["nginx-light", "wrk"])?;
+    apt_install(&["nginx-light", "wrk", "fuse3", "curl"])?;
     build_release()?;
     let root = root();
+    let (script, args) = match rest.split_first() {
+        Some((w, args)) if w == "write" => ("bench/write_bench.py", args),
+        Some((c, args)) if c == "cluster" => ("bench/cluster_bench.py", args),
+        _ => ("bench/bench.py", rest),
+    };
     run(Command::new("python3")
         .current_dir(&root)
         .env("CAIRN_BIN", root.join("target/release/cairn"))
-        .arg(root.join("bench/bench.py"))
-        .args(rest))
+        .arg(root.join(script))
+        .args(args))
 }
 
 fn lint() -> Result<()> {
@@ -122,7 +130,7 @@ fn main() -> Result<()> {
         "bench" => bench(rest),
         "lint" => lint(),
         _ => {
-            eprintln!("usage: cargo xtask <test [pytest args] | deps | bench [args] | lint>");
+            eprintln!("usage: cargo xtask <test [pytest args] | deps | bench [write | cluster] [args] | lint>");
             Ok(())
         }
     }

@@ -133,7 +133,7 @@ impl MetaCache {
         let w = writes.entry(key.clone()).or_default();
         w.touched = Some(Instant::now());
         let out = f(w);
-        if writes.len() % 1024 == 0 {
+        if writes.len().is_multiple_of(1024) {
             writes.retain(|_, w| {
                 w.current.is_some() || w.uploading.is_some() || w.touched.is_some_and(|t| t.elapsed() < KEY_WRITES_IDLE)
             });

@@ -99,6 +99,10 @@ async fn handle(state: &NodeState, cluster: &Cluster, req: Request<Incoming>) ->
             }
             None => text(StatusCode::BAD_REQUEST, "BadRequest", "wid must be 32 hex digits"),
         },
+        (Method::GET, "/wb/has") => match q.get("wid") {
+            Some(wid) if state.writeback.journal.record(wid).is_some() => text(StatusCode::OK, "", "yes"),
+            _ => text(StatusCode::OK, "", "no"),
+        },
         (Method::GET, "/wb/pending") => {
             let upto = q.get("upto").and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
             let prefix = q.get("prefix").map(String::as_str).unwrap_or("");

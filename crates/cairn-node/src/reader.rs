@@ -311,7 +311,7 @@ async fn journaled(journal: &Arc<Journal>, store: &ChunkStore, id: ChunkId) -> O
 
 impl OriginFetch {
     /// A chunk of a write not yet in the origin comes from its writer, which holds all of it.
-    async fn from_writer(self, writer: &str) -> ChunkResult {
+    async fn fetch_from_writer(self, writer: &str) -> ChunkResult {
         let gone = |m: String| Arc::new(OriginError::new(cairn_origin::ErrorKind::VersionChanged, m));
         let cluster = match &self.cluster {
             Some(c) if c.node_id != writer => c,
@@ -350,7 +350,7 @@ impl OriginFetch {
         }
         if let Some((_, writer)) = cairn_core::chunk::parse_pending_version(&self.version.version) {
             let writer = writer.to_owned();
-            return self.from_writer(&writer).await;
+            return self.fetch_from_writer(&writer).await;
         }
         let _permit = self.permits.acquire_owned().await;
         Metrics::add(&self.metrics.origin_get_range, 1);

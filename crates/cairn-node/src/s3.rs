@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
 
-use cairn_core::{Durability, ObjectVersion};
 use cairn_core::key::{KeyError, validate_key};
+use cairn_core::{Durability, ObjectVersion};
 use cairn_origin::{BodyStream, ErrorKind, ListPage, ObjectInfo};
 use futures::{StreamExt, TryStreamExt};
 use s3s::dto::*;
@@ -597,11 +597,15 @@ impl S3 for CairnS3 {
             let over = Arc::new(AtomicBool::new(false));
             let body = limited_body(input.body, limit, over.clone());
             let etag = match durability {
-                Durability::Origin => self.put_body(entry, bucket, key, body, &over, input.content_type.clone()).await?,
+                Durability::Origin => {
+                    self.put_body(entry, bucket, key, body, &over, input.content_type.clone()).await?
+                }
                 d => Some(
                     writeback::write_stream(&self.state, entry, bucket, key, body, input.content_type.clone(), d)
                         .await
-                        .map_err(|e| write_error(e, &self.state.config.limits.max_put_size, over.load(Ordering::Relaxed)))?,
+                        .map_err(|e| {
+                            write_error(e, &self.state.config.limits.max_put_size, over.load(Ordering::Relaxed))
+                        })?,
                 ),
             };
             Ok(S3Response::new(PutObjectOutput {

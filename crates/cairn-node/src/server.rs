@@ -152,7 +152,9 @@ async fn write_back_admin(
     };
     let to_json = |s: &crate::writeback::ClusterSummary| serde_json::to_string(s).unwrap_or_default();
     match (method.as_str(), path) {
-        ("GET", "/v1/status") => json(StatusCode::OK, to_json(&crate::writeback::cluster_summary(state, None, "", None).await)),
+        ("GET", "/v1/status") => {
+            json(StatusCode::OK, to_json(&crate::writeback::cluster_summary(state, None, "", None).await))
+        }
         ("GET", "/v1/pending") => {
             let upto = q.get("upto").and_then(|v| v.parse().ok());
             json(StatusCode::OK, to_json(&crate::writeback::cluster_summary(state, bucket, prefix, upto).await))
@@ -166,7 +168,10 @@ async fn write_back_admin(
             let (done, s) = crate::writeback::sync(state, bucket, prefix, timeout).await;
             json(if done { StatusCode::OK } else { StatusCode::GATEWAY_TIMEOUT }, to_json(&s))
         }
-        _ => json(StatusCode::METHOD_NOT_ALLOWED, "{\"error\":\"use GET /v1/status, GET /v1/pending or POST /v1/sync\"}".into()),
+        _ => json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{\"error\":\"use GET /v1/status, GET /v1/pending or POST /v1/sync\"}".into(),
+        ),
     }
 }
 
@@ -182,21 +187,64 @@ fn write_back_metrics(out: &mut String, state: &NodeState) {
             let _ = writeln!(out, "{name}{labels} {v}");
         }
     };
-    metric("cairn_dirty_bytes", "gauge", "Bytes written here and not yet in the origin (journal).", &[("", s.dirty_bytes)]);
+    metric(
+        "cairn_dirty_bytes",
+        "gauge",
+        "Bytes written here and not yet in the origin (journal).",
+        &[("", s.dirty_bytes)],
+    );
     metric("cairn_pending_uploads", "gauge", "Writes this node has to upload.", &[("", s.objects)]);
     metric(
         "cairn_writes_acked_total",
         "counter",
         "Writes acknowledged before reaching the origin, by durability.",
-        &[("{durability=\"local\"}", get(&wb.stats.acked_local)), ("{durability=\"replicated\"}", get(&wb.stats.acked_replicated))],
+        &[
+            ("{durability=\"local\"}", get(&wb.stats.acked_local)),
+            ("{durability=\"replicated\"}", get(&wb.stats.acked_replicated)),
+        ],
     );
-    metric("cairn_write_bytes_acked_total", "counter", "Bytes of acknowledged write-back writes.", &[("", get(&wb.stats.bytes_acked))]);
-    metric("cairn_uploads_total", "counter", "Journaled writes uploaded to the origin.", &[("", get(&wb.stats.uploads))]);
-    metric("cairn_upload_bytes_total", "counter", "Bytes uploaded from the journal.", &[("", get(&wb.stats.upload_bytes))]);
-    metric("cairn_upload_retries_total", "counter", "Failed upload attempts (retried).", &[("", get(&wb.stats.upload_retries))]);
-    metric("cairn_uploads_superseded_total", "counter", "Writes not uploaded because a newer write of the key came.", &[("", get(&wb.stats.superseded))]);
-    metric("cairn_takeovers_total", "counter", "Writes uploaded by this replica holder for a writer that was gone.", &[("", get(&wb.stats.takeovers))]);
-    metric("cairn_write_throttled_total", "counter", "Writes that waited because dirty bytes were at their cap.", &[("", get(&wb.stats.throttled))]);
+    metric(
+        "cairn_write_bytes_acked_total",
+        "counter",
+        "Bytes of acknowledged write-back writes.",
+        &[("", get(&wb.stats.bytes_acked))],
+    );
+    metric(
+        "cairn_uploads_total",
+        "counter",
+        "Journaled writes uploaded to the origin.",
+        &[("", get(&wb.stats.uploads))],
+    );
+    metric(
+        "cairn_upload_bytes_total",
+        "counter",
+        "Bytes uploaded from the journal.",
+        &[("", get(&wb.stats.upload_bytes))],
+    );
+    metric(
+        "cairn_upload_retries_total",
+        "counter",
+        "Failed upload attempts (retried).",
+        &[("", get(&wb.stats.upload_retries))],
+    );
+    metric(
+        "cairn_uploads_superseded_total",
+        "counter",
+        "Writes not uploaded because a newer write of the key came.",
+        &[("", get(&wb.stats.superseded))],
+    );
+    metric(
+        "cairn_takeovers_total",
+        "counter",
+        "Writes uploaded by this replica holder for a writer that was gone.",
+        &[("", get(&wb.stats.takeovers))],
+    );
+    metric(
+        "cairn_write_throttled_total",
+        "counter",
+        "Writes that waited because dirty bytes were at their cap.",
+        &[("", get(&wb.stats.throttled))],
+    );
 }
 
 fn cluster_metrics(out: &mut String, p: &cairn_core::placement::Placement) {

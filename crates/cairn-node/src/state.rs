@@ -50,8 +50,9 @@ impl NodeState {
         } else {
             None
         };
-        let writeback = WriteBack::open(dir.join("writeback"), config.writeback.clone(), config.cluster.node_id.clone())
-            .map_err(|e| StartError::Io(format!("write-back journal under {}", dir.display()), e))?;
+        let writeback =
+            WriteBack::open(dir.join("writeback"), config.writeback.clone(), config.cluster.node_id.clone())
+                .map_err(|e| StartError::Io(format!("write-back journal under {}", dir.display()), e))?;
         let reader = Arc::new(ReadThrough::new(
             Arc::new(store),
             metrics.clone(),

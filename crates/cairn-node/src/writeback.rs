@@ -41,6 +41,8 @@ use crate::state::{NodeState, OriginEntry};
 const UNCOMMITTED_MAX_AGE: Duration = Duration::from_secs(3600);
 /// How often replica holders look for writes whose writer is gone.
 const TAKEOVER_POLL: Duration = Duration::from_secs(1);
+/// How often a replica holder asks a live writer about one of its writes.
+const WRITER_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// Chunks of one write pushed to replica holders at once.
 const PUSH_PARALLELISM: usize = 4;
 /// Nodes tried past the first choices when a replica holder or metadata owner fails.
@@ -730,7 +732,8 @@ async fn release(state: &Arc<NodeState>, rec: &WriteRecord) {
                 continue;
             }
             let Some(node) = cluster.node(id) else { continue };
-            if let Err(e) = cluster.call(&node, Method::POST, format!("/wb/release?wid={}", rec.wid), Bytes::new()).await
+            if let Err(e) =
+                cluster.call(&node, Method::POST, format!("/wb/release?wid={}", rec.wid), Bytes::new()).await
             {
                 tracing::debug!(peer = %id, error = ?e, "could not release a replica; its holder drops it when it finds the write superseded");
             }
@@ -786,22 +789,38 @@ pub async fn release_replica(state: &NodeState, wid: &str) {
 async fn replica_watch(state: Arc<NodeState>) {
     let mut tick = tokio::time::interval(TAKEOVER_POLL);
     let mut sweeps = 0u64;
+    let mut checked: HashMap<String, tokio::time::Instant> = HashMap::new();
     loop {
         tick.tick().await;
         sweeps += 1;
-        if sweeps % 600 == 0 {
+        if sweeps.is_multiple_of(600) {
             let j = state.writeback.journal.clone();
             let _ = tokio::task::spawn_blocking(move || j.sweep_uncommitted(UNCOMMITTED_MAX_AGE)).await;
         }
         let Some(cluster) = state.cluster.clone() else { continue };
+        checked.retain(|wid, _| state.writeback.journal.record(wid).is_some());
         for rec in state.writeback.journal.records() {
             if !matches!(rec.role, Role::Replica { .. }) || rec.writer == cluster.node_id {
                 continue;
             }
             let age = Duration::from_nanos(now_ns().saturating_sub(rec.ticket));
-            let down = cluster.is_down(&rec.writer);
-            if !down && (age < state.config.writeback.takeover_after.0 || alive(&cluster, &rec.writer).await) {
+            if age < state.config.writeback.takeover_after.0 && !cluster.is_down(&rec.writer) {
                 continue;
+            }
+            let now = tokio::time::Instant::now();
+            if checked.get(&rec.wid).is_some_and(|t| now.duration_since(*t) < WRITER_CHECK_EVERY) {
+                continue;
+            }
+            checked.insert(rec.wid.clone(), now);
+            match writer_holds(&cluster, &rec).await {
+                // The writer is at work on it.
+                Some(true) => continue,
+                // Uploaded (or superseded) and the release did not reach this node.
+                Some(false) => {
+                    release_replica(&state, &rec.wid).await;
+                    continue;
+                }
+                None => {}
             }
             if successor(&cluster, &rec).await.as_deref() != Some(cluster.node_id.as_str()) {
                 continue;
@@ -810,6 +829,18 @@ async fn replica_watch(state: Arc<NodeState>) {
                 tracing::warn!(key = %rec.key, error = %e, "could not take over a write whose writer is gone; will retry");
             }
         }
+    }
+}
+
+/// Whether the writer still holds the write: `None` when it is down or cannot be reached.
+async fn writer_holds(cluster: &Cluster, rec: &WriteRecord) -> Option<bool> {
+    if cluster.is_down(&rec.writer) {
+        return None;
+    }
+    let node = cluster.node(&rec.writer)?;
+    match cluster.call(&node, Method::GET, format!("/wb/has?wid={}", rec.wid), Bytes::new()).await {
+        Ok((_, body)) => Some(&body[..] == b"yes"),
+        Err(_) => None,
     }
 }
 

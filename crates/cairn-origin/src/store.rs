@@ -142,7 +142,8 @@ impl StoreOrigin {
                 Arc::new(b.build().map_err(err)?)
             }
             Scheme::Gcs => {
-                let mut b = GoogleCloudStorageBuilder::from_env().with_bucket_name(container).with_retry(origin_retry());
+                let mut b =
+                    GoogleCloudStorageBuilder::from_env().with_bucket_name(container).with_retry(origin_retry());
                 for (k, v) in &self.options {
                     b = b.with_config(k.parse().map_err(err)?, v);
                 }

@@ -323,9 +323,7 @@ impl Journal {
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
-    fs::read_dir(dir)
-        .map(|es| es.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
-        .unwrap_or(0)
+    fs::read_dir(dir).map(|es| es.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -333,7 +331,7 @@ mod tests {
     use super::*;
 
     fn record(dir: &Path, wid: &str, data: &[u8], chunk_size: u64) -> WriteRecord {
-        fs::write(dir.join("data"), data).unwrap();
+        fs::write(dir.join("data"), data).expect("journal test step");
         let sums = data.chunks(chunk_size as usize).map(xxh3_64).collect();
         WriteRecord {
             wid: wid.into(),
@@ -355,24 +353,24 @@ mod tests {
 
     #[test]
     fn committed_writes_survive_reopen_and_uncommitted_do_not() {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().expect("journal test step");
         let root = tmp.path().join("j");
         let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
         let wid = "0123456789abcdef0123456789abcdef";
         {
-            let (j, found) = Journal::open(&root).unwrap();
+            let (j, found) = Journal::open(&root).expect("journal test step");
             assert!(found.is_empty());
-            let dir = j.create(wid).unwrap();
+            let dir = j.create(wid).expect("journal test step");
             let r = record(&dir, wid, &data, 4096);
-            j.commit(r).unwrap();
-            j.create("ffffffffffffffffffffffffffffffff").unwrap();
+            j.commit(r).expect("journal test step");
+            j.create("ffffffffffffffffffffffffffffffff").expect("journal test step");
         }
-        let (j, found) = Journal::open(&root).unwrap();
+        let (j, found) = Journal::open(&root).expect("journal test step");
         assert_eq!(found.len(), 1);
         assert!(!root.join("ffffffffffffffffffffffffffffffff").exists());
-        let r = j.record(wid).unwrap();
+        let r = j.record(wid).expect("journal test step");
         for i in 0..3 {
-            let b = j.read_chunk(&r, i).unwrap();
+            let b = j.read_chunk(&r, i).expect("journal test step");
             let end = ((i + 1) * 4096).min(10_000) as usize;
             assert_eq!(&b[..], &data[(i * 4096) as usize..end]);
         }
@@ -385,24 +383,24 @@ mod tests {
 
     #[test]
     fn segments_split_across_chunks_and_corruption_is_an_error() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (j, _) = Journal::open(tmp.path()).unwrap();
+        let tmp = tempfile::tempdir().expect("journal test step");
+        let (j, _) = Journal::open(tmp.path()).expect("journal test step");
         let wid = "00000000000000000000000000000001";
-        let dir = j.create(wid).unwrap();
+        let dir = j.create(wid).expect("journal test step");
         let data: Vec<u8> = (0..9000u32).map(|i| (i * 7 % 256) as u8).collect();
         let mut r = record(&dir, wid, &data, 4096);
-        fs::write(dir.join("p1"), &data[..3000]).unwrap();
-        fs::write(dir.join("p2"), &data[3000..]).unwrap();
+        fs::write(dir.join("p1"), &data[..3000]).expect("journal test step");
+        fs::write(dir.join("p2"), &data[3000..]).expect("journal test step");
         r.role = Role::Writer {
             segments: vec![Segment { file: "p1".into(), len: 3000 }, Segment { file: "p2".into(), len: 6000 }],
         };
-        j.commit(r.clone()).unwrap();
-        assert_eq!(&j.read_chunk(&r, 0).unwrap()[..], &data[..4096]);
-        assert_eq!(&j.read_chunk(&r, 2).unwrap()[..], &data[8192..]);
+        j.commit(r.clone()).expect("journal test step");
+        assert_eq!(&j.read_chunk(&r, 0).expect("journal test step")[..], &data[..4096]);
+        assert_eq!(&j.read_chunk(&r, 2).expect("journal test step")[..], &data[8192..]);
         let mut bad = data[3000..].to_vec();
         bad[100] ^= 1;
-        fs::write(dir.join("p2"), &bad).unwrap();
-        assert_eq!(j.read_chunk(&r, 0).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        fs::write(dir.join("p2"), &bad).expect("journal test step");
+        assert_eq!(j.read_chunk(&r, 0).expect_err("corrupt chunk").kind(), io::ErrorKind::InvalidData);
     }
 
     #[test]
