@@ -91,8 +91,17 @@ def azurite_client(port):
 
 
 def rclone_remote(port):
-    return (f":azureblob,account=devstoreaccount1,key='{AZURITE_KEY}',"
-            f"endpoint='http://127.0.0.1:{port}/devstoreaccount1':{CONTAINER}")
+    """rclone's Azure backend (1.60) reaches a non-default Azurite port only through a SAS URL."""
+    import datetime
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    sas = generate_container_sas(
+        "devstoreaccount1", CONTAINER, account_key=AZURITE_KEY,
+        permission=ContainerSasPermissions(read=True, write=True, delete=True, list=True, add=True, create=True),
+        expiry=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=12),
+    )
+    return f":azureblob,sas_url='http://127.0.0.1:{port}/devstoreaccount1/{CONTAINER}?{sas}':{CONTAINER}/"
 
 
 def parallel(cmds, env=None):
@@ -204,7 +213,7 @@ def main():
         conf = tmp / "rclone.conf"
         conf.touch()
         cmds = [["rclone", "copyto", "--config", str(conf), "--azureblob-chunk-size", "8M", str(p),
-                 f"{rclone_remote(az_port)}/direct/shard-{r:02}.bin"] for r, (p, _) in enumerate(shards)]
+                 f"{rclone_remote(az_port)}direct/shard-{r:02}.bin"] for r, (p, _) in enumerate(shards)]
         direct = parallel(cmds)
         check_origin(container, "direct/", shards)
         cb.log(f"direct to Azurite: {direct:.1f} s")
