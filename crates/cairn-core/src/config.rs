@@ -256,6 +256,10 @@ pub struct WritebackSection {
     /// First and longest wait between retries of a failed upload.
     pub retry_min: HumanDuration,
     pub retry_max: HumanDuration,
+    /// While writes are arriving on a node, the upload of an acknowledged write waits up to this
+    /// long after its acknowledgement, so the writes get the CPU and disk first (0: never waits).
+    /// A sync barrier ends the wait.
+    pub upload_defer: HumanDuration,
     /// How long a replica holder waits for an unreachable writer before it uploads the object
     /// itself (at once when the map marks the writer down).
     pub takeover_after: HumanDuration,
@@ -269,6 +273,7 @@ impl Default for WritebackSection {
             upload_concurrency: 4,
             retry_min: HumanDuration(Duration::from_millis(200)),
             retry_max: HumanDuration(Duration::from_secs(10)),
+            upload_defer: HumanDuration(Duration::from_secs(10)),
             takeover_after: HumanDuration(Duration::from_secs(60)),
         }
     }

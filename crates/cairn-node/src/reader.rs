@@ -139,6 +139,7 @@ impl ReadThrough {
             chunk_size: obj.chunk_size,
             index,
             cluster: self.cluster.clone(),
+            journal: self.journal.clone(),
         }
     }
 
@@ -290,6 +291,7 @@ struct OriginFetch {
     chunk_size: u64,
     index: u64,
     cluster: Option<Arc<Cluster>>,
+    journal: Arc<Journal>,
 }
 
 /// Reads a journaled chunk (verified) and keeps a copy in RAM for the next reader.
@@ -301,6 +303,8 @@ async fn journaled(journal: &Arc<Journal>, store: &ChunkStore, id: ChunkId) -> O
             store.insert_ram(id, b.clone());
             Some(b)
         }
+        // Uploaded and removed since it was found: the caller reads it from the origin.
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
         Ok(Err(e)) => {
             tracing::error!(chunk = %id, error = %e, "journaled chunk unreadable");
             None
@@ -348,14 +352,22 @@ impl OriginFetch {
         if let Some(b) = self.store.peek_ram(self.id) {
             return Ok(b);
         }
-        if let Some((_, writer)) = cairn_core::chunk::parse_pending_version(&self.version.version) {
-            let writer = writer.to_owned();
-            return self.fetch_from_writer(&writer).await;
+        let mut if_match = self.version.version.clone();
+        if let Some((wid, writer)) = cairn_core::chunk::parse_pending_version(&self.version.version) {
+            // Uploaded by this node: the same bytes are in the origin under the version the
+            // upload produced.
+            match self.journal.uploaded_as(wid) {
+                Some(etag) => if_match = etag,
+                None => {
+                    let writer = writer.to_owned();
+                    return self.fetch_from_writer(&writer).await;
+                }
+            }
         }
         let _permit = self.permits.acquire_owned().await;
         Metrics::add(&self.metrics.origin_get_range, 1);
         let v = &self.version;
-        match self.origin.get_range(&v.bucket, &v.key, self.range.clone(), &v.version).await {
+        match self.origin.get_range(&v.bucket, &v.key, self.range.clone(), &if_match).await {
             Ok(b) => {
                 Metrics::add(&self.metrics.origin_bytes, b.len() as u64);
                 self.store.insert(self.id, b.clone());

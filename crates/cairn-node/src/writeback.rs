@@ -14,10 +14,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use cairn_core::chunk::pending_version;
 use cairn_core::cluster::NodeEntry;
 use cairn_core::config::WritebackSection;
@@ -29,7 +29,7 @@ use http::Method;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore, mpsc};
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 use crate::cluster::{ChunkQuery, Cluster, PeerError};
 use crate::meta::{MetaKey, PendingWrite, UploadGrant};
@@ -43,6 +43,12 @@ const UNCOMMITTED_MAX_AGE: Duration = Duration::from_secs(3600);
 const TAKEOVER_POLL: Duration = Duration::from_secs(1);
 /// How often a replica holder asks a live writer about one of its writes.
 const WRITER_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// How often a deferred upload looks again.
+const DEFER_POLL: Duration = Duration::from_millis(50);
+/// Buffers passed to one `writev`.
+const MAX_IOVECS: usize = 512;
+/// A sync barrier that asked within this long keeps uploads from being deferred.
+const SYNC_INTEREST: Duration = Duration::from_secs(2);
 /// Chunks of one write pushed to replica holders at once.
 const PUSH_PARALLELISM: usize = 4;
 /// Nodes tried past the first choices when a replica holder or metadata owner fails.
@@ -176,6 +182,10 @@ pub struct WriteBack {
     queue_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     dirty_freed: Notify,
     errors: Mutex<HashMap<String, String>>,
+    /// PutObject bodies and multipart completions being written now.
+    active_writes: AtomicUsize,
+    /// When a sync barrier last counted pending uploads here.
+    sync_seen: Mutex<Option<std::time::Instant>>,
 }
 
 fn now_ns() -> u64 {
@@ -205,6 +215,8 @@ impl WriteBack {
             queue_rx: Mutex::new(Some(rx)),
             dirty_freed: Notify::new(),
             errors: Mutex::new(HashMap::new()),
+            active_writes: AtomicUsize::new(0),
+            sync_seen: Mutex::new(None),
         })
     }
 
@@ -238,6 +250,18 @@ impl WriteBack {
             }
             let _ = tokio::time::timeout(Duration::from_millis(500), freed).await;
         }
+    }
+
+    /// Whether the upload of a write acknowledged at `ticket` should wait: writes are arriving,
+    /// it is younger than `upload_defer`, no sync barrier is waiting, and dirty bytes are below
+    /// half their cap. Uploads then get the CPU and disk after the writes, as a page cache's
+    /// writeback does.
+    fn defer_upload(&self, ticket: u64) -> bool {
+        let age = Duration::from_nanos(now_ns().saturating_sub(ticket));
+        self.active_writes.load(Ordering::Relaxed) > 0
+            && age < self.cfg.upload_defer.0
+            && self.sync_seen.lock().is_none_or(|t| t.elapsed() > SYNC_INTEREST)
+            && self.journal.dirty() < self.cfg.dirty_max.bytes() / 2
     }
 
     /// Pending uploads on this node matching the filter, acknowledged up to `upto`.
@@ -306,32 +330,29 @@ pub async fn write_stream(
         let p = path.clone();
         blocking(move || std::fs::File::create(p)).await.map_err(|e| io_error("journal file", e))?
     };
-    // One chunk is written while the next is received.
+    let _active = Active::new(&wb.active_writes);
+    // One chunk is written while the next is received; received buffers are written as they
+    // came (split at chunk boundaries, never copied).
     let mut writing: Option<tokio::task::JoinHandle<io::Result<(std::fs::File, u64)>>> = None;
     let mut file = Some(file);
     let mut sums = Vec::new();
-    let mut buf = BytesMut::with_capacity(chunk_size);
+    let mut pieces: Vec<Bytes> = Vec::new();
+    let mut filled = 0usize;
     let mut size = 0u64;
-    let mut ended = false;
-    while !ended {
-        match body.next().await {
-            Some(Ok(mut b)) => {
-                while !b.is_empty() {
-                    let take = (chunk_size - buf.len()).min(b.len());
-                    buf.extend_from_slice(&b.split_to(take));
-                    if buf.len() < chunk_size {
-                        continue;
-                    }
-                    let data = std::mem::replace(&mut buf, BytesMut::with_capacity(chunk_size)).freeze();
-                    flush(wb, &mut guard, &mut writing, &mut file, &mut sums, data).await?;
-                }
+    while let Some(next) = body.next().await {
+        let mut b = next.map_err(WriteError::Body)?;
+        while !b.is_empty() {
+            let take = (chunk_size - filled).min(b.len());
+            pieces.push(b.split_to(take));
+            filled += take;
+            if filled == chunk_size {
+                flush(wb, &mut guard, &mut writing, &mut file, &mut sums, std::mem::take(&mut pieces)).await?;
+                filled = 0;
             }
-            Some(Err(e)) => return Err(WriteError::Body(e)),
-            None => ended = true,
         }
     }
-    if !buf.is_empty() {
-        flush(wb, &mut guard, &mut writing, &mut file, &mut sums, buf.freeze()).await?;
+    if filled > 0 {
+        flush(wb, &mut guard, &mut writing, &mut file, &mut sums, pieces).await?;
     }
     if let Some(w) = writing.take() {
         let (f, sum) = w.await.map_err(|e| WriteError::Io(e.to_string()))?.map_err(|e| io_error("journal write", e))?;
@@ -352,10 +373,11 @@ async fn flush(
     writing: &mut Option<tokio::task::JoinHandle<io::Result<(std::fs::File, u64)>>>,
     file: &mut Option<std::fs::File>,
     sums: &mut Vec<u64>,
-    data: Bytes,
+    pieces: Vec<Bytes>,
 ) -> Result<(), WriteError> {
-    wb.reserve(data.len() as u64, guard.bytes).await;
-    guard.bytes += data.len() as u64;
+    let len: usize = pieces.iter().map(Bytes::len).sum();
+    wb.reserve(len as u64, guard.bytes).await;
+    guard.bytes += len as u64;
     if let Some(w) = writing.take() {
         let (f, sum) = w.await.map_err(|e| WriteError::Io(e.to_string()))?.map_err(|e| io_error("journal write", e))?;
         sums.push(sum);
@@ -363,10 +385,56 @@ async fn flush(
     }
     let Some(mut f) = file.take() else { return Err(WriteError::Io("journal file missing".into())) };
     *writing = Some(tokio::task::spawn_blocking(move || {
-        f.write_all(&data)?;
-        Ok((f, xxh3_64(&data)))
+        let mut hash = Xxh3::new();
+        for p in &pieces {
+            hash.update(p);
+        }
+        write_all_pieces(&mut f, &pieces)?;
+        Ok((f, hash.digest()))
     }));
     Ok(())
+}
+
+/// Writes every piece in order with as few system calls as the kernel allows.
+fn write_all_pieces(f: &mut std::fs::File, pieces: &[Bytes]) -> io::Result<()> {
+    let (mut i, mut offset) = (0usize, 0usize);
+    while i < pieces.len() {
+        let mut slices = Vec::with_capacity((pieces.len() - i).min(MAX_IOVECS));
+        slices.push(io::IoSlice::new(&pieces[i][offset..]));
+        slices.extend(pieces[i + 1..].iter().take(MAX_IOVECS - 1).map(|p| io::IoSlice::new(p)));
+        let mut n = f.write_vectored(&slices)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "journal file took no bytes"));
+        }
+        while i < pieces.len() && n > 0 {
+            let left = pieces[i].len() - offset;
+            if n >= left {
+                n -= left;
+                i += 1;
+                offset = 0;
+            } else {
+                offset += n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Counts writes in progress on this node while alive.
+struct Active<'a>(&'a AtomicUsize);
+
+impl<'a> Active<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Self(n)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Moves the staged parts of a multipart upload into the journal and acknowledges the object.
@@ -383,6 +451,7 @@ pub async fn write_parts(
     let journal = wb.journal.clone();
     let wid = new_wid();
     let total: u64 = parts.iter().map(|p| p.size).sum();
+    let _active = Active::new(&wb.active_writes);
     wb.reserve(total, 0).await;
     let guard = Uncommitted { journal: journal.clone(), wid: wid.clone(), bytes: total, armed: true };
     let chunk_size = entry.config.chunk_size.bytes();
@@ -671,6 +740,9 @@ async fn upload(state: &Arc<NodeState>, wid: &str) {
         return;
     };
     let cfg = &state.config.writeback;
+    while wb.defer_upload(rec.ticket) {
+        tokio::time::sleep(DEFER_POLL).await;
+    }
     let msg = WriteMsg::of(&rec, None);
     let mut backoff = cfg.retry_min.0;
     loop {
@@ -717,6 +789,7 @@ async fn upload(state: &Arc<NodeState>, wid: &str) {
     };
     Metrics::add(&wb.stats.uploads, 1);
     Metrics::add(&wb.stats.upload_bytes, rec.size);
+    wb.journal.note_uploaded(&rec.wid, &info.etag);
     let _ = meta_broadcast(state, "end", &WriteMsg::of(&rec, Some(&info)), false).await;
     release(state, &rec).await;
     tracing::debug!(bucket = %rec.bucket, key = %rec.key, bytes = rec.size, "uploaded");
@@ -972,6 +1045,7 @@ pub async fn cluster_summary(
 }
 
 pub fn wb_summary_local(state: &NodeState, bucket: Option<&str>, prefix: &str, upto: u64) -> Summary {
+    *state.writeback.sync_seen.lock() = Some(std::time::Instant::now());
     state.writeback.summary(state.cluster.as_deref(), bucket, prefix, upto)
 }
 

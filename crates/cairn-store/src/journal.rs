@@ -10,7 +10,7 @@
 //!
 //! Journal entries are never evicted: they leave only when their upload is complete.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -120,7 +120,13 @@ pub struct Journal {
     chunks: Mutex<HashMap<ChunkId, (String, u64)>>,
     /// Bytes on disk in the journal, committed or being written.
     dirty: AtomicU64,
+    /// Origin versions of recently uploaded writes, so a reader that started on a write's pending
+    /// version finishes from the origin once the journal entry is gone.
+    uploaded: Mutex<(HashMap<String, String>, VecDeque<String>)>,
 }
+
+/// Uploaded writes whose origin version is remembered.
+const UPLOADED_REMEMBERED: usize = 100_000;
 
 impl Journal {
     /// Opens the journal, removing folders of writes that were never committed; returns the
@@ -149,6 +155,7 @@ impl Journal {
             records: Mutex::new(HashMap::new()),
             chunks: Mutex::new(HashMap::new()),
             dirty: AtomicU64::new(0),
+            uploaded: Mutex::new((HashMap::new(), VecDeque::new())),
         };
         for r in &found {
             journal.dirty.fetch_add(r.held_bytes(), Ordering::Relaxed);
@@ -274,6 +281,25 @@ impl Journal {
             self.sub_dirty(r.held_bytes());
         }
         let _ = fs::remove_dir_all(self.dir(wid));
+    }
+
+    /// Remembers that write `wid` is in the origin as version `etag`.
+    pub fn note_uploaded(&self, wid: &str, etag: &str) {
+        let mut g = self.uploaded.lock();
+        let (map, order) = &mut *g;
+        if map.insert(wid.to_owned(), etag.to_owned()).is_none() {
+            order.push_back(wid.to_owned());
+        }
+        while order.len() > UPLOADED_REMEMBERED {
+            if let Some(old) = order.pop_front() {
+                map.remove(&old);
+            }
+        }
+    }
+
+    /// The origin version write `wid` was uploaded as, if remembered.
+    pub fn uploaded_as(&self, wid: &str) -> Option<String> {
+        self.uploaded.lock().0.get(wid).cloned()
     }
 
     /// Drops an uncommitted write's files, returning the bytes they held to the dirty budget.
