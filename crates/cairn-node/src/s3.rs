@@ -601,11 +601,20 @@ impl S3 for CairnS3 {
                     self.put_body(entry, bucket, key, body, &over, input.content_type.clone()).await?
                 }
                 d => Some(
-                    writeback::write_stream(&self.state, entry, bucket, key, body, input.content_type.clone(), d)
-                        .await
-                        .map_err(|e| {
-                            write_error(e, &self.state.config.limits.max_put_size, over.load(Ordering::Relaxed))
-                        })?,
+                    writeback::write_stream(
+                        &self.state,
+                        entry,
+                        bucket,
+                        key,
+                        body,
+                        input.content_type.clone(),
+                        d,
+                        input.content_length.map(|n| n as u64),
+                    )
+                    .await
+                    .map_err(|e| {
+                        write_error(e, &self.state.config.limits.max_put_size, over.load(Ordering::Relaxed))
+                    })?,
                 ),
             };
             Ok(S3Response::new(PutObjectOutput {

@@ -308,6 +308,7 @@ impl Drop for Uncommitted {
 
 /// Streams a PutObject body into the journal and acknowledges it at `durability`; returns the
 /// object's (pending) version, answered as its ETag.
+#[allow(clippy::too_many_arguments)]
 pub async fn write_stream(
     state: &Arc<NodeState>,
     entry: &OriginEntry,
@@ -316,11 +317,31 @@ pub async fn write_stream(
     mut body: BodyStream,
     content_type: Option<String>,
     durability: Durability,
+    expected_size: Option<u64>,
 ) -> Result<String, WriteError> {
     let wb = &state.writeback;
     let journal = wb.journal.clone();
     let wid = new_wid();
     let chunk_size = entry.config.chunk_size.bytes() as usize;
+    let copies = state.config.writeback.replicas.saturating_sub(1);
+    let mut pusher = match (&state.cluster, expected_size) {
+        (Some(cluster), Some(size)) if durability == Durability::Replicated && copies > 0 => Some(Pusher {
+            cluster: cluster.clone(),
+            version: ObjectVersion {
+                origin: entry.origin.name().to_owned(),
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                version: pending_version(&wid, &wb.node_id),
+                size,
+            },
+            chunk_size: chunk_size as u64,
+            copies,
+            permits: Arc::new(Semaphore::new(PUSH_PARALLELISM)),
+            tasks: Vec::new(),
+        }),
+        _ => None,
+    };
+    let mut index = 0u64;
     let mut guard = Uncommitted { journal: journal.clone(), wid: wid.clone(), bytes: 0, armed: true };
     let path = {
         let (j, w) = (journal.clone(), wid.clone());
@@ -346,12 +367,19 @@ pub async fn write_stream(
             pieces.push(b.split_to(take));
             filled += take;
             if filled == chunk_size {
+                if let Some(p) = pusher.as_mut() {
+                    p.push(index, &pieces).await;
+                }
+                index += 1;
                 flush(wb, &mut guard, &mut writing, &mut file, &mut sums, std::mem::take(&mut pieces)).await?;
                 filled = 0;
             }
         }
     }
     if filled > 0 {
+        if let Some(p) = pusher.as_mut() {
+            p.push(index, &pieces).await;
+        }
         flush(wb, &mut guard, &mut writing, &mut file, &mut sums, pieces).await?;
     }
     if let Some(w) = writing.take() {
@@ -364,7 +392,7 @@ pub async fn write_stream(
     }
     size += guard.bytes;
     let segments = vec![Segment { file: "data".into(), len: size }];
-    finish(state, entry, bucket, key, content_type, durability, guard, segments, sums).await
+    finish(state, entry, bucket, key, content_type, durability, guard, segments, sums, pusher).await
 }
 
 async fn flush(
@@ -470,7 +498,7 @@ pub async fn write_parts(
     })
     .await
     .map_err(|e| io_error("journal parts", e))?;
-    finish(state, entry, bucket, key, content_type, durability, guard, segments, sums).await
+    finish(state, entry, bucket, key, content_type, durability, guard, segments, sums, None).await
 }
 
 /// xxh3 of each `chunk_size` piece of the concatenated segments.
@@ -510,6 +538,7 @@ async fn finish(
     mut guard: Uncommitted,
     segments: Vec<Segment>,
     sums: Vec<u64>,
+    pushed: Option<Pusher>,
 ) -> Result<String, WriteError> {
     let wb = &state.writeback;
     let size = segments.iter().map(|s| s.len).sum();
@@ -534,7 +563,13 @@ async fn finish(
     if durability == Durability::Replicated
         && let Some(cluster) = &state.cluster
     {
-        replicate(state, cluster, &mut record).await?;
+        match pushed {
+            Some(p) if p.version.size == size => {
+                let placed = p.finish().await?;
+                commit_replicas(cluster, &mut record, placed).await?;
+            }
+            _ => replicate(state, cluster, &mut record).await?,
+        }
     }
     let (j, r) = (wb.journal.clone(), record.clone());
     blocking(move || j.commit(r)).await.map_err(|e| io_error("journal commit", e))?;
@@ -555,8 +590,8 @@ async fn finish(
     Ok(record.version)
 }
 
-/// Pushes every chunk to `replicas - 1` nodes of its ranking other than this one, and commits a
-/// replica record at each.
+/// Pushes every chunk to `replicas - 1` nodes of its ranking other than this one, reading them
+/// back from the journal, and commits a replica record at each.
 async fn replicate(state: &Arc<NodeState>, cluster: &Arc<Cluster>, record: &mut WriteRecord) -> Result<(), WriteError> {
     let copies = state.config.writeback.replicas.saturating_sub(1);
     if copies == 0 {
@@ -569,36 +604,57 @@ async fn replicate(state: &Arc<NodeState>, cluster: &Arc<Cluster>, record: &mut 
             async move {
                 let (j, r) = (state.writeback.journal.clone(), rec.clone());
                 let data = blocking(move || j.read_chunk(&r, index)).await.map_err(|e| io_error("journal read", e))?;
-                let query = format!("/wb/chunk?wid={}&index={index}", rec.wid);
-                let mut holders = Vec::new();
-                let mut last_err = String::new();
-                for node in cluster.ranking(rec.chunk_id(index).0 as u64, copies + 1 + EXTRA_CANDIDATES) {
-                    if holders.len() == copies {
-                        break;
-                    }
-                    if node.id == cluster.node_id {
-                        continue;
-                    }
-                    match cluster.call(&node, Method::PUT, query.clone(), data.clone()).await {
-                        Ok(_) => holders.push(node.id.clone()),
-                        Err(e) => {
-                            last_err = format!("{e:?}");
-                            cluster.mark_suspect(&node.id);
-                        }
-                    }
-                }
-                if holders.len() < copies {
-                    return Err(WriteError::Replication(format!(
-                        "chunk {index} reached {} of {copies} other nodes: {last_err}",
-                        holders.len()
-                    )));
-                }
-                Ok((index, holders))
+                push_chunk(&cluster, &rec.wid, rec.chunk_id(index).0 as u64, index, data, copies).await
             }
         })
         .buffer_unordered(PUSH_PARALLELISM)
         .try_collect()
         .await?;
+    commit_replicas(cluster, record, placed).await
+}
+
+/// Stores one chunk durably at `copies` nodes of its ranking other than this one; returns them.
+async fn push_chunk(
+    cluster: &Cluster,
+    wid: &str,
+    chunk_key: u64,
+    index: u64,
+    data: Bytes,
+    copies: usize,
+) -> Result<(u64, Vec<String>), WriteError> {
+    let query = format!("/wb/chunk?wid={wid}&index={index}");
+    let mut holders = Vec::new();
+    let mut last_err = String::new();
+    for node in cluster.ranking(chunk_key, copies + 1 + EXTRA_CANDIDATES) {
+        if holders.len() == copies {
+            break;
+        }
+        if node.id == cluster.node_id {
+            continue;
+        }
+        match cluster.call(&node, Method::PUT, query.clone(), data.clone()).await {
+            Ok(_) => holders.push(node.id.clone()),
+            Err(e) => {
+                last_err = format!("{e:?}");
+                cluster.mark_suspect(&node.id);
+            }
+        }
+    }
+    if holders.len() < copies {
+        return Err(WriteError::Replication(format!(
+            "chunk {index} reached {} of {copies} other nodes: {last_err}",
+            holders.len()
+        )));
+    }
+    Ok((index, holders))
+}
+
+/// Sends each holder its replica record (the chunks it holds); sets `record.holders`.
+async fn commit_replicas(
+    cluster: &Cluster,
+    record: &mut WriteRecord,
+    placed: Vec<(u64, Vec<String>)>,
+) -> Result<(), WriteError> {
     let mut by_holder: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for (index, holders) in placed {
         for h in holders {
@@ -618,6 +674,41 @@ async fn replicate(state: &Arc<NodeState>, cluster: &Arc<Cluster>, record: &mut 
             .map_err(|e| WriteError::Replication(format!("commit at {holder}: {e:?}")))?;
     }
     Ok(())
+}
+
+/// Pushes chunks to their replica holders while the body is still arriving (when its size is
+/// known up front, since a chunk's id and owners depend on it).
+struct Pusher {
+    cluster: Arc<Cluster>,
+    version: ObjectVersion,
+    chunk_size: u64,
+    copies: usize,
+    permits: Arc<Semaphore>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(u64, Vec<String>), WriteError>>>,
+}
+
+impl Pusher {
+    async fn push(&mut self, index: u64, pieces: &[Bytes]) {
+        let data: Bytes = if pieces.len() == 1 { pieces[0].clone() } else { pieces.concat().into() };
+        let Ok(permit) = self.permits.clone().acquire_owned().await else { return };
+        let cluster = self.cluster.clone();
+        let key = cairn_core::ChunkId::new(&self.version, self.chunk_size, index).0 as u64;
+        let (wid, copies) = (self.version.version.clone(), self.copies);
+        self.tasks.push(tokio::spawn(async move {
+            let wid = cairn_core::chunk::parse_pending_version(&wid).map(|(w, _)| w.to_owned()).unwrap_or_default();
+            let r = push_chunk(&cluster, &wid, key, index, data, copies).await;
+            drop(permit);
+            r
+        }));
+    }
+
+    async fn finish(self) -> Result<Vec<(u64, Vec<String>)>, WriteError> {
+        let mut placed = Vec::with_capacity(self.tasks.len());
+        for t in self.tasks {
+            placed.push(t.await.map_err(|e| WriteError::Replication(e.to_string()))??);
+        }
+        Ok(placed)
+    }
 }
 
 /// Sends `op` to the owners of the key's metadata: the first `writeback.replicas` of its ranking
