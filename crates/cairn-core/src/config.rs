@@ -519,11 +519,15 @@ impl Config {
         if kv.enabled() {
             if !kv.allow_anonymous && kv.requirepass.is_empty() && kv.users.is_empty() {
                 return bad(
-                    "kv: no requirepass or users and kv.allow_anonymous is off: nobody could use the KV endpoint".into(),
+                    "kv: no requirepass or users and kv.allow_anonymous is off: nobody could use the KV endpoint"
+                        .into(),
                 );
             }
             if kv.max_key_size == 0 || kv.max_args < 3 || kv.max_pipeline == 0 || kv.max_connections == 0 {
-                return bad("kv.max_key_size, kv.max_pipeline and kv.max_connections must be positive, kv.max_args at least 3".into());
+                return bad(
+                    "kv.max_key_size, kv.max_pipeline and kv.max_connections must be positive, kv.max_args at least 3"
+                        .into(),
+                );
             }
             if kv.max_value_size.bytes() > kv.ram_capacity.bytes() {
                 return bad(format!(

@@ -35,8 +35,15 @@ pub enum CommandError {
 pub enum Command {
     Ping(Option<Bytes>),
     Echo(Bytes),
-    Hello { proto: Option<i64>, auth: Option<(Bytes, Bytes)>, name: Option<Bytes> },
-    Auth { user: Option<Bytes>, password: Bytes },
+    Hello {
+        proto: Option<i64>,
+        auth: Option<(Bytes, Bytes)>,
+        name: Option<Bytes>,
+    },
+    Auth {
+        user: Option<Bytes>,
+        password: Bytes,
+    },
     Select(i64),
     ClientSetName(Bytes),
     ClientGetName,
@@ -51,16 +58,27 @@ pub enum Command {
     ConfigGet(Vec<Bytes>),
     Quit,
     Get(Bytes),
-    Set { key: Bytes, value: Bytes, opts: SetOptions, get: bool },
+    Set {
+        key: Bytes,
+        value: Bytes,
+        opts: SetOptions,
+        get: bool,
+    },
     MGet(Vec<Bytes>),
     MSet(Vec<(Bytes, Bytes)>),
     Exists(Vec<Bytes>),
     /// DEL and UNLINK.
     Del(Vec<Bytes>),
     /// TTL (`millis == false`) and PTTL.
-    Ttl { key: Bytes, millis: bool },
+    Ttl {
+        key: Bytes,
+        millis: bool,
+    },
     /// EXPIRE and PEXPIRE, in milliseconds.
-    Expire { key: Bytes, ms: i64 },
+    Expire {
+        key: Bytes,
+        ms: i64,
+    },
     Strlen(Bytes),
 }
 
@@ -110,7 +128,9 @@ impl Command {
                     "GETNAME" => Command::ClientGetName,
                     "ID" => Command::ClientId,
                     "SETINFO" if rest.len() == 3 => Command::ClientNoop,
-                    "SETNAME" | "SETINFO" => return Err(CommandError::Arity(format!("client|{}", upper(&rest[0]).to_lowercase()))),
+                    "SETNAME" | "SETINFO" => {
+                        return Err(CommandError::Arity(format!("client|{}", upper(&rest[0]).to_lowercase())));
+                    }
                     "NO-EVICT" | "NO-TOUCH" | "REPLY" => Command::ClientNoop,
                     other => return Err(CommandError::UnknownSubcommand("CLIENT".into(), other.to_owned())),
                 }
@@ -141,7 +161,7 @@ impl Command {
                 Command::MGet(keys(rest)?)
             }
             "MSET" => {
-                arity(!rest.is_empty() && rest.len() % 2 == 0)?;
+                arity(!rest.is_empty() && rest.len().is_multiple_of(2))?;
                 let pairs = rest.chunks(2).map(|p| Ok((key(&p[0])?, p[1].clone()))).collect::<Result<_, _>>()?;
                 Command::MSet(pairs)
             }
@@ -281,7 +301,8 @@ fn parse_set(rest: &[Bytes], max_key: usize) -> Result<Command, CommandError> {
                 if n <= 0 {
                     return Err(CommandError::BadExpire("set".into()));
                 }
-                let ms = if word == "EX" { n.checked_mul(1000).ok_or(CommandError::BadExpire("set".into()))? } else { n };
+                let ms =
+                    if word == "EX" { n.checked_mul(1000).ok_or(CommandError::BadExpire("set".into()))? } else { n };
                 opts.ttl = Some(Duration::from_millis(ms as u64));
                 expiry_given = true;
                 i += 1;
@@ -324,7 +345,10 @@ mod tests {
             parse("FLUSHALL x").map_err(|e| e.to_string()),
             Err("ERR unknown command 'FLUSHALL', with args beginning with: 'x' ".into())
         );
-        assert_eq!(parse("GET").map_err(|e| e.to_string()), Err("ERR wrong number of arguments for 'get' command".into()));
+        assert_eq!(
+            parse("GET").map_err(|e| e.to_string()),
+            Err("ERR wrong number of arguments for 'get' command".into())
+        );
         assert_eq!(parse("GET 0123456789abcdefg"), Err(CommandError::KeyTooLong(17, 16)));
         assert_eq!(parse("HELLO 4"), Err(CommandError::Proto));
         assert_eq!(parse("MSET a"), Err(CommandError::Arity("mset".into())));
@@ -334,11 +358,7 @@ mod tests {
     fn hello_and_client() {
         assert_eq!(
             parse("HELLO 3 AUTH u p SETNAME n"),
-            Ok(Command::Hello {
-                proto: Some(3),
-                auth: Some(("u".into(), "p".into())),
-                name: Some("n".into())
-            })
+            Ok(Command::Hello { proto: Some(3), auth: Some(("u".into(), "p".into())), name: Some("n".into()) })
         );
         assert_eq!(parse("CLIENT SETINFO LIB-NAME redis-py"), Ok(Command::ClientNoop));
         assert_eq!(parse("EXPIRE k 2"), Ok(Command::Expire { key: "k".into(), ms: 2000 }));

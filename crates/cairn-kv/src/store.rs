@@ -372,11 +372,8 @@ impl KvStore {
             if !allowed {
                 return SetOutcome::NotStored;
             }
-            let expires = if opts.keep_ttl {
-                current.flatten()
-            } else {
-                opts.ttl.map(|d| now + (d.as_millis() as u64).max(1))
-            };
+            let expires =
+                if opts.keep_ttl { current.flatten() } else { opts.ttl.map(|d| now + (d.as_millis() as u64).max(1)) };
             actions.extend(self.remove_locked(&mut g, &key));
             let slot = Slot { value, expires, lease_until: 0, on_disk: None };
             actions.extend(self.insert_ram(&mut g, key, slot));
@@ -544,7 +541,8 @@ impl KvStore {
                 let seq = g.next_seq;
                 g.next_seq += 1;
                 g.spill_bytes += len;
-                let spill = Spill { seq, value: slot.value.clone(), expires: slot.expires, lease_until: slot.lease_until };
+                let spill =
+                    Spill { seq, value: slot.value.clone(), expires: slot.expires, lease_until: slot.lease_until };
                 g.spilling.insert(v.clone(), spill);
                 actions.push(Action::Spill { key: v, seq, value: slot.value });
             } else if slot.lease_until > now && g.held_bytes + len <= self.shared.held_cap {
@@ -581,7 +579,11 @@ impl KvStore {
             let Some(m) = g.disk.remove(&v) else { continue };
             self.count(&self.shared.stats.disk_evictions);
             if m.lease_until > now && !expired(m.expires, now) && !g.held.contains_key(&v) {
-                let held = Held { value: HeldValue::Disk { seq: m.seq, len: m.len }, expires: m.expires, until: m.lease_until };
+                let held = Held {
+                    value: HeldValue::Disk { seq: m.seq, len: m.len },
+                    expires: m.expires,
+                    until: m.lease_until,
+                };
                 g.held.insert(v, held);
             } else {
                 actions.push(Action::RemoveFile(m.seq));

@@ -110,6 +110,9 @@ fn admin(state: &NodeState, path: &str) -> Response<Full<Bytes>> {
             if let Some(c) = &state.cluster {
                 cluster_metrics(&mut text, &c.placement());
             }
+            if let Some(kv) = &state.kv {
+                kv.render_metrics(&mut text);
+            }
             (StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
