@@ -156,7 +156,9 @@ def test_lmcache_redis_connector_sequence(kv):
     <key>metadata; contains = EXISTS <key>metadata; get = GET <key>metadata, GET <key>kv_bytes, and
     DEL <key>metadata when the kv_bytes half is gone (a torn pair). Replayed with redis-py, which the
     connector itself uses (lmcache's package pulls in torch and CUDA libraries)."""
-    r = kv.redis()
+    # The connector builds its client exactly so, from the configured URL.
+    pool = redis.ConnectionPool.from_url(f"redis://:{KV_PASSWORD}@{kv.host}:{kv.kv_port}", max_connections=150)
+    r = redis.Redis.from_pool(pool)
     key = "meta-llama/Llama-3.1-8B@1@0@9f3c2a61d7b0e4f5a6c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0@bfloat16"
     kv_bytes = payload(8 * MIB, seed=11)
     metadata = payload(28, seed=12)
