@@ -82,6 +82,9 @@ pub enum Command {
     Strlen(Bytes),
 }
 
+/// Longest command name recognised.
+const MAX_NAME: usize = 16;
+
 fn upper(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_ascii_uppercase()
 }
@@ -94,15 +97,24 @@ impl Command {
     /// Parses a command's arguments (name first); keys longer than `max_key` are refused.
     pub fn parse(args: &[Bytes], max_key: usize) -> Result<Command, CommandError> {
         let Some(first) = args.first() else { return Err(CommandError::Syntax) };
-        let name = upper(first);
-        let lower = name.to_ascii_lowercase();
+        // Command names are short: upper-case them on the stack (this runs for every command).
+        let mut name_buf = [0u8; MAX_NAME];
+        let name = match first.get(..first.len().min(MAX_NAME)) {
+            Some(b) if first.len() <= MAX_NAME => {
+                name_buf[..b.len()].copy_from_slice(b);
+                name_buf[..b.len()].make_ascii_uppercase();
+                std::str::from_utf8(&name_buf[..b.len()]).unwrap_or("")
+            }
+            _ => "",
+        };
+        let lower = || name.to_ascii_lowercase();
         let rest = &args[1..];
-        let arity = |ok: bool| if ok { Ok(()) } else { Err(CommandError::Arity(lower.clone())) };
+        let arity = |ok: bool| if ok { Ok(()) } else { Err(CommandError::Arity(lower())) };
         let key = |k: &Bytes| {
             if k.len() > max_key { Err(CommandError::KeyTooLong(k.len(), max_key)) } else { Ok(k.clone()) }
         };
         let keys = |ks: &[Bytes]| ks.iter().map(key).collect::<Result<Vec<_>, _>>();
-        Ok(match name.as_str() {
+        Ok(match name {
             "PING" => {
                 arity(rest.len() <= 1)?;
                 Command::Ping(rest.first().cloned())
@@ -115,7 +127,7 @@ impl Command {
             "AUTH" => match rest {
                 [p] => Command::Auth { user: None, password: p.clone() },
                 [u, p] => Command::Auth { user: Some(u.clone()), password: p.clone() },
-                _ => return Err(CommandError::Arity(lower)),
+                _ => return Err(CommandError::Arity(lower())),
             },
             "SELECT" => {
                 arity(rest.len() == 1)?;
@@ -181,7 +193,7 @@ impl Command {
                 arity(rest.len() == 2)?;
                 let n = int(&rest[1])?;
                 let ms = if name == "EXPIRE" { n.checked_mul(1000) } else { Some(n) };
-                Command::Expire { key: key(&rest[0])?, ms: ms.ok_or_else(|| CommandError::BadExpire(lower.clone()))? }
+                Command::Expire { key: key(&rest[0])?, ms: ms.ok_or_else(|| CommandError::BadExpire(lower()))? }
             }
             "STRLEN" => {
                 arity(rest.len() == 1)?;
