@@ -217,7 +217,7 @@ def main():
     work = pathlib.Path(tempfile.mkdtemp(prefix="cairn-kv-bench-"))
     out = [f"redis-benchmark {subprocess.run(['redis-benchmark', '--version'], capture_output=True, text=True).stdout.strip()}, "
            f"{subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout.split()[2]}, "
-           f"{os.cpu_count()} CPUs", ""]
+           f"{os.cpu_count()} CPUs, load average at start {os.getloadavg()[0]:.1f}", ""]
     try:
         servers = [start_redis(work), start_cairn(work, bin_path, "8GiB", "0")]
         try:
@@ -232,6 +232,8 @@ def main():
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    out.append(f"Load average at the end: {os.getloadavg()[0]:.1f} (above ~2 on 2 CPUs: the machine was shared and "
+               "the numbers are noisy).")
     text = "\n".join(out)
     (ROOT / "bench" / "kv_results.md").write_text(text + "\n")
     print("\n" + text)

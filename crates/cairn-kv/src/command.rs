@@ -243,7 +243,7 @@ impl Command {
                 }
                 Reply::ok()
             }
-            Command::Exists(ks) => Reply::Int(ks.iter().filter(|k| store.exists_and_pin(k)).count() as i64),
+            Command::Exists(ks) => Reply::Int(store.count_and_pin(ks) as i64),
             Command::Del(ks) => Reply::Int(ks.iter().filter(|k| store.delete(k)).count() as i64),
             Command::Ttl { key, millis } => Reply::Int(match store.ttl(key) {
                 Ttl::Missing => -2,
