@@ -37,6 +37,9 @@ use crate::kv::{KvCounters, KvNode};
 const KV_NAMESPACE: &[u8] = b"cairn-kv\0";
 /// Header marking a peer reply whose body is one value (rather than a RESP reply).
 const REPLY_HEADER: &str = "x-cairn-kv-reply";
+/// Longest wait for a peer's answer to a KV command (capped by `cluster.peer_max_wait`): an
+/// inference engine would rather miss than stall, and even a 512 MiB value moves in about a second.
+const KV_FORWARD_MAX_WAIT: Duration = Duration::from_secs(10);
 /// Nesting accepted in a peer's reply (MGET answers are one level deep).
 const MAX_REPLY_DEPTH: usize = 4;
 
@@ -86,7 +89,7 @@ impl Router {
             .pool_max_idle_per_host(cfg.peer_pool_idle)
             .pool_idle_timeout(Duration::from_secs(90))
             .build(http);
-        Self { cluster, client, replicas, max_wait: cfg.peer_max_wait.0 }
+        Self { cluster, client, replicas, max_wait: cfg.peer_max_wait.0.min(KV_FORWARD_MAX_WAIT) }
     }
 
     fn targets(&self, key: &[u8]) -> Vec<Target> {
