@@ -209,6 +209,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--skip-working-set", action="store_true")
+    ap.add_argument("--only-working-set", action="store_true")
     args = ap.parse_args()
     bin_path = os.environ.get("CAIRN_BIN", str(ROOT / "target" / "release" / "cairn"))
     for tool in ("redis-server", "redis-benchmark", "redis-cli"):
@@ -219,13 +220,14 @@ def main():
            f"{subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout.split()[2]}, "
            f"{os.cpu_count()} CPUs, load average at start {os.getloadavg()[0]:.1f}", ""]
     try:
-        servers = [start_redis(work), start_cairn(work, bin_path, "8GiB", "0")]
-        try:
-            out += ["### GET/SET throughput and p99", ""] + throughput(servers, args.quick) + [""]
-            out += ["### 128-key EXISTS (8 connections)", ""] + exists_batch(servers, args.quick) + [""]
-        finally:
-            for s in servers:
-                s.stop()
+        if not args.only_working_set:
+            servers = [start_redis(work), start_cairn(work, bin_path, "8GiB", "0")]
+            try:
+                out += ["### GET/SET throughput and p99", ""] + throughput(servers, args.quick) + [""]
+                out += ["### 128-key EXISTS (8 connections)", ""] + exists_batch(servers, args.quick) + [""]
+            finally:
+                for s in servers:
+                    s.stop()
         if not args.skip_working_set:
             out += ["### Working set twice the RAM limit (1 MiB values, 2 GiB of keys, random GETs, 8 connections)",
                     ""] + working_set(work, bin_path, args.quick) + [""]
@@ -235,7 +237,8 @@ def main():
     out.append(f"Load average at the end: {os.getloadavg()[0]:.1f} (above ~2 on 2 CPUs: the machine was shared and "
                "the numbers are noisy).")
     text = "\n".join(out)
-    (ROOT / "bench" / "kv_results.md").write_text(text + "\n")
+    if not args.only_working_set:
+        (ROOT / "bench" / "kv_results.md").write_text(text + "\n")
     print("\n" + text)
 
 

@@ -41,6 +41,8 @@ const SPILL_SHARE: u64 = 4;
 const HELD_SHARE: u64 = 4;
 /// Disk writes running at once.
 const PARALLEL_SPILLS: usize = 2;
+/// Disk hits after which a value is copied back into RAM.
+const PROMOTE_AFTER_HITS: u8 = 2;
 /// How often expired leases are swept.
 const SWEEP_EVERY_MS: u64 = 100;
 
@@ -128,6 +130,9 @@ struct DiskMeta {
     len: u64,
     expires: Option<u64>,
     lease_until: u64,
+    /// Disk hits so far; a value is promoted back to RAM on its second, so one-off reads of a
+    /// large working set do not churn the RAM tier.
+    hits: u8,
 }
 
 enum HeldValue {
@@ -290,7 +295,10 @@ impl KvStore {
         let actions = {
             let mut g = self.shared.inner.lock();
             g.disk_policy.touch(&owned);
-            let current = g.disk.get(&owned).filter(|m| m.seq == seq).map(|m| (m.expires, m.lease_until));
+            let current = g.disk.get_mut(&owned).filter(|m| m.seq == seq).and_then(|m| {
+                m.hits = m.hits.saturating_add(1);
+                (m.hits >= PROMOTE_AFTER_HITS).then_some((m.expires, m.lease_until))
+            });
             match current {
                 Some((expires, lease_until)) if !g.ram.contains_key(&owned) => {
                     let slot = Slot { value: value.clone(), expires, lease_until, on_disk: Some(seq) };
@@ -578,7 +586,10 @@ impl KvStore {
             return vec![Action::RemoveFile(seq)];
         }
         self.count(&self.shared.stats.spilled);
-        g.disk.insert(key.clone(), DiskMeta { seq, len, expires: spill.expires, lease_until: spill.lease_until });
+        g.disk.insert(
+            key.clone(),
+            DiskMeta { seq, len, expires: spill.expires, lease_until: spill.lease_until, hits: 0 },
+        );
         let victims = g.disk_policy.insert(key.clone(), len + key.len() as u64);
         let now = self.now();
         let mut actions = Vec::new();
