@@ -358,3 +358,20 @@ def test_cluster_spreads_keys_and_survives_an_owner_kill(kv_cluster):
     for k in keys[2:30]:
         assert survivors[0].set(k, b"again")
         assert survivors[1].get(k) == b"again"
+
+
+def test_cluster_replicas_keep_keys_through_an_owner_kill(kv_cluster):
+    c = kv_cluster
+    for n in c.nodes:
+        n.config_path.write_text(n.config_path.read_text().replace("[kv]\n", "[kv]\nreplicas = 2\n", 1))
+        n.restart()
+    clients = [n.redis() for n in c.nodes]
+    values = {f"rep-{i:03d}": payload(32 << 10, seed=500 + i) for i in range(40)}
+    for k, v in values.items():
+        assert clients[0].set(k, v)
+    # Every key is held by two nodes.
+    assert sum(r.dbsize() for r in clients) == 2 * len(values)
+    c.nodes[1].stop(signal.SIGKILL)
+    for r in (clients[0], clients[2]):
+        assert r.mget(list(values)) == list(values.values())
+        assert r.exists(*values) == len(values)

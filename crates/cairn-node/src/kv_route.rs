@@ -40,6 +40,8 @@ const REPLY_HEADER: &str = "x-cairn-kv-reply";
 /// Longest wait for a peer's answer to a KV command (capped by `cluster.peer_max_wait`): an
 /// inference engine would rather miss than stall, and even a 512 MiB value moves in about a second.
 const KV_FORWARD_MAX_WAIT: Duration = Duration::from_secs(10);
+/// Rounds of a multi-key read: the first candidates, then the next ones of keys whose node failed.
+const MAX_READ_ROUNDS: usize = 3;
 /// Nesting accepted in a peer's reply (MGET answers are one level deep).
 const MAX_REPLY_DEPTH: usize = 4;
 
@@ -168,10 +170,11 @@ impl Router {
         }
     }
 
-    /// Groups keys by the first candidate of each.
-    fn group(&self, keys: &[Bytes]) -> Vec<(Target, Vec<usize>)> {
+    /// Groups the keys at `idx` by the first candidate of each.
+    fn group(&self, keys: &[Bytes], idx: &[usize]) -> Vec<(Target, Vec<usize>)> {
         let mut groups: HashMap<String, (Target, Vec<usize>)> = HashMap::new();
-        for (i, k) in keys.iter().enumerate() {
+        for &i in idx {
+            let k = &keys[i];
             let t = self.targets(k).into_iter().next().unwrap_or(Target::Local);
             let id = match &t {
                 Target::Local => String::new(),
@@ -182,26 +185,46 @@ impl Router {
         groups.into_values().collect()
     }
 
+    /// Runs a multi-key read split by first candidate, in parallel; the keys of a node that
+    /// cannot be reached are asked again of their next candidate (it is now suspect, so ranked
+    /// last), a few rounds at most. Returns each answered group's key indices and reply.
+    async fn multi_read(
+        &self,
+        kv: &KvNode,
+        keys: &[Bytes],
+        make: fn(Vec<Bytes>) -> Command,
+    ) -> Vec<(Vec<usize>, Reply)> {
+        let mut pending: Vec<usize> = (0..keys.len()).collect();
+        let mut answered = Vec::new();
+        for _ in 0..MAX_READ_ROUNDS {
+            if pending.is_empty() {
+                break;
+            }
+            let groups = self.group(keys, &pending);
+            let calls = groups.into_iter().map(|(t, idx)| {
+                let sub = make(idx.iter().map(|&i| keys[i].clone()).collect());
+                async move { (idx, self.run_on(kv, &t, &sub).await) }
+            });
+            pending.clear();
+            for (idx, reply) in join_all(calls).await {
+                match reply {
+                    Some(r) => answered.push((idx, r)),
+                    None => pending.extend(idx),
+                }
+            }
+        }
+        answered
+    }
+
     async fn exists(&self, kv: &KvNode, keys: Vec<Bytes>) -> Reply {
-        let groups = self.group(&keys);
-        let calls = groups.iter().map(|(t, idx)| {
-            let sub = Command::Exists(idx.iter().map(|&i| keys[i].clone()).collect());
-            async move { self.run_on(kv, t, &sub).await }
-        });
-        let total: i64 =
-            join_all(calls).await.into_iter().map(|r| if let Some(Reply::Int(n)) = r { n } else { 0 }).sum();
-        Reply::Int(total)
+        let answered = self.multi_read(kv, &keys, Command::Exists).await;
+        Reply::Int(answered.iter().map(|(_, r)| if let Reply::Int(n) = r { *n } else { 0 }).sum())
     }
 
     async fn mget(&self, kv: &KvNode, keys: Vec<Bytes>) -> Reply {
-        let groups = self.group(&keys);
-        let calls = groups.iter().map(|(t, idx)| {
-            let sub = Command::MGet(idx.iter().map(|&i| keys[i].clone()).collect());
-            async move { (idx, self.run_on(kv, t, &sub).await) }
-        });
         let mut out = vec![Reply::Nil; keys.len()];
-        for (idx, reply) in join_all(calls).await {
-            if let Some(Reply::Array(items)) = reply
+        for (idx, reply) in self.multi_read(kv, &keys, Command::MGet).await {
+            if let Reply::Array(items) = reply
                 && items.len() == idx.len()
             {
                 for (&i, item) in idx.iter().zip(items) {
