@@ -5,7 +5,6 @@
 //! The socket side (pipelining, buffers, limits) is in `kv_conn.rs`; the RESP codec, command
 //! parsing and the store are in the `cairn-kv` crate.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +14,6 @@ use bytes::Bytes;
 use cairn_core::config::KvSection;
 use cairn_kv::resp::Limits;
 use cairn_kv::{Command, KvStore, KvStoreConfig, Reply};
-use parking_lot::Mutex;
 
 use crate::cluster::{Cluster, secret_matches};
 use crate::kv_route::Router;
@@ -34,7 +32,16 @@ const LATENCY_BUCKETS: [f64; 14] =
     [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
 
 /// Bucket counts, count and sum (seconds) of one command's latencies.
-type Histogram = ([u64; LATENCY_BUCKETS.len()], u64, f64);
+/// Commands with their own latency series, in `op_index` order.
+const OPS: [&str; 10] = ["get", "set", "mget", "mset", "exists", "del", "ttl", "expire", "strlen", "other"];
+
+/// Latencies of one command: lock-free, as they are recorded on every command.
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
 
 /// Node-level KV counters (the store keeps hits, misses, evictions and lease pins).
 #[derive(Default)]
@@ -49,7 +56,7 @@ pub struct KvCounters {
     pub forwarded: AtomicU64,
     pub forward_failures: AtomicU64,
     pub output_limit_errors: AtomicU64,
-    latency: Mutex<BTreeMap<&'static str, Histogram>>,
+    latency: [Histogram; OPS.len()],
 }
 
 impl KvCounters {
@@ -57,17 +64,16 @@ impl KvCounters {
         c.fetch_add(n, Ordering::Relaxed);
     }
 
-    fn observe(&self, op: &'static str, elapsed: Duration) {
+    fn observe(&self, op: usize, elapsed: Duration) {
+        let Some(h) = self.latency.get(op) else { return };
         let secs = elapsed.as_secs_f64();
-        let mut m = self.latency.lock();
-        let h = m.entry(op).or_insert(([0; LATENCY_BUCKETS.len()], 0, 0.0));
-        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
-            if secs <= *le {
-                h.0[i] += 1;
-            }
+        // Buckets are cumulative, as Prometheus reads them: bump the first that holds it, sum up
+        // when rendering.
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|le| secs <= *le) {
+            h.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
-        h.1 += 1;
-        h.2 += secs;
+        h.count.fetch_add(1, Ordering::Relaxed);
+        h.sum_nanos.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
     }
 }
 
@@ -143,7 +149,7 @@ impl KvNode {
             return Reply::err("NOAUTH Authentication required.");
         }
         let started = Instant::now();
-        let op = op_name(&cmd);
+        let op = op_index(&cmd);
         let reply = match cmd {
             Command::Ping(None) => Reply::Simple("PONG"),
             Command::Ping(Some(m)) | Command::Echo(m) => Reply::Bulk(m),
@@ -402,9 +408,16 @@ impl KvNode {
         let name = "cairn_kv_command_duration_seconds";
         let _ = writeln!(out, "# HELP {name} KV command latency, by command.");
         let _ = writeln!(out, "# TYPE {name} histogram");
-        for (op, (counts, n, sum)) in c.latency.lock().iter() {
+        for (op, h) in OPS.iter().zip(&c.latency) {
+            let n = get(&h.count);
+            if n == 0 {
+                continue;
+            }
+            let sum = get(&h.sum_nanos) as f64 / 1e9;
+            let mut cumulative = 0;
             for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
-                let _ = writeln!(out, "{name}_bucket{{cmd=\"{op}\",le=\"{le}\"}} {}", counts[i]);
+                cumulative += get(&h.buckets[i]);
+                let _ = writeln!(out, "{name}_bucket{{cmd=\"{op}\",le=\"{le}\"}} {cumulative}");
             }
             let _ = writeln!(out, "{name}_bucket{{cmd=\"{op}\",le=\"+Inf\"}} {n}");
             let _ = writeln!(out, "{name}_sum{{cmd=\"{op}\"}} {sum}");
@@ -413,17 +426,18 @@ impl KvNode {
     }
 }
 
-fn op_name(c: &Command) -> &'static str {
+/// Index of a command's latency series in [`OPS`].
+fn op_index(c: &Command) -> usize {
     match c {
-        Command::Get(_) => "get",
-        Command::Set { .. } => "set",
-        Command::MGet(_) => "mget",
-        Command::MSet(_) => "mset",
-        Command::Exists(_) => "exists",
-        Command::Del(_) => "del",
-        Command::Ttl { .. } => "ttl",
-        Command::Expire { .. } => "expire",
-        Command::Strlen(_) => "strlen",
-        _ => "other",
+        Command::Get(_) => 0,
+        Command::Set { .. } => 1,
+        Command::MGet(_) => 2,
+        Command::MSet(_) => 3,
+        Command::Exists(_) => 4,
+        Command::Del(_) => 5,
+        Command::Ttl { .. } => 6,
+        Command::Expire { .. } => 7,
+        Command::Strlen(_) => 8,
+        _ => 9,
     }
 }

@@ -399,3 +399,46 @@ pub async fn serve_peer(kv: &KvNode, req: Request<Incoming>) -> Response<Full<By
     let body = if segs.len() == 1 { segs.into_iter().next().unwrap_or_default() } else { Bytes::from(segs.concat()) };
     reply(StatusCode::OK, body)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(s: &str) -> Command {
+        let args: Vec<Bytes> = s.split(' ').map(|a| Bytes::copy_from_slice(a.as_bytes())).collect();
+        Command::parse(&args, 64).expect("parses")
+    }
+
+    /// What a peer receives means the same as what the client sent.
+    #[test]
+    fn forwarded_commands_keep_their_meaning() {
+        for s in [
+            "GET k",
+            "STRLEN k",
+            "TTL k",
+            "PTTL k",
+            "PEXPIRE k 1500",
+            "EXISTS a b a",
+            "MGET a b",
+            "DEL a b",
+            "SET k v",
+            "SET k v NX PX 250 GET",
+            "SET k v XX KEEPTTL",
+        ] {
+            let c = cmd(s);
+            let wire = to_args(&c).expect("forwardable");
+            assert_eq!(Command::parse(&wire, 64), Ok(c), "{s}");
+        }
+        // EXPIRE in seconds travels as PEXPIRE in milliseconds; SET EX as PX.
+        assert_eq!(Command::parse(&to_args(&cmd("EXPIRE k 2")).expect("fwd"), 64), Ok(cmd("PEXPIRE k 2000")));
+        assert_eq!(Command::parse(&to_args(&cmd("SET k v EX 3")).expect("fwd"), 64), Ok(cmd("SET k v PX 3000")));
+        assert!(to_args(&cmd("PING")).is_none());
+        assert!(to_args(&cmd("INFO")).is_none());
+    }
+
+    #[test]
+    fn kv_keys_hash_apart_from_chunk_keys() {
+        assert_ne!(kv_hash(b"k"), key_hash(b"k"));
+        assert_eq!(kv_hash(b"k"), kv_hash(b"k"));
+    }
+}
