@@ -132,7 +132,7 @@ class Cairn:
             cache.append(f"readahead_chunks = {readahead}")
         cfg = (
             f'[node]\nlisten = "127.0.0.1:{self.port}"\nadmin_listen = "127.0.0.1:{self.admin}"\n\n'
-            "[cache]\n" + "\n".join(cache) + "\n\n[auth]\nallow_anonymous = true\n\n" + "\n".join(origins)
+            "[cache]\n" + "\n".join(cache) + "\n\n[auth]\nallow_anonymous = true\n\n[kv]\nlisten = \"\"\n\n" + "\n".join(origins)
         )
         self.config = self.dir / "cfg.toml"
         self.config.write_text(cfg)

@@ -287,6 +287,9 @@ disk_capacity = "4GiB"
 [auth]
 allow_anonymous = true
 
+[kv]
+listen = ""
+
 [cluster]
 map = "{c.map_path}"
 node_id = "{self.id}"

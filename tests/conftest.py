@@ -21,6 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 CAIRN_BIN = os.environ.get("CAIRN_BIN", str(ROOT / "target" / "release" / "cairn"))
 ACCESS_KEY = "test-access"
 SECRET_KEY = "test-secret-key"
+KV_PASSWORD = "test-kv-password"
 # Small chunks keep multi-chunk tests small.
 CHUNK = 256 * 1024
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
@@ -247,7 +248,7 @@ class Node:
     """A `cairn serve` process with its own config, cache directory and log."""
 
     def __init__(self, workdir, origin_toml, env=None, extra="", metadata="ttl:1s", chunk=CHUNK, host="127.0.0.1",
-                 sections="", wrap=()):
+                 sections="", wrap=(), kv_ram="256MiB", kv_disk="1GiB", kv_max_value="160MiB", kv_extra=""):
         self.workdir = pathlib.Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cache_dir = self.workdir / "cache"
@@ -256,6 +257,7 @@ class Node:
         self.wrap = list(wrap)
         self.port = free_port(host) if not self.wrap else free_port()
         self.admin_port = free_port(host) if not self.wrap else free_port()
+        self.kv_port = free_port(host) if not self.wrap else free_port()
         self.endpoint = f"http://{host}:{self.port}"
         self.env = dict(os.environ, **(env or {}))
         self.config_path = self.workdir / "cairn.toml"
@@ -274,6 +276,14 @@ readahead_chunks = 4
 [limits]
 max_put_size = "64MiB"
 max_part_size = "32MiB"
+
+[kv]
+listen = "{host}:{self.kv_port}"
+requirepass = "{KV_PASSWORD}"
+ram_capacity = "{kv_ram}"
+disk_capacity = "{kv_disk}"
+max_value_size = "{kv_max_value}"
+{kv_extra}
 
 [auth]
 keys = [{{ access_key = "{ACCESS_KEY}", secret_key = "{SECRET_KEY}" }}]
@@ -298,6 +308,7 @@ metadata = "{metadata}"
         )
         wait_port(self.port, self.proc, host=self.host)
         wait_port(self.admin_port, self.proc, host=self.host)
+        wait_port(self.kv_port, self.proc, host=self.host)
 
     def stop(self, sig=signal.SIGTERM):
         stop(self.proc, sig)
@@ -318,6 +329,13 @@ metadata = "{metadata}"
             region_name="us-east-1",
             config=client_config(**kw),
         )
+
+    def redis(self, protocol=2, password=KV_PASSWORD, **kw):
+        """A redis-py client of this node's KV endpoint."""
+        import redis
+
+        return redis.Redis(host=self.host, port=self.kv_port, password=password, protocol=protocol,
+                           socket_timeout=kw.pop("socket_timeout", 30), **kw)
 
     def metrics(self):
         text = requests.get(f"http://{self.host}:{self.admin_port}/metrics", timeout=5).text

@@ -1,10 +1,12 @@
 //! `cargo xtask`: the project's tasks beyond cargo's own.
 //!
-//! - `cargo xtask test`  installs what the tests need (Python clients, moto, Azurite, rclone),
+//! - `cargo xtask test`  installs what the tests need (Python clients, moto, Azurite, rclone,
+//!   redis-server, redis-cli and redis-benchmark),
 //!   builds in release mode and runs the Rust and the end-to-end suites.
 //! - `cargo xtask deps`  installs the test dependencies only.
 //! - `cargo xtask bench [write | cluster]` installs the benchmark references (nginx, wrk, FUSE)
 //!   and runs the single-node, checkpoint-write or cluster benchmark.
+//! - `cargo xtask bench-kv` runs the KV benchmark (cairn's RESP endpoint against Redis 7).
 //! - `cargo xtask lint`  rustfmt and clippy, warnings denied.
 
 use std::path::{Path, PathBuf};
@@ -69,7 +71,7 @@ fn deps() -> Result<()> {
             .arg(&node_dir)
             .arg(AZURITE))?;
     }
-    apt_install(&["rclone"])?;
+    apt_install(&["rclone", "redis-server", "redis-tools"])?;
     Ok(())
 }
 
@@ -108,6 +110,17 @@ fn bench(rest: &[String]) -> Result<()> {
         .args(args))
 }
 
+fn bench_kv(rest: &[String]) -> Result<()> {
+    deps()?;
+    build_release()?;
+    let root = root();
+    run(Command::new("python3")
+        .current_dir(&root)
+        .env("CAIRN_BIN", root.join("target/release/cairn"))
+        .arg(root.join("bench/kv_bench.py"))
+        .args(rest))
+}
+
 fn lint() -> Result<()> {
     let root = root();
     run(Command::new("cargo").current_dir(&root).args(["fmt", "--all", "--", "--check"]))?;
@@ -128,9 +141,12 @@ fn main() -> Result<()> {
         "test" => test(rest),
         "deps" => deps(),
         "bench" => bench(rest),
+        "bench-kv" => bench_kv(rest),
         "lint" => lint(),
         _ => {
-            eprintln!("usage: cargo xtask <test [pytest args] | deps | bench [write | cluster] [args] | lint>");
+            eprintln!(
+                "usage: cargo xtask <test [pytest args] | deps | bench [write | cluster] [args] | bench-kv [args] | lint>"
+            );
             Ok(())
         }
     }

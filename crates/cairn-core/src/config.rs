@@ -55,6 +55,7 @@ pub struct Config {
     pub limits: LimitsSection,
     pub cluster: ClusterSection,
     pub writeback: WritebackSection,
+    pub kv: KvSection,
     #[serde(rename = "origin")]
     pub origins: Vec<OriginConfig>,
 }
@@ -68,6 +69,7 @@ impl Default for Config {
             limits: LimitsSection::default(),
             cluster: ClusterSection::default(),
             writeback: WritebackSection::default(),
+            kv: KvSection::default(),
             origins: vec![OriginConfig::local_default()],
         }
     }
@@ -279,6 +281,64 @@ impl Default for WritebackSection {
     }
 }
 
+/// The KV keyspace and its Redis-protocol (RESP2/RESP3) endpoint.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvSection {
+    /// Address of the RESP endpoint; empty disables it. Not 6379, so a local Redis can coexist.
+    pub listen: String,
+    /// Capacity of the KV RAM tier (separate from the chunk cache).
+    pub ram_capacity: ByteSize,
+    /// Capacity of the KV disk tier (under `<cache.dir>/kv`); 0 disables it.
+    pub disk_capacity: ByteSize,
+    /// Largest value accepted by SET/MSET.
+    pub max_value_size: ByteSize,
+    /// Longest key accepted.
+    pub max_key_size: usize,
+    /// Most arguments in one command (command name included).
+    pub max_args: usize,
+    /// Longest inline (non-RESP) command line.
+    pub max_inline_size: usize,
+    /// Commands read ahead of their replies on one connection; past this, reading pauses.
+    pub max_pipeline: usize,
+    /// Largest reply (or batch of pipelined replies) held for one client; a bigger reply is an error.
+    pub max_output_buffer: ByteSize,
+    /// Client connections served at once.
+    pub max_connections: usize,
+    /// How long an EXISTS hit protects a key from eviction, so EXISTS then GET finds it.
+    pub lease: HumanDuration,
+    /// Copies of each key (on the first nodes of its placement ranking).
+    pub replicas: usize,
+    /// Password of the `default` user (Redis `requirepass`); empty: no default user.
+    pub requirepass: String,
+    /// ACL-style users (`AUTH user password`).
+    pub users: Vec<KvUser>,
+    /// Serve clients that never authenticate. Off unless set explicitly.
+    pub allow_anonymous: bool,
+}
+
+impl Default for KvSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:6380".into(),
+            ram_capacity: ByteSize::gib(1),
+            disk_capacity: ByteSize::gib(10),
+            max_value_size: ByteSize::mib(512),
+            max_key_size: 8 << 10,
+            max_args: 4_096,
+            max_inline_size: 64 << 10,
+            max_pipeline: 1_024,
+            max_output_buffer: ByteSize::gib(1),
+            max_connections: 4_096,
+            lease: HumanDuration(Duration::from_secs(5)),
+            replicas: 1,
+            requirepass: "cairn-kv-password".into(),
+            users: Vec::new(),
+            allow_anonymous: false,
+        }
+    }
+}
+
 /// When a write is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Durability {
@@ -323,6 +383,25 @@ impl Serialize for Durability {
 impl<'de> Deserialize<'de> for Durability {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl KvSection {
+    pub fn enabled(&self) -> bool {
+        !self.listen.is_empty()
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KvUser {
+    pub user: String,
+    pub password: String,
+}
+
+impl fmt::Debug for KvUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KvUser").field("user", &self.user).finish_non_exhaustive()
     }
 }
 
@@ -533,6 +612,30 @@ impl Config {
         if w.upload_concurrency == 0 || w.retry_min.0.is_zero() || w.retry_max.0 < w.retry_min.0 {
             return bad("writeback.upload_concurrency and retry_min must be positive, retry_max >= retry_min".into());
         }
+        let kv = &self.kv;
+        if kv.enabled() {
+            if !kv.allow_anonymous && kv.requirepass.is_empty() && kv.users.is_empty() {
+                return bad(
+                    "kv: no requirepass or users and kv.allow_anonymous is off: nobody could use the KV endpoint"
+                        .into(),
+                );
+            }
+            if kv.max_key_size == 0 || kv.max_args < 3 || kv.max_pipeline == 0 || kv.max_connections == 0 {
+                return bad(
+                    "kv.max_key_size, kv.max_pipeline and kv.max_connections must be positive, kv.max_args at least 3"
+                        .into(),
+                );
+            }
+            if kv.max_value_size.bytes() > kv.ram_capacity.bytes() {
+                return bad(format!(
+                    "kv.max_value_size {} is above kv.ram_capacity {}",
+                    kv.max_value_size, kv.ram_capacity
+                ));
+            }
+            if !(1..=5).contains(&kv.replicas) {
+                return bad("kv.replicas must be between 1 and 5".into());
+            }
+        }
         if !self.auth.allow_anonymous && self.auth.keys.is_empty() {
             return bad("no access keys are configured and anonymous access is off: nobody could use this node".into());
         }
@@ -593,6 +696,8 @@ mod tests {
             ("[[origin]]\nurl = \"s3://a\"\nchunk_size = \"1KiB\"", "chunk_size"),
             ("[[origin]]\nurl = \"s3://a\"\nmetadata = \"sometimes\"", "metadata policy"),
             ("[auth]\nkeys = []", "nobody could use"),
+            ("[kv]\nrequirepass = \"\"", "nobody could use the KV endpoint"),
+            ("[kv]\nreplicas = 0", "kv.replicas"),
         ];
         for (text, want) in cases {
             let err = Config::from_toml_str(text).and_then(|c| c.validate().map(|_| c));

@@ -141,8 +141,12 @@ impl Cluster {
     /// The candidates for `key`: its R owners, then a few more nodes of its ranking; healthy
     /// nodes before suspect ones, each group in ranking order.
     pub fn route(&self, key: u64) -> Route {
+        self.route_with(key, self.cfg.replicas)
+    }
+
+    /// As [`Cluster::route`], for a keyspace with its own number of owners `r` (the KV keyspace).
+    pub fn route_with(&self, key: u64, r: usize) -> Route {
         let placement = self.placement();
-        let r = self.cfg.replicas;
         let mut idx = Vec::with_capacity(r + EXTRA_CANDIDATES);
         placement.ranking(key, r + EXTRA_CANDIDATES, &mut idx);
         let nodes = placement.nodes();

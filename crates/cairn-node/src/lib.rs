@@ -2,9 +2,12 @@
 //!
 //! [`start`] builds the node's shared state (origins, tiered chunk store, metadata cache,
 //! read-through with single-flight and readahead, multipart staging) and serves the S3 endpoint
-//! and the admin endpoint until the returned [`RunningNode`] is dropped or shut down.
+//! and the admin endpoint (and the KV endpoint, `kv.rs`) until the returned [`RunningNode`] is dropped or shut down.
 
 pub mod cluster;
+pub mod kv;
+pub mod kv_conn;
+pub mod kv_route;
 pub mod meta;
 pub mod metrics;
 pub mod multipart;
@@ -47,6 +50,8 @@ pub struct RunningNode {
     pub s3_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub peer_addr: Option<SocketAddr>,
+    /// Address of the KV (RESP) endpoint, when enabled.
+    pub kv_addr: Option<SocketAddr>,
     pub state: Arc<NodeState>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -108,5 +113,13 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         tasks.push(tokio::spawn(peer::serve_peer(listener, state.clone(), cluster.clone())));
         tasks.push(cluster.spawn_reloader());
     }
-    Ok(RunningNode { s3_addr, admin_addr, peer_addr, state, tasks })
+    let mut kv_addr = None;
+    if let Some(kv) = &state.kv {
+        let listen = &cfg.kv.listen;
+        let (listener, addr) =
+            server::bind(listen).await.map_err(|e| StartError::Io(format!("listen on {listen}"), e))?;
+        kv_addr = Some(addr);
+        tasks.push(tokio::spawn(kv_conn::serve_kv(listener, kv.clone())));
+    }
+    Ok(RunningNode { s3_addr, admin_addr, peer_addr, kv_addr, state, tasks })
 }

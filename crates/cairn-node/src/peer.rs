@@ -110,6 +110,10 @@ async fn handle(state: &NodeState, cluster: &Cluster, req: Request<Incoming>) ->
             text(StatusCode::OK, "", serde_json::to_string(&s).unwrap_or_default())
         }
         (Method::POST, p) if p.starts_with("/wb/") => wb_meta(state, &p["/wb/".len()..], req).await,
+        (Method::POST, "/kv") => match &state.kv {
+            Some(kv) => crate::kv_route::serve_peer(kv, req).await,
+            None => text(StatusCode::NOT_FOUND, "NotFound", "this node has no KV endpoint"),
+        },
         (Method::GET, "/healthz") => text(StatusCode::OK, "", "ok\n"),
         _ => text(StatusCode::NOT_FOUND, "NotFound", format!("no peer route {path}")),
     }

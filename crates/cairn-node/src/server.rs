@@ -121,6 +121,9 @@ fn admin(state: &NodeState, path: &str) -> Response<Full<Bytes>> {
                 cluster_metrics(&mut text, &c.placement());
             }
             write_back_metrics(&mut text, state);
+            if let Some(kv) = &state.kv {
+                kv.render_metrics(&mut text);
+            }
             (StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),

@@ -9,6 +9,7 @@ use cairn_store::ChunkStore;
 
 use crate::StartError;
 use crate::cluster::Cluster;
+use crate::kv::KvNode;
 use crate::meta::MetaCache;
 use crate::metrics::Metrics;
 use crate::multipart::Multipart;
@@ -29,6 +30,8 @@ pub struct NodeState {
     pub metrics: Arc<Metrics>,
     pub cluster: Option<Arc<Cluster>>,
     pub writeback: WriteBack,
+    /// The KV keyspace and its endpoint's command layer, when `kv.listen` is set.
+    pub kv: Option<Arc<KvNode>>,
 }
 
 impl NodeState {
@@ -64,7 +67,16 @@ impl NodeState {
         let multipart =
             Multipart::open(dir.join("uploads"), config.limits.max_multipart_uploads, config.limits.max_parts)
                 .map_err(|e| StartError::Io(format!("upload staging under {}", dir.display()), e))?;
+        let kv = if config.kv.enabled() {
+            let c = cluster.clone().map(|c| (c, &config.cluster));
+            let node = KvNode::new(config.kv.clone(), &dir, c)
+                .map_err(|e| StartError::Io(format!("KV disk tier under {}", dir.display()), e))?;
+            Some(Arc::new(node))
+        } else {
+            None
+        };
         Ok(Self {
+            kv,
             meta: MetaCache::new(config.cache.metadata_entries, metrics.clone(), cluster.clone()),
             config,
             origins,

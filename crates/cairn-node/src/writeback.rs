@@ -676,6 +676,9 @@ async fn commit_replicas(
     Ok(())
 }
 
+/// A chunk index and the nodes that stored it.
+type Placed = (u64, Vec<String>);
+
 /// Pushes chunks to their replica holders while the body is still arriving (when its size is
 /// known up front, since a chunk's id and owners depend on it).
 struct Pusher {
@@ -684,7 +687,7 @@ struct Pusher {
     chunk_size: u64,
     copies: usize,
     permits: Arc<Semaphore>,
-    tasks: Vec<tokio::task::JoinHandle<Result<(u64, Vec<String>), WriteError>>>,
+    tasks: Vec<tokio::task::JoinHandle<Result<Placed, WriteError>>>,
 }
 
 impl Pusher {

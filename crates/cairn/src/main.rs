@@ -97,6 +97,19 @@ struct ServeArgs {
     /// The cluster's shared secret.
     #[arg(long, env = "CAIRN_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
+    /// Address of the KV (Redis-protocol) endpoint; empty disables it.
+    #[arg(long, env = "CAIRN_KV_LISTEN")]
+    kv_listen: Option<String>,
+    #[arg(long, env = "CAIRN_KV_RAM_CAPACITY")]
+    kv_ram_capacity: Option<ByteSize>,
+    #[arg(long, env = "CAIRN_KV_DISK_CAPACITY")]
+    kv_disk_capacity: Option<ByteSize>,
+    /// Password of the KV endpoint's default user (Redis `requirepass`).
+    #[arg(long, env = "CAIRN_KV_PASSWORD", hide_env_values = true)]
+    kv_password: Option<String>,
+    /// Serve KV clients that do not authenticate.
+    #[arg(long, env = "CAIRN_KV_ALLOW_ANONYMOUS")]
+    kv_allow_anonymous: bool,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -173,6 +186,21 @@ impl ServeArgs {
         if let Some(v) = &self.cluster_secret {
             cfg.cluster.secret = v.clone();
         }
+        if let Some(v) = &self.kv_listen {
+            cfg.kv.listen = v.clone();
+        }
+        if let Some(v) = self.kv_ram_capacity {
+            cfg.kv.ram_capacity = v;
+        }
+        if let Some(v) = self.kv_disk_capacity {
+            cfg.kv.disk_capacity = v;
+        }
+        if let Some(v) = &self.kv_password {
+            cfg.kv.requirepass = v.clone();
+        }
+        if self.kv_allow_anonymous {
+            cfg.kv.allow_anonymous = true;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -224,6 +252,20 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     if cfg.auth.allow_anonymous {
         eprintln!("  anonymous     allowed");
+    }
+    if let Some(kv) = node.kv_addr {
+        let k = &cfg.kv;
+        let auth = if k.allow_anonymous {
+            "anonymous allowed".to_owned()
+        } else if k.requirepass == cairn_core::config::KvSection::default().requirepass {
+            format!("password {} (the built-in default)", k.requirepass)
+        } else {
+            format!(
+                "password{}",
+                if k.users.is_empty() { String::new() } else { format!(" and {} user(s)", k.users.len()) }
+            )
+        };
+        eprintln!("  KV endpoint   redis://{kv} (RESP2/3; RAM {}, disk {}; {auth})", k.ram_capacity, k.disk_capacity);
     }
     if let Some(peer) = node.peer_addr {
         eprintln!(
