@@ -191,7 +191,7 @@ def main():
         sys.exit(f"{azurite_exe} is missing: run `cargo xtask deps`")
     shard = args.shard_mib * MIB
     total = shard * RANKS
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix="cairn-write-bench-"))
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="cairn-cluster-bench-write-"))
     cb.log(f"working in {tmp}; {RANKS} ranks x {args.shard_mib} MiB over {NODES} nodes")
     rows = []
     try:
