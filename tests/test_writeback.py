@@ -58,6 +58,16 @@ def azurite(tmp_path):
     az.stop()
 
 
+def node_with_origin_down(make_node, azurite):
+    """A node in front of the test's own Azurite, retrying uploads quickly, with Azurite stopped;
+    returns the origin, the node and a boto3 client writing at `local`."""
+    origin = AzuriteOrigin(azurite.port)
+    node = make_node(origin.toml(), env=origin.env,
+                     sections='[writeback]\nretry_min = "100ms"\nretry_max = "500ms"\n')
+    azurite.stop()
+    return origin, node, with_durability(node.s3(), "local")
+
+
 def blob(origin, key):
     return origin.container.download_blob(key).readall()
 
@@ -104,11 +114,7 @@ def test_durability_header_is_checked(make_node, tmp_path, prefix):
 
 
 def test_origin_outage_uploads_resume_and_sync_waits(make_node, azurite, prefix):
-    origin = AzuriteOrigin(azurite.port)
-    node = make_node(origin.toml(), env=origin.env,
-                     sections='[writeback]\nretry_min = "100ms"\nretry_max = "500ms"\n')
-    s3 = with_durability(node.s3(), "local")
-    azurite.stop()
+    origin, node, s3 = node_with_origin_down(make_node, azurite)
     bodies = {f"{prefix}shard-{i}": payload(MIB + i * 4099, seed=10 + i) for i in range(3)}
     for k, b in bodies.items():
         s3.put_object(Bucket="data", Key=k, Body=b)
@@ -130,11 +136,7 @@ def test_origin_outage_uploads_resume_and_sync_waits(make_node, azurite, prefix)
 
 
 def test_kill_9_with_uploads_pending_resumes_after_restart(make_node, azurite, prefix):
-    origin = AzuriteOrigin(azurite.port)
-    node = make_node(origin.toml(), env=origin.env,
-                     sections='[writeback]\nretry_min = "100ms"\nretry_max = "500ms"\n')
-    s3 = with_durability(node.s3(), "local")
-    azurite.stop()
+    origin, node, s3 = node_with_origin_down(make_node, azurite)
     acked = payload(5 * MIB + 3, seed=21)
     s3.put_object(Bucket="data", Key=prefix + "acked.bin", Body=acked)
     # A write the client never finished is never acknowledged and must not appear anywhere.

@@ -55,6 +55,13 @@ pub struct ChunkQuery<'a> {
     pub index: u64,
 }
 
+impl<'a> ChunkQuery<'a> {
+    /// Chunk `index` of object version `v` cut in `chunk_size` pieces.
+    pub fn new(v: &'a cairn_core::ObjectVersion, chunk_size: u64, index: u64) -> Self {
+        Self { origin: &v.origin, bucket: &v.bucket, key: &v.key, version: &v.version, size: v.size, chunk_size, index }
+    }
+}
+
 pub struct Cluster {
     pub node_id: String,
     cfg: ClusterSection,

@@ -168,16 +168,7 @@ impl ReadThrough {
         let (result, waited) = self
             .routed
             .run(id, move || async move {
-                let v = &job.version;
-                let q = ChunkQuery {
-                    origin: &v.origin,
-                    bucket: &v.bucket,
-                    key: &v.key,
-                    version: &v.version,
-                    size: v.size,
-                    chunk_size,
-                    index,
-                };
+                let q = ChunkQuery::new(&job.version, chunk_size, index);
                 for node in &candidates {
                     if node.id == cluster.node_id {
                         break;
@@ -327,16 +318,7 @@ impl OriginFetch {
                 format!("writer {writer} of a pending object is not in the map"),
             )));
         };
-        let v = &self.version;
-        let q = ChunkQuery {
-            origin: &v.origin,
-            bucket: &v.bucket,
-            key: &v.key,
-            version: &v.version,
-            size: v.size,
-            chunk_size: self.chunk_size,
-            index: self.index,
-        };
+        let q = ChunkQuery::new(&self.version, self.chunk_size, self.index);
         match cluster.get_chunk(&node, &q).await {
             Ok(b) => {
                 self.store.insert(self.id, b.clone());

@@ -1041,15 +1041,7 @@ async fn take_over(state: &Arc<NodeState>, cluster: &Arc<Cluster>, rec: &WriteRe
             segments.push(Segment { file: format!("c{index}"), len });
             continue;
         }
-        let q = ChunkQuery {
-            origin: &v.origin,
-            bucket: &v.bucket,
-            key: &v.key,
-            version: &v.version,
-            size: v.size,
-            chunk_size: rec.chunk_size,
-            index,
-        };
+        let q = ChunkQuery::new(&v, rec.chunk_size, index);
         let mut got = None;
         for id in rec.holders.iter().filter(|h| **h != cluster.node_id) {
             let Some(node) = cluster.node(id) else { continue };
