@@ -68,6 +68,14 @@ def node_with_origin_down(make_node, azurite):
     return origin, node, with_durability(node.s3(), "local")
 
 
+def wait_clean(nodes, timeout=10):
+    """Waits until no node holds journal bytes (uploaded writes and their replicas are released)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and any(n.metric("cairn_dirty_bytes") for n in nodes):
+        time.sleep(0.1)
+    return {n.endpoint: n.metric("cairn_dirty_bytes") for n in nodes}
+
+
 def blob(origin, key):
     return origin.container.download_blob(key).readall()
 
@@ -98,6 +106,7 @@ def test_local_write_is_read_back_at_once_and_synced(make_node, tmp_path, prefix
     status = cli(node, "status")
     assert status.returncode == 0 and "total: 0 objects" in status.stdout
     assert node.metric("cairn_uploads_total") == 1
+    assert not any(wait_clean([node]).values())
 
 
 def test_durability_header_is_checked(make_node, tmp_path, prefix):
@@ -229,6 +238,7 @@ def test_replicated_write_survives_the_writer_and_its_disk(az_cluster, azurite, 
     assert code == 200, answer
     assert blob(c.origin, key) == body
     assert c.nodes[1].metric("cairn_takeovers_total") + c.nodes[2].metric("cairn_takeovers_total") == 1
+    assert not any(wait_clean(c.nodes[1:]).values()), "replicas were not released after the upload"
 
 
 def test_concurrent_writers_of_one_key_never_interleave(make_node, tmp_path, prefix):

@@ -86,13 +86,7 @@ impl Cluster {
         if map.node(&cfg.node_id).is_none() {
             tracing::warn!(node = %cfg.node_id, "this node is not in the cluster map; it will only route requests");
         }
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(cfg.peer_timeout.0));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(cfg.peer_pool_idle)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(http);
+        let client = peer_client(cfg);
         Ok(Self {
             node_id: cfg.node_id.clone(),
             cfg: cfg.clone(),
@@ -347,6 +341,21 @@ fn read_map(path: &std::path::Path) -> Result<(ClusterMap, SystemTime), String> 
     let text = std::fs::read_to_string(path).map_err(|e| format!("cluster map {}: {e}", path.display()))?;
     let map = ClusterMap::from_toml_str(&text).map_err(|e| format!("cluster map {}: {e}", path.display()))?;
     Ok((map, meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
+}
+
+/// A pooled keep-alive HTTP/1.1 client for peer requests with body type `B`.
+pub fn peer_client<B>(cfg: &ClusterSection) -> Client<HttpConnector, B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(cfg.peer_timeout.0));
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(cfg.peer_pool_idle)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(http)
 }
 
 /// Query parameters of a peer request.

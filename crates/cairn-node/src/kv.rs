@@ -328,15 +328,7 @@ impl KvNode {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let c = &self.counters;
         let mut series = |kind: &str, name: &str, help: &str, values: &[(&str, u64)]| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (labels, v) in values {
-                if labels.is_empty() {
-                    let _ = writeln!(out, "{name} {v}");
-                } else {
-                    let _ = writeln!(out, "{name}{{{labels}}} {v}");
-                }
-            }
+            crate::metrics::series(out, kind, name, help, values)
         };
         series(
             "counter",

@@ -28,7 +28,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 use crate::cluster::{Cluster, SECRET_HEADER};
 use crate::kv::{KvCounters, KvNode};
@@ -84,13 +83,7 @@ pub fn kv_hash(key: &[u8]) -> u64 {
 
 impl Router {
     pub fn new(cluster: Arc<Cluster>, cfg: &ClusterSection, replicas: usize) -> Self {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(cfg.peer_timeout.0));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(cfg.peer_pool_idle)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(http);
+        let client = crate::cluster::peer_client(cfg);
         Self { cluster, client, replicas, max_wait: cfg.peer_max_wait.0.min(KV_FORWARD_MAX_WAIT) }
     }
 

@@ -209,7 +209,8 @@ impl Metrics {
     }
 }
 
-fn series(out: &mut String, kind: &str, name: &str, help: &str, values: &[(&str, u64)]) {
+/// One metric family in the text format: HELP, TYPE, and a line per (labels, value).
+pub fn series(out: &mut String, kind: &str, name: &str, help: &str, values: &[(&str, u64)]) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
     for (labels, v) in values {

@@ -179,17 +179,11 @@ async fn write_back_admin(
 }
 
 fn write_back_metrics(out: &mut String, state: &NodeState) {
-    use std::fmt::Write;
     let wb = &state.writeback;
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let s = wb.summary(state.cluster.as_deref(), None, "", u64::MAX);
-    let mut metric = |name: &str, kind: &str, help: &str, rows: &[(&str, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, v) in rows {
-            let _ = writeln!(out, "{name}{labels} {v}");
-        }
-    };
+    let mut metric =
+        |name: &str, kind: &str, help: &str, rows: &[(&str, u64)]| crate::metrics::series(out, kind, name, help, rows);
     metric(
         "cairn_dirty_bytes",
         "gauge",
@@ -202,8 +196,8 @@ fn write_back_metrics(out: &mut String, state: &NodeState) {
         "counter",
         "Writes acknowledged before reaching the origin, by durability.",
         &[
-            ("{durability=\"local\"}", get(&wb.stats.acked_local)),
-            ("{durability=\"replicated\"}", get(&wb.stats.acked_replicated)),
+            ("durability=\"local\"", get(&wb.stats.acked_local)),
+            ("durability=\"replicated\"", get(&wb.stats.acked_replicated)),
         ],
     );
     metric(

@@ -43,6 +43,8 @@ const UNCOMMITTED_MAX_AGE: Duration = Duration::from_secs(3600);
 const TAKEOVER_POLL: Duration = Duration::from_secs(1);
 /// How often a replica holder asks a live writer about one of its writes.
 const WRITER_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// Nodes asked at once for their pending uploads by a sync barrier or status call.
+const SUMMARY_FANOUT: usize = 64;
 /// How often a deferred upload looks again.
 const DEFER_POLL: Duration = Duration::from_millis(50);
 /// Buffers passed to one `writev`.
@@ -359,7 +361,6 @@ pub async fn write_stream(
     let mut sums = Vec::new();
     let mut pieces: Vec<Bytes> = Vec::new();
     let mut filled = 0usize;
-    let mut size = 0u64;
     while let Some(next) = body.next().await {
         let mut b = next.map_err(WriteError::Body)?;
         while !b.is_empty() {
@@ -390,8 +391,7 @@ pub async fn write_stream(
     if let Some(f) = file {
         blocking(move || f.sync_data()).await.map_err(|e| io_error("journal fsync", e))?;
     }
-    size += guard.bytes;
-    let segments = vec![Segment { file: "data".into(), len: size }];
+    let segments = vec![Segment { file: "data".into(), len: guard.bytes }];
     finish(state, entry, bucket, key, content_type, durability, guard, segments, sums, pusher).await
 }
 
@@ -846,13 +846,7 @@ async fn upload(state: &Arc<NodeState>, wid: &str) {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(cfg.retry_max.0);
             }
-            UploadGrant::Superseded => {
-                tracing::info!(bucket = %rec.bucket, key = %rec.key, "a newer write of the key was acknowledged; this one is not uploaded");
-                Metrics::add(&wb.stats.superseded, 1);
-                let _ = meta_broadcast(state, "end", &msg, false).await;
-                release(state, &rec).await;
-                return;
-            }
+            UploadGrant::Superseded => return abandon(state, &rec, &msg).await,
         }
     }
     let mut backoff = cfg.retry_min.0;
@@ -878,6 +872,10 @@ async fn upload(state: &Arc<NodeState>, wid: &str) {
                 wb.errors.lock().insert(wid.to_owned(), format!("{}/{}: {}", rec.bucket, rec.key, e.message));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(cfg.retry_max.0);
+                // A newer write of the key may have come meanwhile: then this one is not uploaded.
+                if begin_upload(state, &msg).await == UploadGrant::Superseded {
+                    return abandon(state, &rec, &msg).await;
+                }
             }
         }
     };
@@ -887,6 +885,14 @@ async fn upload(state: &Arc<NodeState>, wid: &str) {
     let _ = meta_broadcast(state, "end", &WriteMsg::of(&rec, Some(&info)), false).await;
     release(state, &rec).await;
     tracing::debug!(bucket = %rec.bucket, key = %rec.key, bytes = rec.size, "uploaded");
+}
+
+/// Drops a write that a newer acknowledged write of its key superseded, without uploading it.
+async fn abandon(state: &Arc<NodeState>, rec: &WriteRecord, msg: &WriteMsg) {
+    tracing::info!(bucket = %rec.bucket, key = %rec.key, "a newer write of the key was acknowledged; this one is not uploaded");
+    Metrics::add(&state.writeback.stats.superseded, 1);
+    let _ = meta_broadcast(state, "end", msg, false).await;
+    release(state, rec).await;
 }
 
 /// Drops a finished write here and at its replica holders.
@@ -926,10 +932,14 @@ fn journal_body(journal: Arc<Journal>, rec: Arc<WriteRecord>) -> BodyStream {
 /// Replica holders: stores a pushed chunk (before the write's record arrives).
 pub async fn store_replica_chunk(state: &NodeState, wid: &str, index: u64, data: Bytes) -> Result<(), WriteError> {
     let wb = &state.writeback;
-    wb.reserve(data.len() as u64, 0).await;
-    wb.journal.sub_dirty(data.len() as u64);
+    let n = data.len() as u64;
+    wb.reserve(n, 0).await;
     let (j, w) = (wb.journal.clone(), wid.to_owned());
-    blocking(move || j.write_replica_chunk(&w, index, &data)).await.map_err(|e| io_error("replica chunk", e))
+    let r = blocking(move || j.write_replica_chunk(&w, index, &data)).await;
+    if r.is_err() {
+        wb.journal.sub_dirty(n);
+    }
+    r.map_err(|e| io_error("replica chunk", e))
 }
 
 /// Replica holders: commits a replica record.
@@ -1093,9 +1103,12 @@ pub async fn cluster_summary(
     let mark = mark.unwrap_or_else(|| wb.mark());
     let mut out = ClusterSummary { mark, ..Default::default() };
     let nodes: Vec<NodeEntry> = state.cluster.as_ref().map(|c| c.up_nodes()).unwrap_or_default();
+    let permits = Semaphore::new(SUMMARY_FANOUT);
     let asks = nodes.iter().map(|node| {
         let state = state.clone();
+        let permits = &permits;
         async move {
+            let _permit = permits.acquire().await;
             let cluster = state.cluster.as_ref()?;
             if node.id == cluster.node_id {
                 return Some(Ok(wb_summary_local(&state, bucket, prefix, mark)));

@@ -202,7 +202,8 @@ impl Journal {
         Ok(())
     }
 
-    /// Stores one chunk of a replicated write, durably, before its record exists.
+    /// Stores one chunk of a replicated write, durably, before its record exists (the caller
+    /// has counted its bytes as dirty).
     pub fn write_replica_chunk(&self, wid: &str, index: u64, data: &[u8]) -> io::Result<()> {
         let dir = self.create(wid)?;
         let path = dir.join(format!("c{index}"));
@@ -210,9 +211,7 @@ impl Journal {
         let mut f = File::create(&tmp)?;
         f.write_all(data)?;
         f.sync_data()?;
-        fs::rename(&tmp, &path)?;
-        self.add_dirty(data.len() as u64);
-        Ok(())
+        fs::rename(&tmp, &path)
     }
 
     pub fn record(&self, wid: &str) -> Option<Arc<WriteRecord>> {
