@@ -391,3 +391,113 @@ def payload(size, seed=0):
         out += hashlib.sha256(f"{seed}:{counter}".encode()).digest() * 64
         counter += 1
     return bytes(out[:size])
+
+
+# ---------------------------------------------------------------------------------------------
+# An origin that misbehaves on purpose
+
+
+class OriginProxy:
+    """An HTTP proxy in front of a real origin server (moto S3) that a test can make throttle
+    (answer 503 SlowDown or 429 to writes), slow (hold each write before forwarding it) or note
+    which requests are in flight. Everything else is forwarded as it came."""
+
+    def __init__(self, target_port):
+        import http.client
+        import http.server
+        import threading
+
+        self.target_port = target_port
+        self.throttle = None          # None, 503 or 429: the answer to PUT/POST while set
+        self.write_delay = 0.0        # seconds each PUT/POST is held before it is forwarded
+        self.writes_in_flight = 0
+        self.writes_seen = []         # (method, path, status)
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _forward(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                write = self.command in ("PUT", "POST")
+                if write and proxy.throttle:
+                    code = proxy.throttle
+                    text = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>"
+                            b"<Message>Please reduce your request rate.</Message></Error>")
+                    with proxy.lock:
+                        proxy.writes_seen.append((self.command, self.path, code))
+                    self.send_response(code)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(text)))
+                    self.end_headers()
+                    self.wfile.write(text)
+                    return
+                if write:
+                    with proxy.lock:
+                        proxy.writes_in_flight += 1
+                    time.sleep(proxy.write_delay)
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", proxy.target_port, timeout=60)
+                    headers = {k: v for k, v in self.headers.items() if k.lower() != "transfer-encoding"}
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    r = conn.getresponse()
+                    data = r.read()
+                    self.send_response(r.status)
+                    for k, v in r.getheaders():
+                        if k.lower() not in ("transfer-encoding", "content-length", "connection"):
+                            self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(data)
+                    conn.close()
+                    if write:
+                        with proxy.lock:
+                            proxy.writes_seen.append((self.command, self.path, r.status))
+                finally:
+                    if write:
+                        with proxy.lock:
+                            proxy.writes_in_flight -= 1
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def origin(self):
+        """An S3Origin for the test, reached through this proxy by cairn and directly by the test."""
+        o = S3Origin(self.target_port)
+        proxied = self.port
+
+        class Proxied(S3Origin):
+            def __init__(self):
+                self.__dict__.update(o.__dict__)
+
+            def toml(self):
+                return (
+                    'bucket = "data"\nurl = "s3://data"\n'
+                    f'options = {{ aws_endpoint = "http://127.0.0.1:{proxied}", aws_allow_http = "true", '
+                    'aws_access_key_id = "origin", aws_secret_access_key = "origin", aws_region = "us-east-1", '
+                    'aws_virtual_hosted_style_request = "false" }\n'
+                )
+
+        return Proxied()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def origin_proxy(moto_server):
+    p = OriginProxy(moto_server)
+    yield p
+    p.close()

@@ -34,6 +34,16 @@ pub const ERROR_HEADER: &str = "x-cairn-error";
 const EXTRA_CANDIDATES: usize = 2;
 /// Largest body buffer reserved up front from a peer's Content-Length.
 const MAX_BODY_PREALLOC: u64 = 256 << 20;
+/// Successful chunk request durations kept to derive the hedge delay.
+const LATENCY_SAMPLES: usize = 256;
+/// Samples needed before the hedge delay follows them (until then: `peer_max_wait`).
+const LATENCY_MIN_SAMPLES: usize = 16;
+/// The hedge delay is this many times the observed 99th percentile...
+const HEDGE_FACTOR: u32 = 4;
+/// ...and never below this, so ordinary jitter never doubles origin reads.
+const HEDGE_MIN: Duration = Duration::from_millis(500);
+/// Shortest liveness probe timeout.
+const PROBE_MIN: Duration = Duration::from_millis(200);
 
 /// Why a peer request failed.
 #[derive(Debug)]
@@ -71,6 +81,8 @@ pub struct Cluster {
     client: Client<HttpConnector, Full<Bytes>>,
     suspects: Mutex<HashMap<String, Instant>>,
     metrics: Arc<Metrics>,
+    /// Recent successful chunk request durations, newest last.
+    latencies: Mutex<std::collections::VecDeque<Duration>>,
 }
 
 /// Where a key's requests go: its candidates in ranking order and whether this node owns it.
@@ -96,6 +108,7 @@ impl Cluster {
             client,
             suspects: Mutex::new(HashMap::new()),
             metrics,
+            latencies: Mutex::new(std::collections::VecDeque::with_capacity(LATENCY_SAMPLES)),
         })
     }
 
@@ -161,6 +174,52 @@ impl Cluster {
         Route { candidates, self_is_owner }
     }
 
+    /// Records how long a successful chunk request took.
+    pub fn observe(&self, took: Duration) {
+        let mut l = self.latencies.lock();
+        if l.len() == LATENCY_SAMPLES {
+            l.pop_front();
+        }
+        l.push_back(took);
+    }
+
+    /// How long a chunk request may run before the next candidate is asked too: a multiple of
+    /// what peers usually take (their 99th percentile), within `HEDGE_MIN..peer_max_wait`.
+    pub fn hedge_delay(&self) -> Duration {
+        let max = self.cfg.peer_max_wait.0.max(HEDGE_MIN);
+        let mut samples: Vec<Duration> = self.latencies.lock().iter().copied().collect();
+        if samples.len() < LATENCY_MIN_SAMPLES {
+            return max;
+        }
+        samples.sort_unstable();
+        let p99 = samples[(samples.len() * 99 / 100).min(samples.len() - 1)];
+        (p99 * HEDGE_FACTOR).clamp(HEDGE_MIN, max)
+    }
+
+    /// Whether the peer's process answers: a `GET /healthz` on a fresh connection, within half
+    /// of `peer_timeout`. A frozen process (SIGSTOP) still completes TCP handshakes from the
+    /// kernel's backlog, so a connect alone proves nothing.
+    pub async fn probe(&self, node: &NodeEntry) -> bool {
+        let timeout = (self.cfg.peer_timeout.0 / 2).max(PROBE_MIN);
+        let ask = async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(&node.addr).await.ok()?;
+            let req = format!(
+                "GET /healthz HTTP/1.1\r\nHost: {}\r\n{SECRET_HEADER}: {}\r\nConnection: close\r\n\r\n",
+                node.addr, self.cfg.secret
+            );
+            s.write_all(req.as_bytes()).await.ok()?;
+            let mut head = [0u8; 12];
+            s.read_exact(&mut head).await.ok()?;
+            Some(head.starts_with(b"HTTP/1.1 200"))
+        };
+        let ok = matches!(tokio::time::timeout(timeout, ask).await, Ok(Some(true)));
+        if !ok {
+            Metrics::add(&self.metrics.peer_probes_failed, 1);
+        }
+        ok
+    }
+
     pub fn mark_suspect(&self, id: &str) {
         Metrics::add(&self.metrics.peer_failovers, 1);
         self.suspects.lock().insert(id.to_owned(), Instant::now() + self.cfg.suspect_for.0);
@@ -211,9 +270,10 @@ impl Cluster {
             .map_err(|e| unavailable(e.to_string()))?;
         Metrics::add(&self.metrics.peer_requests, 1);
         // A peer that is slow to answer (busy, or waiting on its origin fetch) is still the owner:
-        // while a fresh connection to it succeeds it is alive, and asking another node would only
-        // fetch the chunk from the origin a second time. A peer that cannot be reached (cut off,
-        // gone) fails that probe and the next node is asked.
+        // while its process answers a probe it is alive, and asking another node would only
+        // fetch the chunk from the origin a second time (chunk reads hedge after a delay of
+        // their own, see `reader::hedged`). A peer that cannot be reached, or whose process is
+        // frozen, fails that probe and the next node is asked.
         let request = self.client.request(req);
         tokio::pin!(request);
         let started = Instant::now();
@@ -224,10 +284,8 @@ impl Cluster {
                     return Err(unavailable(format!("no answer in {:?}", started.elapsed())));
                 }
                 Err(_) => {
-                    let probe =
-                        tokio::time::timeout(self.cfg.peer_timeout.0, tokio::net::TcpStream::connect(&node.addr));
-                    if !matches!(probe.await, Ok(Ok(_))) {
-                        return Err(unavailable("no answer, and unreachable".into()));
+                    if !self.probe(node).await {
+                        return Err(unavailable("no answer, and its process does not answer a probe".into()));
                     }
                     Metrics::add(&self.metrics.peer_slow, 1);
                 }
@@ -283,15 +341,31 @@ impl Cluster {
     }
 
     pub async fn get_chunk(&self, node: &NodeEntry, q: &ChunkQuery<'_>) -> Result<Bytes, PeerError> {
-        let query = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("origin", q.origin)
-            .append_pair("bucket", q.bucket)
-            .append_pair("key", q.key)
-            .append_pair("version", q.version)
-            .append_pair("size", &q.size.to_string())
-            .append_pair("chunk_size", &q.chunk_size.to_string())
-            .append_pair("index", &q.index.to_string())
-            .finish();
+        self.chunk_request(node, q, false).await
+    }
+
+    /// A chunk the peer holds (tiers or journal), never fetched by it: for replicas of pending
+    /// writes whose writer cannot serve them.
+    pub async fn get_held_chunk(&self, node: &NodeEntry, q: &ChunkQuery<'_>) -> Result<Bytes, PeerError> {
+        self.chunk_request(node, q, true).await
+    }
+
+    async fn chunk_request(&self, node: &NodeEntry, q: &ChunkQuery<'_>, held: bool) -> Result<Bytes, PeerError> {
+        let query = {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            if held {
+                query.append_pair("held", "1");
+            }
+            query
+                .append_pair("origin", q.origin)
+                .append_pair("bucket", q.bucket)
+                .append_pair("key", q.key)
+                .append_pair("version", q.version)
+                .append_pair("size", &q.size.to_string())
+                .append_pair("chunk_size", &q.chunk_size.to_string())
+                .append_pair("index", &q.index.to_string())
+                .finish()
+        };
         let (_, body) = self.call(node, Method::GET, format!("/chunk?{query}"), Bytes::new()).await?;
         Metrics::add(&self.metrics.peer_bytes, body.len() as u64);
         Ok(body)

@@ -99,11 +99,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let (admin_listener, admin_addr) = server::bind(&cfg.node.admin_listen)
         .await
         .map_err(|e| StartError::Io(format!("listen on {}", cfg.node.admin_listen), e))?;
-    let mut tasks = vec![
-        tokio::spawn(server::serve_s3(s3_listener, s3, state.clone())),
-        tokio::spawn(server::serve_admin(admin_listener, state.clone())),
-    ];
-    tasks.extend(writeback::spawn(&state));
+    let mut tasks = vec![tokio::spawn(server::serve_admin(admin_listener, state.clone()))];
     let mut peer_addr = None;
     if let Some(cluster) = &state.cluster {
         let listen = &cfg.cluster.peer_listen;
@@ -113,6 +109,12 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         tasks.push(tokio::spawn(peer::serve_peer(listener, state.clone(), cluster.clone())));
         tasks.push(cluster.spawn_reloader());
     }
+    // Reads must see every acknowledged write from the first request on: the node's own journal
+    // and what peers hold for keys it owns are registered before S3 requests are taken (they wait
+    // in the listener's backlog meanwhile).
+    writeback::recover(&state).await;
+    tasks.extend(writeback::spawn(&state));
+    tasks.push(tokio::spawn(server::serve_s3(s3_listener, s3, state.clone())));
     let mut kv_addr = None;
     if let Some(kv) = &state.kv {
         let listen = &cfg.kv.listen;

@@ -34,8 +34,15 @@ struct Entry {
     checked: Instant,
 }
 
-/// How long an upload may hold a key before another upload of the key may start.
-const UPLOAD_LEASE: Duration = Duration::from_secs(30 * 60);
+/// How long an upload holds a key's turn without renewing it; uploaders renew it every
+/// `UPLOAD_RENEW` while their PUT runs, so a crashed uploader blocks the key for at most this long.
+pub const UPLOAD_LEASE: Duration = Duration::from_secs(90);
+/// How often a running upload renews its turn.
+pub const UPLOAD_RENEW: Duration = Duration::from_secs(20);
+/// A pending write not announced again for this long is forgotten: nobody holds it any more (a
+/// `local` write whose writer lost its disk) or its holders cannot be reached. Holders announce
+/// every `writeback::ANNOUNCE_EVERY`.
+pub const PENDING_LEASE: Duration = Duration::from_secs(30);
 /// Keys whose write state is kept; idle ones are forgotten first past this.
 const MAX_KEY_WRITES: usize = 1_000_000;
 /// A key with no write pending is remembered this long, so a late upload of an older write can
@@ -50,13 +57,40 @@ pub struct PendingWrite {
     pub info: ObjectInfo,
 }
 
+/// Who holds a key's upload turn: a write (or an origin operation) and the node running it, since
+/// a writer and the replica holder that took over from it may both try to upload one write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uploader {
+    pub wid: String,
+    pub node: String,
+}
+
 #[derive(Default)]
 struct KeyWrites {
-    current: Option<PendingWrite>,
+    /// The newest pending write and when a holder last announced it.
+    current: Option<(PendingWrite, Instant)>,
     /// Ticket of the newest write known to be in the origin.
     committed: u64,
-    uploading: Option<(String, Instant)>,
+    uploading: Option<(Uploader, Instant)>,
     touched: Option<Instant>,
+}
+
+impl KeyWrites {
+    /// The pending write, unless its announcements stopped.
+    fn live(&mut self) -> Option<&PendingWrite> {
+        if self.current.as_ref().is_some_and(|(_, at)| at.elapsed() > PENDING_LEASE) {
+            self.current = None;
+        }
+        self.current.as_ref().map(|(p, _)| p)
+    }
+}
+
+/// What a metadata owner knows of one key, sent to a co-owner that restarted.
+#[derive(Clone, Debug)]
+pub struct KeyState {
+    pub key: MetaKey,
+    pub committed: u64,
+    pub pending: Option<PendingWrite>,
 }
 
 /// The answer to an uploader that asks to write a key to the origin.
@@ -122,7 +156,17 @@ impl MetaCache {
 
     /// The newest acknowledged write of `key` not yet in the origin, as this node knows it.
     pub fn pending(&self, key: &MetaKey) -> Option<PendingWrite> {
-        self.writes.lock().get(key).and_then(|w| w.current.clone())
+        self.writes.lock().get_mut(key).and_then(|w| w.live().cloned())
+    }
+
+    /// Keys with a pending write or a remembered commit, for which `wanted` holds.
+    pub fn key_states(&self, wanted: impl Fn(&MetaKey) -> bool) -> Vec<KeyState> {
+        let mut writes = self.writes.lock();
+        writes
+            .iter_mut()
+            .filter(|(k, w)| (w.committed > 0 || w.current.is_some()) && wanted(k))
+            .map(|(k, w)| KeyState { key: k.clone(), committed: w.committed, pending: w.live().cloned() })
+            .collect()
     }
 
     fn with_writes<T>(&self, key: &MetaKey, f: impl FnOnce(&mut KeyWrites) -> T) -> T {
@@ -135,52 +179,79 @@ impl MetaCache {
         let out = f(w);
         if writes.len().is_multiple_of(1024) {
             writes.retain(|_, w| {
-                w.current.is_some() || w.uploading.is_some() || w.touched.is_some_and(|t| t.elapsed() < KEY_WRITES_IDLE)
+                w.live().is_some() || w.uploading.is_some() || w.touched.is_some_and(|t| t.elapsed() < KEY_WRITES_IDLE)
             });
         }
         out
     }
 
-    /// Records an acknowledged write; the newest ticket is what readers see.
+    /// Records an acknowledged write, or renews the announcement of one; the newest ticket is
+    /// what readers see.
     pub fn register(&self, key: &MetaKey, write: PendingWrite) {
         let newest = self.with_writes(key, |w| {
-            let newer = write.ticket > w.committed && w.current.as_ref().is_none_or(|c| write.ticket > c.ticket);
-            if newer {
-                w.current = Some(write);
+            let live_ticket = w.live().map(|c| (c.ticket, c.wid.clone()));
+            match live_ticket {
+                Some((_, wid)) if wid == write.wid => {
+                    w.current = Some((write, Instant::now()));
+                    false
+                }
+                Some((t, _)) if write.ticket <= t => false,
+                _ if write.ticket <= w.committed => false,
+                _ => {
+                    w.current = Some((write, Instant::now()));
+                    true
+                }
             }
-            newer
         });
         if newest {
             self.remove(key);
         }
     }
 
-    /// Whether the write `wid` may be uploaded now.
-    pub fn begin_upload(&self, key: &MetaKey, wid: &str, ticket: u64) -> UploadGrant {
+    /// Whether `who` may upload its write (acknowledged at `ticket`) now.
+    pub fn begin_upload(&self, key: &MetaKey, who: &Uploader, ticket: u64) -> UploadGrant {
         self.with_writes(key, |w| {
-            if ticket < w.committed || w.current.as_ref().is_some_and(|c| c.ticket > ticket) {
+            // A write whose ticket is committed is in the origin already (uploaded by another
+            // holder of it), or older than a write or delete that is.
+            if ticket <= w.committed || w.live().is_some_and(|c| c.ticket > ticket) {
                 return UploadGrant::Superseded;
             }
             if let Some((other, since)) = &w.uploading
-                && other != wid
+                && other != who
                 && since.elapsed() < UPLOAD_LEASE
             {
                 return UploadGrant::Wait;
             }
-            w.uploading = Some((wid.to_owned(), Instant::now()));
+            w.uploading = Some((who.clone(), Instant::now()));
+            UploadGrant::Go
+        })
+    }
+
+    /// Takes a key's turn for an operation that goes to the origin at once (a write-through PUT,
+    /// a delete) with a ticket newer than every write acknowledged before it: it waits for a
+    /// running upload, never for a pending one.
+    pub fn begin_origin_op(&self, key: &MetaKey, who: &Uploader) -> UploadGrant {
+        self.with_writes(key, |w| {
+            if let Some((other, since)) = &w.uploading
+                && other != who
+                && since.elapsed() < UPLOAD_LEASE
+            {
+                return UploadGrant::Wait;
+            }
+            w.uploading = Some((who.clone(), Instant::now()));
             UploadGrant::Go
         })
     }
 
     /// Ends an upload; with `info`, the write is in the origin under that metadata.
-    pub fn end_upload(&self, key: &MetaKey, wid: &str, ticket: u64, info: Option<ObjectInfo>) {
+    pub fn end_upload(&self, key: &MetaKey, who: &Uploader, ticket: u64, info: Option<ObjectInfo>) {
         let clean = self.with_writes(key, |w| {
-            if w.uploading.as_ref().is_some_and(|(u, _)| u == wid) {
+            if w.uploading.as_ref().is_some_and(|(u, _)| u == who) {
                 w.uploading = None;
             }
             let info = info?;
             w.committed = w.committed.max(ticket);
-            if w.current.as_ref().is_some_and(|c| c.wid == wid || c.ticket <= ticket) {
+            if w.live().is_some_and(|c| c.wid == who.wid || c.ticket <= ticket) {
                 w.current = None;
             }
             w.current.is_none().then_some(info)
@@ -190,12 +261,27 @@ impl MetaCache {
         }
     }
 
-    /// Records a write that went straight to the origin: older pending writes are superseded.
-    pub fn committed_write(&self, key: &MetaKey, ticket: u64) {
+    /// Records a write that went straight to the origin (or a delete): older pending writes are
+    /// superseded; `who`, if it held the key's turn, gives it back.
+    pub fn committed_write(&self, key: &MetaKey, ticket: u64, who: Option<&Uploader>) {
         self.with_writes(key, |w| {
+            if let Some(who) = who
+                && w.uploading.as_ref().is_some_and(|(u, _)| u == who)
+            {
+                w.uploading = None;
+            }
             w.committed = w.committed.max(ticket);
-            if w.current.as_ref().is_some_and(|c| c.ticket <= ticket) {
+            if w.live().is_some_and(|c| c.ticket <= ticket) {
                 w.current = None;
+            }
+        });
+    }
+
+    /// Gives back a key's turn without a commit (an origin operation that failed).
+    pub fn release_turn(&self, key: &MetaKey, who: &Uploader) {
+        self.with_writes(key, |w| {
+            if w.uploading.as_ref().is_some_and(|(u, _)| u == who) {
+                w.uploading = None;
             }
         });
     }

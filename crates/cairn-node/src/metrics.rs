@@ -38,6 +38,8 @@ pub struct Metrics {
     pub peer_served: AtomicU64,
     pub peer_refused: AtomicU64,
     pub peer_slow: AtomicU64,
+    pub peer_hedges: AtomicU64,
+    pub peer_probes_failed: AtomicU64,
     latency: Mutex<BTreeMap<&'static str, Histogram>>,
     errors: Mutex<BTreeMap<(&'static str, String), u64>>,
 }
@@ -170,6 +172,18 @@ impl Metrics {
             "cairn_peer_failovers_total",
             "Peers that failed a request and were marked suspect.",
             &[("", get(&self.peer_failovers))],
+        );
+        counter(
+            &mut out,
+            "cairn_peer_hedges_total",
+            "Chunk requests also sent to the next node because the first was slower than the hedge delay.",
+            &[("", get(&self.peer_hedges))],
+        );
+        counter(
+            &mut out,
+            "cairn_peer_probes_failed_total",
+            "Peers slow to answer that then failed a liveness probe (frozen or gone).",
+            &[("", get(&self.peer_probes_failed))],
         );
         counter(
             &mut out,

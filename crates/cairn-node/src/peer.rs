@@ -99,9 +99,20 @@ async fn handle(state: &NodeState, cluster: &Cluster, req: Request<Incoming>) ->
             }
             None => text(StatusCode::BAD_REQUEST, "BadRequest", "wid must be 32 hex digits"),
         },
-        (Method::GET, "/wb/has") => match q.get("wid") {
-            Some(wid) if state.writeback.journal.record(wid).is_some() => text(StatusCode::OK, "", "yes"),
-            _ => text(StatusCode::OK, "", "no"),
+        (Method::POST, "/wb/held") => match json_body::<Vec<String>>(req).await {
+            Ok(wids) => json(&writeback::held(state, &wids)),
+            Err(r) => r,
+        },
+        (Method::POST, "/wb/announce") => match json_body::<Vec<WriteMsg>>(req).await {
+            Ok(msgs) => {
+                writeback::apply_announce(state, &msgs);
+                text(StatusCode::NO_CONTENT, "", "")
+            }
+            Err(r) => r,
+        },
+        (Method::GET, "/wb/owned") => match q.get("node") {
+            Some(node) => json(&writeback::owned_state(state, node)),
+            None => text(StatusCode::BAD_REQUEST, "BadRequest", "node is required"),
         },
         (Method::GET, "/wb/pending") => {
             let upto = q.get("upto").and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
@@ -147,6 +158,13 @@ async fn get_chunk(state: &NodeState, q: &HashMap<String, String>) -> Resp {
         version: ObjectVersion { origin: k.origin, bucket: k.bucket, key: k.key, version, size },
         chunk_size,
     };
+    // Asked of a replica holder: served from what this node holds, never fetched.
+    if q.get("held").is_some_and(|v| v == "1") {
+        return match state.reader.held_chunk(&handle, index).await {
+            Some(b) => Response::new(Full::new(b)),
+            None => text(StatusCode::NOT_FOUND, "NotHeld", "this node does not hold the chunk"),
+        };
+    }
     match state.reader.local_chunk(&handle, index).await {
         Ok(b) => Response::new(Full::new(b)),
         Err(e) => origin_failure(&e),
@@ -197,6 +215,19 @@ async fn put_chunk(state: &NodeState, hex: &str, req: Request<Incoming>) -> Resp
 
 /// Largest write-back control message (a record lists a checksum per chunk).
 const MAX_WB_MESSAGE: usize = 16 << 20;
+
+fn json<T: serde::Serialize>(v: &T) -> Resp {
+    match serde_json::to_vec(v) {
+        Ok(b) => Response::new(Full::new(Bytes::from(b))),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string()),
+    }
+}
+
+async fn json_body<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Resp> {
+    let body = small_body(req).await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| text(StatusCode::BAD_REQUEST, "BadRequest", format!("malformed body: {e}")))
+}
 
 async fn small_body(req: Request<Incoming>) -> Result<Bytes, Resp> {
     match http_body_util::Limited::new(req.into_body(), MAX_WB_MESSAGE).collect().await {

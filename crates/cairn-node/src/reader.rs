@@ -21,6 +21,9 @@ use crate::cluster::{ChunkQuery, Cluster, PeerError};
 use crate::metrics::Metrics;
 use crate::singleflight::SingleFlight;
 
+/// Nodes of a chunk's ranking asked for a replica of a pending write when its writer cannot
+/// serve it (the replica holders are among the first ones).
+const REPLICA_CANDIDATES: usize = 6;
 /// Objects whose access pattern is tracked for sequential readahead at once.
 const MAX_TRACKED_READERS: usize = 10_000;
 
@@ -127,6 +130,15 @@ impl ReadThrough {
         self.fetch(obj, index, id).await
     }
 
+    /// A chunk this node holds (tiers or journal), without fetching it from anywhere.
+    pub async fn held_chunk(&self, obj: &ObjectHandle, index: u64) -> Option<Bytes> {
+        let id = obj.chunk_id(index);
+        if let Some((b, _)) = self.store.get(id).await {
+            return Some(b);
+        }
+        self.journaled(id).await
+    }
+
     fn origin_fetch_job(&self, obj: &ObjectHandle, index: u64, id: ChunkId) -> OriginFetch {
         OriginFetch {
             store: self.store.clone(),
@@ -165,26 +177,20 @@ impl ReadThrough {
         let job = self.origin_fetch_job(obj, index, id);
         let chunk_size = obj.chunk_size;
         let flights = self.flights.clone();
+        let metrics = self.metrics.clone();
         let (result, waited) = self
             .routed
             .run(id, move || async move {
                 let q = ChunkQuery::new(&job.version, chunk_size, index);
-                for node in &candidates {
-                    if node.id == cluster.node_id {
-                        break;
+                let peers: Vec<_> = candidates.iter().take_while(|n| n.id != cluster.node_id).collect();
+                match hedged(&cluster, &metrics, &peers, id, |node| cluster.get_chunk(node, &q)).await {
+                    Some(Ok(b)) => {
+                        // A near copy in RAM only: the owner keeps the durable one.
+                        job.store.insert_ram(id, b.clone());
+                        return Ok(b);
                     }
-                    match cluster.get_chunk(node, &q).await {
-                        Ok(b) => {
-                            // A near copy in RAM only: the owner keeps the durable one.
-                            job.store.insert_ram(id, b.clone());
-                            return Ok(b);
-                        }
-                        Err(PeerError::Origin(e)) => return Err(Arc::new(e)),
-                        Err(PeerError::Unavailable(m)) => {
-                            tracing::warn!(peer = %node.id, error = %m, chunk = %id, "peer failed; trying the next node");
-                            cluster.mark_suspect(&node.id);
-                        }
-                    }
+                    Some(Err(e)) => return Err(Arc::new(e)),
+                    None => {}
                 }
                 flights.run(id, move || job.run()).await.0
             })
@@ -270,6 +276,83 @@ impl ReadThrough {
     }
 }
 
+/// Asks `peers` for a chunk in ranking order. A peer that fails is marked suspect and the next
+/// is asked at once; a peer that has not answered within the cluster's hedge delay (derived from
+/// how long peers usually take) is left running while the next one is asked too, and the first
+/// answer wins, so one frozen or stalled node delays a read by about that delay rather than
+/// until it is declared dead. `None`: no peer answered (the caller reads the origin).
+async fn hedged<'a, F, Fut>(
+    cluster: &Cluster,
+    metrics: &Metrics,
+    peers: &[&'a cairn_core::cluster::NodeEntry],
+    id: ChunkId,
+    ask: F,
+) -> Option<Result<Bytes, OriginError>>
+where
+    F: Fn(&'a cairn_core::cluster::NodeEntry) -> Fut,
+    Fut: std::future::Future<Output = Result<Bytes, PeerError>>,
+{
+    use futures::stream::FuturesUnordered;
+    let mut next = peers.iter();
+    let mut running = FuturesUnordered::new();
+    let start = |node: &'a cairn_core::cluster::NodeEntry| {
+        let fut = ask(node);
+        async move {
+            let started = std::time::Instant::now();
+            (node, started, fut.await)
+        }
+    };
+    if let Some(n) = next.next() {
+        running.push(start(n));
+    }
+    loop {
+        if running.is_empty() {
+            return None;
+        }
+        let hedge = tokio::time::sleep(cluster.hedge_delay());
+        tokio::select! {
+            Some((node, started, r)) = running.next() => match r {
+                Ok(b) => {
+                    cluster.observe(started.elapsed());
+                    return Some(Ok(b));
+                }
+                Err(PeerError::Origin(e)) => return Some(Err(e)),
+                Err(PeerError::Unavailable(m)) => {
+                    tracing::warn!(peer = %node.id, error = %m, chunk = %id, "peer failed; trying the next node");
+                    cluster.mark_suspect(&node.id);
+                    if let Some(n) = next.next() {
+                        running.push(start(n));
+                    }
+                }
+            },
+            _ = hedge => match next.next() {
+                Some(n) => {
+                    Metrics::add(&metrics.peer_hedges, 1);
+                    tracing::debug!(peer = %n.id, chunk = %id, "a peer is slow; asking the next node too");
+                    running.push(start(n));
+                }
+                // Nobody left to ask: wait for the running requests (each bounded by the peer
+                // transport's own deadlines).
+                None => {
+                    if let Some((node, started, r)) = running.next().await {
+                        match r {
+                            Ok(b) => {
+                                cluster.observe(started.elapsed());
+                                return Some(Ok(b));
+                            }
+                            Err(PeerError::Origin(e)) => return Some(Err(e)),
+                            Err(PeerError::Unavailable(m)) => {
+                                tracing::warn!(peer = %node.id, error = %m, chunk = %id, "peer failed");
+                                cluster.mark_suspect(&node.id);
+                            }
+                        }
+                    }
+                }
+            },
+        }
+    }
+}
+
 /// One origin range GET of one chunk, pinned to the object's version, stored on success.
 struct OriginFetch {
     store: Arc<ChunkStore>,
@@ -307,26 +390,41 @@ async fn journaled(journal: &Arc<Journal>, store: &ChunkStore, id: ChunkId) -> O
 impl OriginFetch {
     /// A chunk of a write not yet in the origin comes from its writer, which holds all of it.
     async fn fetch_from_writer(self, writer: &str) -> ChunkResult {
-        let gone = |m: String| Arc::new(OriginError::new(cairn_origin::ErrorKind::VersionChanged, m));
-        let cluster = match &self.cluster {
-            Some(c) if c.node_id != writer => c,
-            _ => return Err(gone(format!("write {} is no longer pending here", self.version.version))),
-        };
-        let Some(node) = cluster.node(writer) else {
-            return Err(Arc::new(OriginError::new(
-                cairn_origin::ErrorKind::Backend,
-                format!("writer {writer} of a pending object is not in the map"),
-            )));
-        };
+        let gone = OriginError::new(
+            cairn_origin::ErrorKind::VersionChanged,
+            format!("write {} is no longer pending here", self.version.version),
+        );
+        let Some(cluster) = &self.cluster else { return Err(Arc::new(gone)) };
         let q = ChunkQuery::new(&self.version, self.chunk_size, self.index);
-        match cluster.get_chunk(&node, &q).await {
-            Ok(b) => {
-                self.store.insert(self.id, b.clone());
-                Ok(b)
-            }
-            Err(PeerError::Origin(e)) => Err(Arc::new(e)),
-            Err(PeerError::Unavailable(m)) => Err(Arc::new(OriginError::new(cairn_origin::ErrorKind::Backend, m))),
+        let mut from_writer = gone;
+        if cluster.node_id != writer {
+            from_writer = match cluster.node(writer) {
+                None => OriginError::new(
+                    cairn_origin::ErrorKind::Backend,
+                    format!("writer {writer} of a pending object is not in the map"),
+                ),
+                Some(node) => match cluster.get_chunk(&node, &q).await {
+                    Ok(b) => {
+                        self.store.insert(self.id, b.clone());
+                        return Ok(b);
+                    }
+                    Err(PeerError::Origin(e)) => e,
+                    Err(PeerError::Unavailable(m)) => OriginError::new(cairn_origin::ErrorKind::Backend, m),
+                },
+            };
         }
+        // The writer is gone or lost the write: its replica holders (the chunk's first nodes
+        // other than the writer) hold it; asked for what they hold only, never to fetch it.
+        for holder in cluster.ranking(self.id.0 as u64, REPLICA_CANDIDATES) {
+            if holder.id == writer || holder.id == cluster.node_id {
+                continue;
+            }
+            if let Ok(b) = cluster.get_held_chunk(&holder, &q).await {
+                self.store.insert(self.id, b.clone());
+                return Ok(b);
+            }
+        }
+        Err(Arc::new(from_writer))
     }
 
     async fn run(self) -> ChunkResult {

@@ -380,6 +380,24 @@ impl CairnS3 {
         Ok((page, max as i32))
     }
 
+    /// The key's turn for an origin operation: waits for a running upload of the key, so it
+    /// cannot land after this operation.
+    async fn origin_turn(&self, entry: &OriginEntry, bucket: &str, key: &str) -> S3Result<writeback::OriginTurn> {
+        writeback::begin_origin_op(&self.state, entry, bucket, key)
+            .await
+            .map_err(|e| S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.to_string()))
+    }
+
+    /// Deletes a key at the origin in its turn, superseding older pending writes of it.
+    async fn delete_key(&self, entry: &OriginEntry, bucket: &str, key: &str) -> S3Result<()> {
+        let turn = self.origin_turn(entry, bucket, key).await?;
+        crate::metrics::Metrics::add(&self.state.metrics.origin_delete, 1);
+        let r = entry.origin.delete(bucket, key).await;
+        writeback::end_origin_op(&self.state, turn, r.is_ok()).await;
+        self.invalidate(entry, bucket, key).await;
+        r.map_err(|e| origin_error(&e))
+    }
+
     /// Streams a request body to the origin under the node's size limit.
     async fn put_body(
         &self,
@@ -390,11 +408,10 @@ impl CairnS3 {
         over: &AtomicBool,
         content_type: Option<String>,
     ) -> S3Result<Option<String>> {
+        let turn = self.origin_turn(entry, bucket, key).await?;
         crate::metrics::Metrics::add(&self.state.metrics.origin_put, 1);
         let r = entry.origin.put(bucket, key, body, content_type).await;
-        if r.is_ok() {
-            writeback::note_origin_write(&self.state, entry, bucket, key).await;
-        }
+        writeback::end_origin_op(&self.state, turn, r.is_ok()).await;
         self.invalidate(entry, bucket, key).await;
         match r {
             Ok(info) => Ok(info.etag),
@@ -630,11 +647,7 @@ impl S3 for CairnS3 {
             let (bucket, key) = (req.input.bucket.as_str(), req.input.key.as_str());
             check_key(key)?;
             let entry = self.origin(bucket)?;
-            crate::metrics::Metrics::add(&self.state.metrics.origin_delete, 1);
-            writeback::note_origin_write(&self.state, entry, bucket, key).await;
-            let r = entry.origin.delete(bucket, key).await;
-            self.invalidate(entry, bucket, key).await;
-            r.map_err(|e| origin_error(&e))?;
+            self.delete_key(entry, bucket, key).await?;
             Ok(S3Response::new(DeleteObjectOutput::default()))
         })
         .await
@@ -655,13 +668,7 @@ impl S3 for CairnS3 {
                 let key = obj.key.as_str();
                 let r = match check_key(key) {
                     Err(e) => Err(e),
-                    Ok(()) => {
-                        crate::metrics::Metrics::add(&self.state.metrics.origin_delete, 1);
-                        writeback::note_origin_write(&self.state, entry, bucket, key).await;
-                        let r = entry.origin.delete(bucket, key).await;
-                        self.invalidate(entry, bucket, key).await;
-                        r.map_err(|e| origin_error(&e))
-                    }
+                    Ok(()) => self.delete_key(entry, bucket, key).await,
                 };
                 match r {
                     Ok(()) if !quiet => deleted.push(DeletedObject { key: Some(key.to_owned()), ..Default::default() }),

@@ -181,7 +181,7 @@ async fn write_back_admin(
 fn write_back_metrics(out: &mut String, state: &NodeState) {
     let wb = &state.writeback;
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let s = wb.summary(state.cluster.as_deref(), None, "", u64::MAX);
+    let s = wb.summary(None, "", u64::MAX);
     let mut metric =
         |name: &str, kind: &str, help: &str, rows: &[(&str, u64)]| crate::metrics::series(out, kind, name, help, rows);
     metric(
@@ -191,6 +191,12 @@ fn write_back_metrics(out: &mut String, state: &NodeState) {
         &[("", s.dirty_bytes)],
     );
     metric("cairn_pending_uploads", "gauge", "Writes this node has to upload.", &[("", s.objects)]);
+    metric(
+        "cairn_replicas_held",
+        "gauge",
+        "Writes of other nodes this node holds replicas of until their upload is confirmed.",
+        &[("", s.replicas)],
+    );
     metric(
         "cairn_writes_acked_total",
         "counter",

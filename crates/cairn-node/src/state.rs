@@ -53,9 +53,16 @@ impl NodeState {
         } else {
             None
         };
-        let writeback =
-            WriteBack::open(dir.join("writeback"), config.writeback.clone(), config.cluster.node_id.clone())
-                .map_err(|e| StartError::Io(format!("write-back journal under {}", dir.display()), e))?;
+        let incarnation =
+            incarnation(&dir).map_err(|e| StartError::Io(format!("incarnation under {}", dir.display()), e))?;
+        tracing::info!(%incarnation, "cache directory opened");
+        let writeback = WriteBack::open(
+            dir.join("writeback"),
+            config.writeback.clone(),
+            config.cluster.node_id.clone(),
+            incarnation,
+        )
+        .map_err(|e| StartError::Io(format!("write-back journal under {}", dir.display()), e))?;
         let reader = Arc::new(ReadThrough::new(
             Arc::new(store),
             metrics.clone(),
@@ -100,4 +107,26 @@ impl NodeState {
             .find(|o| o.config.bucket.as_deref() == Some(bucket))
             .or_else(|| self.origins.iter().find(|o| o.config.bucket.is_none()))
     }
+}
+
+/// The cache directory's incarnation: a random id made when the directory is first used, so a node
+/// restarted on an empty disk is told apart from one restarted with its data.
+fn incarnation(dir: &std::path::Path) -> std::io::Result<String> {
+    let path = dir.join("incarnation");
+    if let Ok(id) = std::fs::read_to_string(&path)
+        && id.trim().len() == 32
+    {
+        return Ok(id.trim().to_owned());
+    }
+    let id = format!("{:032x}", rand::random::<u128>());
+    let tmp = dir.join("incarnation.tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(id.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(id)
 }

@@ -10,7 +10,7 @@
 //! upload older than an acknowledged newer write is dropped, so the last acknowledged write is the
 //! last one in the origin.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,17 +32,24 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 use crate::cluster::{ChunkQuery, Cluster, PeerError};
-use crate::meta::{MetaKey, PendingWrite, UploadGrant};
+use crate::meta::{MetaKey, PendingWrite, UploadGrant, Uploader};
 use crate::metrics::Metrics;
 use crate::multipart::StagedPart;
 use crate::state::{NodeState, OriginEntry};
 
 /// Replica folders whose record never came are removed after this long.
 const UNCOMMITTED_MAX_AGE: Duration = Duration::from_secs(3600);
-/// How often replica holders look for writes whose writer is gone.
-const TAKEOVER_POLL: Duration = Duration::from_secs(1);
-/// How often a replica holder asks a live writer about one of its writes.
-const WRITER_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// How often a replica holder asks a writer about the writes it holds replicas of.
+const WRITER_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// Replicas younger than this are not asked about: their write may still be arriving.
+const WRITER_CHECK_MIN_AGE: Duration = Duration::from_secs(2);
+/// How often every holder of a pending write (its writer and replica holders) announces it to the
+/// owners of its key's metadata; owners forget a write not announced for `meta::PENDING_LEASE`.
+pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
+/// Longest a node spends at start-up learning pending writes before it serves requests.
+const RECOVERY_MAX: Duration = Duration::from_secs(15);
+/// Longest a write-through PUT or a delete waits for a running upload of its key.
+const ORIGIN_OP_WAIT: Duration = Duration::from_secs(60);
 /// Nodes asked at once for their pending uploads by a sync barrier or status call.
 const SUMMARY_FANOUT: usize = 64;
 /// How often a deferred upload looks again.
@@ -92,6 +99,9 @@ pub struct WriteMsg {
     pub ticket: u64,
     /// Register: the pending object's metadata. End of upload: the origin's (none: abandoned).
     pub info: Option<InfoMsg>,
+    /// The node uploading the write or running the origin operation.
+    #[serde(default)]
+    pub node: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -127,7 +137,11 @@ impl WriteMsg {
         MetaKey { origin: self.origin.clone(), bucket: self.bucket.clone(), key: self.key.clone() }
     }
 
-    fn of(rec: &WriteRecord, info: Option<&ObjectInfo>) -> Self {
+    fn uploader(&self) -> Uploader {
+        Uploader { wid: self.wid.clone(), node: self.node.clone() }
+    }
+
+    fn of(rec: &WriteRecord, info: Option<&ObjectInfo>, node: &str) -> Self {
         Self {
             origin: rec.origin.clone(),
             bucket: rec.bucket.clone(),
@@ -135,16 +149,52 @@ impl WriteMsg {
             wid: rec.wid.clone(),
             ticket: rec.ticket,
             info: info.map(InfoMsg::from_info),
+            node: node.to_owned(),
         }
     }
+
+    /// The registration of a journaled write: its pending version, acknowledged at its ticket.
+    fn pending(rec: &WriteRecord, node: &str) -> Self {
+        Self::of(rec, Some(&pending_info(rec)), node)
+    }
+}
+
+/// What readers see of a write until it is in the origin.
+fn pending_info(rec: &WriteRecord) -> ObjectInfo {
+    ObjectInfo {
+        size: rec.size,
+        etag: rec.version.clone(),
+        last_modified: chrono::DateTime::from_timestamp_nanos(rec.ticket as i64),
+        content_type: rec.content_type.clone(),
+    }
+}
+
+/// A writer's answer about writes a replica holder keeps.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HeldAnswer {
+    /// The writer's incarnation now.
+    pub incarnation: String,
+    /// The asked writes it still holds (journaled or being written).
+    pub held: Vec<String>,
+}
+
+/// Pending writes and remembered commits of keys whose metadata a restarted node owns.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct OwnedState {
+    pub register: Vec<WriteMsg>,
+    pub committed: Vec<WriteMsg>,
 }
 
 /// Pending uploads on one node.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Summary {
     pub node: String,
+    /// Writes this node uploads.
     pub objects: u64,
     pub bytes: u64,
+    /// Writes this node holds replicas of, until their upload is confirmed.
+    #[serde(default)]
+    pub replicas: u64,
     pub oldest_age_secs: f64,
     pub dirty_bytes: u64,
     pub last_error: Option<String>,
@@ -157,6 +207,8 @@ pub struct ClusterSummary {
     pub mark: u64,
     pub objects: u64,
     pub bytes: u64,
+    #[serde(default)]
+    pub replicas: u64,
     pub nodes: Vec<Summary>,
     pub unreachable: Vec<String>,
 }
@@ -179,6 +231,11 @@ pub struct WriteBack {
     pub stats: WriteStats,
     cfg: WritebackSection,
     node_id: String,
+    /// This node's incarnation: changes when the node starts on an empty cache directory.
+    pub incarnation: String,
+    /// Writes being received here, not yet committed: replica holders asking about them must not
+    /// take them for finished.
+    in_flight: Mutex<HashSet<String>>,
     last_ticket: Mutex<u64>,
     queue: mpsc::UnboundedSender<String>,
     queue_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
@@ -196,7 +253,7 @@ fn now_ns() -> u64 {
 
 impl WriteBack {
     /// Opens the journal; writes found in it are queued for upload.
-    pub fn open(dir: PathBuf, cfg: WritebackSection, node_id: String) -> io::Result<Self> {
+    pub fn open(dir: PathBuf, cfg: WritebackSection, node_id: String, incarnation: String) -> io::Result<Self> {
         let (journal, found) = Journal::open(&dir)?;
         let (queue, rx) = mpsc::unbounded_channel();
         let mut last = 0;
@@ -212,6 +269,8 @@ impl WriteBack {
             stats: WriteStats::default(),
             cfg,
             node_id,
+            incarnation,
+            in_flight: Mutex::new(HashSet::new()),
             last_ticket: Mutex::new(last),
             queue,
             queue_rx: Mutex::new(Some(rx)),
@@ -267,20 +326,22 @@ impl WriteBack {
     }
 
     /// Pending uploads on this node matching the filter, acknowledged up to `upto`.
-    pub fn summary(&self, cluster: Option<&Cluster>, bucket: Option<&str>, prefix: &str, upto: u64) -> Summary {
+    pub fn summary(&self, bucket: Option<&str>, prefix: &str, upto: u64) -> Summary {
         let now = now_ns();
         let mut s = Summary { node: self.node_id.clone(), dirty_bytes: self.journal.dirty(), ..Default::default() };
         for r in self.journal.records() {
-            let counted = match &r.role {
-                Role::Writer { .. } => true,
-                // A replica stands for its write once the writer is gone.
-                Role::Replica { .. } => cluster.is_some_and(|c| c.is_down(&r.writer)),
-            };
-            if !counted || r.ticket > upto || bucket.is_some_and(|b| b != r.bucket) || !r.key.starts_with(prefix) {
+            if r.ticket > upto || bucket.is_some_and(|b| b != r.bucket) || !r.key.starts_with(prefix) {
                 continue;
             }
-            s.objects += 1;
-            s.bytes += r.size;
+            match &r.role {
+                Role::Writer { .. } => {
+                    s.objects += 1;
+                    s.bytes += r.size;
+                }
+                // A replica stands for its write until the upload is confirmed: if the writer
+                // lost it, this holder uploads it.
+                Role::Replica { .. } => s.replicas += 1,
+            }
             s.oldest_age_secs = s.oldest_age_secs.max(now.saturating_sub(r.ticket) as f64 / 1e9);
         }
         s.last_error = self.errors.lock().values().next().cloned();
@@ -292,19 +353,28 @@ fn new_wid() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-/// Removes a write's files unless it was committed.
-struct Uncommitted {
-    journal: Arc<Journal>,
+/// A write being received: counted in flight while alive; its files are removed unless it was
+/// committed.
+struct Uncommitted<'a> {
+    wb: &'a WriteBack,
     wid: String,
     bytes: u64,
     armed: bool,
 }
 
-impl Drop for Uncommitted {
+impl<'a> Uncommitted<'a> {
+    fn new(wb: &'a WriteBack, wid: &str, bytes: u64) -> Self {
+        wb.in_flight.lock().insert(wid.to_owned());
+        Self { wb, wid: wid.to_owned(), bytes, armed: true }
+    }
+}
+
+impl Drop for Uncommitted<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.journal.discard(&self.wid, self.bytes);
+            self.wb.journal.discard(&self.wid, self.bytes);
         }
+        self.wb.in_flight.lock().remove(&self.wid);
     }
 }
 
@@ -344,7 +414,7 @@ pub async fn write_stream(
         _ => None,
     };
     let mut index = 0u64;
-    let mut guard = Uncommitted { journal: journal.clone(), wid: wid.clone(), bytes: 0, armed: true };
+    let mut guard = Uncommitted::new(wb, &wid, 0);
     let path = {
         let (j, w) = (journal.clone(), wid.clone());
         blocking(move || j.create(&w).map(|d| d.join("data"))).await.map_err(|e| io_error("journal folder", e))?
@@ -397,7 +467,7 @@ pub async fn write_stream(
 
 async fn flush(
     wb: &WriteBack,
-    guard: &mut Uncommitted,
+    guard: &mut Uncommitted<'_>,
     writing: &mut Option<tokio::task::JoinHandle<io::Result<(std::fs::File, u64)>>>,
     file: &mut Option<std::fs::File>,
     sums: &mut Vec<u64>,
@@ -481,7 +551,7 @@ pub async fn write_parts(
     let total: u64 = parts.iter().map(|p| p.size).sum();
     let _active = Active::new(&wb.active_writes);
     wb.reserve(total, 0).await;
-    let guard = Uncommitted { journal: journal.clone(), wid: wid.clone(), bytes: total, armed: true };
+    let guard = Uncommitted::new(wb, &wid, total);
     let chunk_size = entry.config.chunk_size.bytes();
     let (j, w) = (journal.clone(), wid.clone());
     let (segments, sums) = blocking(move || {
@@ -535,7 +605,7 @@ async fn finish(
     key: &str,
     content_type: Option<String>,
     durability: Durability,
-    mut guard: Uncommitted,
+    mut guard: Uncommitted<'_>,
     segments: Vec<Segment>,
     sums: Vec<u64>,
     pushed: Option<Pusher>,
@@ -553,6 +623,7 @@ async fn finish(
         content_type,
         version: pending_version(&wid, &wb.node_id),
         writer: wb.node_id.clone(),
+        writer_incarnation: wb.incarnation.clone(),
         durability: durability.to_string(),
         ticket: 0,
         sums,
@@ -574,13 +645,7 @@ async fn finish(
     let (j, r) = (wb.journal.clone(), record.clone());
     blocking(move || j.commit(r)).await.map_err(|e| io_error("journal commit", e))?;
     guard.armed = false;
-    let info = ObjectInfo {
-        size,
-        etag: record.version.clone(),
-        last_modified: chrono::Utc::now(),
-        content_type: record.content_type.clone(),
-    };
-    if let Err(e) = meta_broadcast(state, "register", &WriteMsg::of(&record, Some(&info)), true).await {
+    if let Err(e) = meta_broadcast(state, "register", &WriteMsg::pending(&record, &wb.node_id), true).await {
         tracing::warn!(bucket, key, error = %e, "no owner of the key's metadata took the write; other nodes read the previous version until it is uploaded");
     }
     let counter = if durability == Durability::Replicated { &wb.stats.acked_replicated } else { &wb.stats.acked_local };
@@ -744,23 +809,44 @@ async fn meta_broadcast(state: &Arc<NodeState>, op: &str, msg: &WriteMsg, need_o
     if took == 0 { Err(last_err) } else { Ok(()) }
 }
 
-/// The key's upload turn, from the first metadata owner that answers (go when none does).
-async fn begin_upload(state: &Arc<NodeState>, msg: &WriteMsg) -> UploadGrant {
-    let Some(cluster) = &state.cluster else {
-        return state.meta.begin_upload(&msg.meta_key(), &msg.wid, msg.ticket);
+/// Asks the owners of the message's key's metadata for the key's turn, with `op` ("begin" for an
+/// upload, "begin-op" for an origin operation). Every owner that answers is asked (an owner that
+/// was cut off or restarted may not know a newer write the others know); the most cautious
+/// answer wins. Go when none answers.
+async fn ask_turn(state: &Arc<NodeState>, op: &str, msg: &WriteMsg) -> UploadGrant {
+    let local = |state: &NodeState| match op {
+        "begin" => state.meta.begin_upload(&msg.meta_key(), &msg.uploader(), msg.ticket),
+        _ => state.meta.begin_origin_op(&msg.meta_key(), &msg.uploader()),
     };
+    let Some(cluster) = &state.cluster else { return local(state) };
     let Ok(body) = serde_json::to_vec(msg) else { return UploadGrant::Go };
     let r = state.config.writeback.replicas;
-    for node in cluster.ranking(Cluster::meta_key(&msg.origin, &msg.bucket, &msg.key), r + EXTRA_CANDIDATES) {
-        if node.id == cluster.node_id {
-            return state.meta.begin_upload(&msg.meta_key(), &msg.wid, msg.ticket);
+    let ranking = cluster.ranking(Cluster::meta_key(&msg.origin, &msg.bucket, &msg.key), r + EXTRA_CANDIDATES);
+    let mut answers = Vec::new();
+    for (i, node) in ranking.iter().enumerate() {
+        if i >= r && !answers.is_empty() {
+            break;
         }
-        if let Ok((_, answer)) = cluster.call(&node, Method::POST, "/wb/begin".into(), Bytes::from(body.clone())).await
+        if node.id == cluster.node_id {
+            answers.push(local(state));
+            continue;
+        }
+        if let Ok((_, answer)) = cluster.call(node, Method::POST, format!("/wb/{op}"), Bytes::from(body.clone())).await
         {
-            return UploadGrant::parse(&String::from_utf8_lossy(&answer)).unwrap_or(UploadGrant::Go);
+            answers.push(UploadGrant::parse(&String::from_utf8_lossy(&answer)).unwrap_or(UploadGrant::Go));
         }
     }
-    UploadGrant::Go
+    if answers.contains(&UploadGrant::Superseded) {
+        UploadGrant::Superseded
+    } else if answers.contains(&UploadGrant::Wait) {
+        UploadGrant::Wait
+    } else {
+        UploadGrant::Go
+    }
+}
+
+async fn begin_upload(state: &Arc<NodeState>, msg: &WriteMsg) -> UploadGrant {
+    ask_turn(state, "begin", msg).await
 }
 
 /// Applies a metadata-owner operation from this node or a peer; returns the answer's body.
@@ -772,32 +858,79 @@ pub fn apply_meta_op(state: &NodeState, op: &str, msg: &WriteMsg) -> Option<Stri
             state.meta.register(&key, PendingWrite { wid: msg.wid.clone(), ticket: msg.ticket, info });
             Some(String::new())
         }
-        "begin" => Some(state.meta.begin_upload(&key, &msg.wid, msg.ticket).as_str().to_owned()),
+        "begin" => Some(state.meta.begin_upload(&key, &msg.uploader(), msg.ticket).as_str().to_owned()),
+        "begin-op" => Some(state.meta.begin_origin_op(&key, &msg.uploader()).as_str().to_owned()),
         "end" => {
-            state.meta.end_upload(&key, &msg.wid, msg.ticket, msg.info.as_ref().map(InfoMsg::to_info));
+            state.meta.end_upload(&key, &msg.uploader(), msg.ticket, msg.info.as_ref().map(InfoMsg::to_info));
             Some(String::new())
         }
         "committed" => {
-            state.meta.committed_write(&key, msg.ticket);
+            state.meta.committed_write(&key, msg.ticket, Some(&msg.uploader()));
+            Some(String::new())
+        }
+        "release-turn" => {
+            state.meta.release_turn(&key, &msg.uploader());
             Some(String::new())
         }
         _ => None,
     }
 }
 
-/// Tells the key's metadata owners that a write went to the origin directly (or the key was
-/// deleted), so pending writes acknowledged before it never overwrite it.
-pub async fn note_origin_write(state: &Arc<NodeState>, entry: &OriginEntry, bucket: &str, key: &str) {
+/// The turn of a write-through PUT or a delete at its key's metadata owner.
+pub struct OriginTurn {
+    msg: WriteMsg,
+}
+
+/// Why an origin operation could not take its key's turn.
+#[derive(Debug, thiserror::Error)]
+#[error("an upload of {bucket}/{key} is still running after {waited:?}; retry the request")]
+pub struct TurnBusy {
+    pub bucket: String,
+    pub key: String,
+    pub waited: Duration,
+}
+
+/// Takes the key's turn for an operation that goes to the origin now (a write-through PUT, a
+/// delete): it waits while an upload of the key runs (so that upload cannot land after it) and
+/// supersedes every write acknowledged before it once it ends ([`end_origin_op`]).
+pub async fn begin_origin_op(
+    state: &Arc<NodeState>,
+    entry: &OriginEntry,
+    bucket: &str,
+    key: &str,
+) -> Result<OriginTurn, TurnBusy> {
     let msg = WriteMsg {
         origin: entry.origin.name().to_owned(),
         bucket: bucket.to_owned(),
         key: key.to_owned(),
-        wid: String::new(),
+        wid: format!("op-{}", new_wid()),
         ticket: state.writeback.next_ticket(),
         info: None,
+        node: state.writeback.node_id.clone(),
     };
-    if let Err(e) = meta_broadcast(state, "committed", &msg, false).await {
-        tracing::debug!(bucket, key, error = %e, "could not tell the key's owners about a write-through");
+    let cfg = &state.config.writeback;
+    let started = tokio::time::Instant::now();
+    let mut backoff = cfg.retry_min.0.min(Duration::from_millis(100));
+    loop {
+        match ask_turn(state, "begin-op", &msg).await {
+            UploadGrant::Wait if started.elapsed() < ORIGIN_OP_WAIT => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(cfg.retry_max.0);
+            }
+            UploadGrant::Wait => {
+                return Err(TurnBusy { bucket: bucket.to_owned(), key: key.to_owned(), waited: started.elapsed() });
+            }
+            _ => return Ok(OriginTurn { msg }),
+        }
+    }
+}
+
+/// Ends an origin operation: done, it supersedes older pending writes of the key at every owner
+/// of its metadata; failed, it only gives the turn back.
+pub async fn end_origin_op(state: &Arc<NodeState>, turn: OriginTurn, done: bool) {
+    let op = if done { "committed" } else { "release-turn" };
+    if let Err(e) = meta_broadcast(state, op, &turn.msg, false).await {
+        tracing::debug!(bucket = %turn.msg.bucket, key = %turn.msg.key, error = %e, "could not tell the key's owners about an origin operation");
     }
 }
 
@@ -808,6 +941,7 @@ pub fn spawn(state: &Arc<NodeState>) -> Vec<tokio::task::JoinHandle<()>> {
         tasks.push(tokio::spawn(upload_loop(state.clone(), rx)));
     }
     tasks.push(tokio::spawn(replica_watch(state.clone())));
+    tasks.push(tokio::spawn(announce_loop(state.clone())));
     tasks
 }
 
@@ -837,7 +971,7 @@ async fn upload(state: &Arc<NodeState>, wid: &str) {
     while wb.defer_upload(rec.ticket) {
         tokio::time::sleep(DEFER_POLL).await;
     }
-    let msg = WriteMsg::of(&rec, None);
+    let msg = WriteMsg::of(&rec, None, &wb.node_id);
     let mut backoff = cfg.retry_min.0;
     loop {
         match begin_upload(state, &msg).await {
@@ -852,7 +986,8 @@ async fn upload(state: &Arc<NodeState>, wid: &str) {
     let mut backoff = cfg.retry_min.0;
     let info = loop {
         let body = journal_body(wb.journal.clone(), rec.clone());
-        match entry.origin.put(&rec.bucket, &rec.key, body, rec.content_type.clone()).await {
+        let put = entry.origin.put(&rec.bucket, &rec.key, body, rec.content_type.clone());
+        match renewing_turn(state, &msg, put).await {
             Ok(put) => {
                 Metrics::add(&state.metrics.origin_put, 1);
                 break match entry.origin.head(&rec.bucket, &rec.key).await {
@@ -882,9 +1017,25 @@ async fn upload(state: &Arc<NodeState>, wid: &str) {
     Metrics::add(&wb.stats.uploads, 1);
     Metrics::add(&wb.stats.upload_bytes, rec.size);
     wb.journal.note_uploaded(&rec.wid, &info.etag);
-    let _ = meta_broadcast(state, "end", &WriteMsg::of(&rec, Some(&info)), false).await;
+    let _ = meta_broadcast(state, "end", &WriteMsg::of(&rec, Some(&info), &wb.node_id), false).await;
     release(state, &rec).await;
     tracing::debug!(bucket = %rec.bucket, key = %rec.key, bytes = rec.size, "uploaded");
+}
+
+/// Runs `work` (an upload's PUT) while renewing the key's upload turn, so a long upload keeps its
+/// turn and a crashed uploader loses it after `meta::UPLOAD_LEASE`.
+async fn renewing_turn<T>(state: &Arc<NodeState>, msg: &WriteMsg, work: impl std::future::Future<Output = T>) -> T {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(crate::meta::UPLOAD_RENEW);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => {
+                let _ = begin_upload(state, msg).await;
+            }
+        }
+    }
 }
 
 /// Drops a write that a newer acknowledged write of its key superseded, without uploading it.
@@ -951,7 +1102,7 @@ pub async fn commit_replica(state: &NodeState, record: WriteRecord) -> Result<()
     blocking(move || j.commit(record)).await.map_err(|e| io_error("replica commit", e))
 }
 
-/// Replica holders: the write is in the origin.
+/// Replica holders: the write is in the origin (or superseded).
 pub async fn release_replica(state: &NodeState, wid: &str) {
     let j = state.writeback.journal.clone();
     if j.record(wid).is_some_and(|r| matches!(r.role, Role::Replica { .. })) {
@@ -961,69 +1112,126 @@ pub async fn release_replica(state: &NodeState, wid: &str) {
     }
 }
 
-/// Watches replicas whose writer is gone and uploads them from here when this node is the first
-/// live holder; sweeps replica folders that were never committed.
+/// Writers: which of `wids` this node still holds, and its incarnation.
+pub fn held(state: &NodeState, wids: &[String]) -> HeldAnswer {
+    let wb = &state.writeback;
+    let in_flight = wb.in_flight.lock();
+    let held = wids.iter().filter(|w| in_flight.contains(*w) || wb.journal.record(w).is_some()).cloned().collect();
+    HeldAnswer { incarnation: wb.incarnation.clone(), held }
+}
+
+/// What a replica holder learned about a write from its writer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WriterSays {
+    /// The writer holds it and will upload it.
+    Holds,
+    /// The writer (same incarnation) no longer has it: uploaded or superseded, and the release
+    /// did not reach this holder.
+    Finished,
+    /// The writer restarted without its disk: the write is this holder's to upload.
+    Lost,
+    /// The writer is marked down, or did not answer.
+    Unreachable,
+}
+
+/// Asks each writer once about every replica this node holds for it.
+async fn ask_writers(cluster: &Cluster, recs: &[Arc<WriteRecord>]) -> HashMap<String, WriterSays> {
+    let mut by_writer: HashMap<&str, Vec<&WriteRecord>> = HashMap::new();
+    for r in recs {
+        by_writer.entry(r.writer.as_str()).or_default().push(r);
+    }
+    let asks = by_writer.into_iter().map(|(writer, recs)| async move {
+        let unreachable = || recs.iter().map(|r| (r.wid.clone(), WriterSays::Unreachable)).collect::<Vec<_>>();
+        let node = match cluster.node(writer) {
+            Some(n) if !cluster.is_down(writer) => n,
+            _ => return unreachable(),
+        };
+        let wids: Vec<&str> = recs.iter().map(|r| r.wid.as_str()).collect();
+        let Ok(body) = serde_json::to_vec(&wids) else { return unreachable() };
+        let answer = match cluster.call(&node, Method::POST, "/wb/held".into(), Bytes::from(body)).await {
+            Ok((_, b)) => serde_json::from_slice::<HeldAnswer>(&b).ok(),
+            Err(_) => None,
+        };
+        let Some(answer) = answer else { return unreachable() };
+        recs.iter()
+            .map(|r| {
+                let says = if !r.writer_incarnation.is_empty() && r.writer_incarnation != answer.incarnation {
+                    WriterSays::Lost
+                } else if answer.held.contains(&r.wid) {
+                    WriterSays::Holds
+                } else {
+                    WriterSays::Finished
+                };
+                (r.wid.clone(), says)
+            })
+            .collect()
+    });
+    futures::future::join_all(asks).await.into_iter().flatten().collect()
+}
+
+/// Watches replicas: releases those whose upload the writer finished, and uploads from here
+/// those whose writer lost them (restarted on an empty disk), is marked down, or stayed
+/// unreachable for `takeover_after`, when this node is the first live holder; sweeps replica
+/// folders that were never committed.
 async fn replica_watch(state: Arc<NodeState>) {
-    let mut tick = tokio::time::interval(TAKEOVER_POLL);
+    let mut tick = tokio::time::interval(WRITER_CHECK_EVERY);
     let mut sweeps = 0u64;
-    let mut checked: HashMap<String, tokio::time::Instant> = HashMap::new();
+    let mut unreachable_since: HashMap<String, tokio::time::Instant> = HashMap::new();
     loop {
         tick.tick().await;
         sweeps += 1;
-        if sweeps.is_multiple_of(600) {
+        if sweeps.is_multiple_of(300) {
             let j = state.writeback.journal.clone();
             let _ = tokio::task::spawn_blocking(move || j.sweep_uncommitted(UNCOMMITTED_MAX_AGE)).await;
         }
         let Some(cluster) = state.cluster.clone() else { continue };
-        checked.retain(|wid, _| state.writeback.journal.record(wid).is_some());
-        for rec in state.writeback.journal.records() {
-            if !matches!(rec.role, Role::Replica { .. }) || rec.writer == cluster.node_id {
-                continue;
-            }
-            let age = Duration::from_nanos(now_ns().saturating_sub(rec.ticket));
-            if age < state.config.writeback.takeover_after.0 && !cluster.is_down(&rec.writer) {
-                continue;
-            }
-            let now = tokio::time::Instant::now();
-            if checked.get(&rec.wid).is_some_and(|t| now.duration_since(*t) < WRITER_CHECK_EVERY) {
-                continue;
-            }
-            checked.insert(rec.wid.clone(), now);
-            match writer_holds(&cluster, &rec).await {
-                // The writer is at work on it.
-                Some(true) => continue,
-                // Uploaded (or superseded) and the release did not reach this node.
-                Some(false) => {
+        let recs: Vec<Arc<WriteRecord>> = state
+            .writeback
+            .journal
+            .records()
+            .into_iter()
+            .filter(|r| matches!(r.role, Role::Replica { .. }) && r.writer != cluster.node_id)
+            .filter(|r| Duration::from_nanos(now_ns().saturating_sub(r.ticket)) >= WRITER_CHECK_MIN_AGE)
+            .collect();
+        unreachable_since.retain(|wid, _| recs.iter().any(|r| r.wid == *wid));
+        if recs.is_empty() {
+            continue;
+        }
+        let said = ask_writers(&cluster, &recs).await;
+        let now = tokio::time::Instant::now();
+        for rec in &recs {
+            match said.get(&rec.wid).copied().unwrap_or(WriterSays::Unreachable) {
+                WriterSays::Holds => {
+                    unreachable_since.remove(&rec.wid);
+                    continue;
+                }
+                WriterSays::Finished => {
                     release_replica(&state, &rec.wid).await;
                     continue;
                 }
-                None => {}
+                WriterSays::Lost => {}
+                WriterSays::Unreachable => {
+                    let since = *unreachable_since.entry(rec.wid.clone()).or_insert(now);
+                    if !cluster.is_down(&rec.writer)
+                        && now.duration_since(since) < state.config.writeback.takeover_after.0
+                    {
+                        continue;
+                    }
+                }
             }
-            if successor(&cluster, &rec).await.as_deref() != Some(cluster.node_id.as_str()) {
+            if successor(&cluster, rec).await.as_deref() != Some(cluster.node_id.as_str()) {
                 continue;
             }
-            if let Err(e) = take_over(&state, &cluster, &rec).await {
+            if let Err(e) = take_over(&state, &cluster, rec).await {
                 tracing::warn!(key = %rec.key, error = %e, "could not take over a write whose writer is gone; will retry");
             }
         }
     }
 }
 
-/// Whether the writer still holds the write: `None` when it is down or cannot be reached.
-async fn writer_holds(cluster: &Cluster, rec: &WriteRecord) -> Option<bool> {
-    if cluster.is_down(&rec.writer) {
-        return None;
-    }
-    let node = cluster.node(&rec.writer)?;
-    match cluster.call(&node, Method::GET, format!("/wb/has?wid={}", rec.wid), Bytes::new()).await {
-        Ok((_, body)) => Some(&body[..] == b"yes"),
-        Err(_) => None,
-    }
-}
-
 async fn alive(cluster: &Cluster, id: &str) -> bool {
     let Some(node) = cluster.node(id) else { return false };
-    cluster.call(&node, Method::GET, "/healthz".into(), Bytes::new()).await.is_ok()
+    cluster.probe(&node).await
 }
 
 /// The holder that uploads a write whose writer is gone: the first live one in the record's order.
@@ -1055,7 +1263,7 @@ async fn take_over(state: &Arc<NodeState>, cluster: &Arc<Cluster>, rec: &WriteRe
         let mut got = None;
         for id in rec.holders.iter().filter(|h| **h != cluster.node_id) {
             let Some(node) = cluster.node(id) else { continue };
-            match cluster.get_chunk(&node, &q).await {
+            match cluster.get_held_chunk(&node, &q).await {
                 Ok(b) if rec.sums.get(index as usize) == Some(&xxh3_64(&b)) => {
                     got = Some(b);
                     break;
@@ -1089,6 +1297,142 @@ async fn take_over(state: &Arc<NodeState>, cluster: &Arc<Cluster>, rec: &WriteRe
     Metrics::add(&state.writeback.stats.takeovers, 1);
     let _ = state.writeback.queue.send(rec.wid.clone());
     Ok(())
+}
+
+/// Announces every write this node holds (as writer or replica holder) to the owners of its key's
+/// metadata, one request per owner. Owners renew what they know and learn what they lost.
+async fn announce(state: &Arc<NodeState>) {
+    let node_id = state.writeback.node_id.clone();
+    let records = state.writeback.journal.records();
+    let Some(cluster) = &state.cluster else {
+        for r in &records {
+            apply_meta_op(state, "register", &WriteMsg::pending(r, &node_id));
+        }
+        return;
+    };
+    let r = state.config.writeback.replicas;
+    let mut by_owner: HashMap<String, (cairn_core::cluster::NodeEntry, Vec<WriteMsg>)> = HashMap::new();
+    for rec in &records {
+        let msg = WriteMsg::pending(rec, &node_id);
+        for owner in cluster.ranking(Cluster::meta_key(&rec.origin, &rec.bucket, &rec.key), r) {
+            if owner.id == cluster.node_id {
+                apply_meta_op(state, "register", &msg);
+            } else {
+                by_owner.entry(owner.id.clone()).or_insert_with(|| (owner, Vec::new())).1.push(msg.clone());
+            }
+        }
+    }
+    let permits = Semaphore::new(SUMMARY_FANOUT);
+    let sends = by_owner.into_values().map(|(owner, msgs)| {
+        let permits = &permits;
+        async move {
+            let _permit = permits.acquire().await;
+            let Ok(body) = serde_json::to_vec(&msgs) else { return };
+            if let Err(e) = cluster.call(&owner, Method::POST, "/wb/announce".into(), Bytes::from(body)).await {
+                tracing::debug!(peer = %owner.id, error = ?e, "could not announce pending writes");
+            }
+        }
+    });
+    futures::future::join_all(sends).await;
+}
+
+/// Owners: registers announced writes.
+pub fn apply_announce(state: &NodeState, msgs: &[WriteMsg]) {
+    for m in msgs {
+        apply_meta_op(state, "register", m);
+    }
+}
+
+/// Peers: what this node knows that `node` needs as an owner of keys' metadata (after its
+/// restart): the writes this node holds and the key states it keeps, for keys `node` owns.
+pub fn owned_state(state: &NodeState, node: &str) -> OwnedState {
+    let mut out = OwnedState::default();
+    let Some(cluster) = &state.cluster else { return out };
+    let r = state.config.writeback.replicas;
+    let owns = |origin: &str, bucket: &str, key: &str| {
+        cluster.ranking(Cluster::meta_key(origin, bucket, key), r).iter().any(|n| n.id == node)
+    };
+    for rec in state.writeback.journal.records() {
+        if owns(&rec.origin, &rec.bucket, &rec.key) {
+            out.register.push(WriteMsg::pending(&rec, &state.writeback.node_id));
+        }
+    }
+    for ks in state.meta.key_states(|k| owns(&k.origin, &k.bucket, &k.key)) {
+        let base = WriteMsg {
+            origin: ks.key.origin.clone(),
+            bucket: ks.key.bucket.clone(),
+            key: ks.key.key.clone(),
+            wid: String::new(),
+            ticket: ks.committed,
+            info: None,
+            node: String::new(),
+        };
+        if ks.committed > 0 {
+            out.committed.push(base.clone());
+        }
+        if let Some(p) = ks.pending {
+            out.register.push(WriteMsg {
+                wid: p.wid,
+                ticket: p.ticket,
+                info: Some(InfoMsg::from_info(&p.info)),
+                ..base
+            });
+        }
+    }
+    out
+}
+
+/// Start-up, before the node serves requests: registers the writes of its own journal with the
+/// owners of their keys' metadata (itself included), and learns from every peer the pending
+/// writes and commits of the keys whose metadata it owns, so reads after a restart see every
+/// acknowledged write.
+pub async fn recover(state: &Arc<NodeState>) {
+    let started = tokio::time::Instant::now();
+    let learn = async {
+        announce(state).await;
+        let Some(cluster) = &state.cluster else { return 0 };
+        let permits = Semaphore::new(SUMMARY_FANOUT);
+        let asks = cluster.up_nodes().into_iter().filter(|n| n.id != cluster.node_id).map(|node| {
+            let permits = &permits;
+            async move {
+                let _permit = permits.acquire().await;
+                let path = format!(
+                    "/wb/owned?node={}",
+                    url::form_urlencoded::byte_serialize(cluster.node_id.as_bytes()).collect::<String>()
+                );
+                match cluster.call(&node, Method::GET, path, Bytes::new()).await {
+                    Ok((_, body)) => serde_json::from_slice::<OwnedState>(&body).ok(),
+                    Err(_) => None,
+                }
+            }
+        });
+        let mut learned = 0;
+        for owned in futures::future::join_all(asks).await.into_iter().flatten() {
+            for m in &owned.committed {
+                state.meta.committed_write(&m.meta_key(), m.ticket, None);
+            }
+            learned += owned.register.len();
+            apply_announce(state, &owned.register);
+        }
+        learned
+    };
+    match tokio::time::timeout(RECOVERY_MAX, learn).await {
+        Ok(n) => {
+            tracing::info!(pending_learned = n, own = state.writeback.journal.records().len(), took = ?started.elapsed(), "pending writes registered")
+        }
+        Err(_) => {
+            tracing::warn!("learning pending writes from peers took longer than {RECOVERY_MAX:?}; serving anyway")
+        }
+    }
+}
+
+async fn announce_loop(state: Arc<NodeState>) {
+    let mut tick = tokio::time::interval(ANNOUNCE_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        announce(&state).await;
+    }
 }
 
 /// Pending uploads under `bucket`/`prefix` acknowledged up to `mark`, on every node of the map
@@ -1140,12 +1484,13 @@ pub async fn cluster_summary(
     }
     out.objects = out.nodes.iter().map(|n| n.objects).sum();
     out.bytes = out.nodes.iter().map(|n| n.bytes).sum();
+    out.replicas = out.nodes.iter().map(|n| n.replicas).sum();
     out
 }
 
 pub fn wb_summary_local(state: &NodeState, bucket: Option<&str>, prefix: &str, upto: u64) -> Summary {
     *state.writeback.sync_seen.lock() = Some(std::time::Instant::now());
-    state.writeback.summary(state.cluster.as_deref(), bucket, prefix, upto)
+    state.writeback.summary(bucket, prefix, upto)
 }
 
 /// Waits until every write under `bucket`/`prefix` acknowledged before the call is in the origin
@@ -1160,7 +1505,7 @@ pub async fn sync(
     let started = tokio::time::Instant::now();
     loop {
         let s = cluster_summary(state, bucket, prefix, Some(mark)).await;
-        if s.objects == 0 && s.unreachable.is_empty() {
+        if s.objects == 0 && s.replicas == 0 && s.unreachable.is_empty() {
             return (true, s);
         }
         if timeout.is_some_and(|t| started.elapsed() >= t) {

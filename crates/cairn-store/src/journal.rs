@@ -58,6 +58,10 @@ pub struct WriteRecord {
     pub version: String,
     /// Node that accepted the write ("" on a node outside a cluster).
     pub writer: String,
+    /// The writer's incarnation when it accepted the write: a writer restarted on an empty disk
+    /// has another one, and what it says about the write means nothing.
+    #[serde(default)]
+    pub writer_incarnation: String,
     /// "local" or "replicated".
     pub durability: String,
     /// Orders writes of one key (later wins) and sync barriers: nanoseconds since the epoch at
@@ -368,6 +372,7 @@ mod tests {
             content_type: None,
             version: "v".into(),
             writer: String::new(),
+            writer_incarnation: String::new(),
             durability: "local".into(),
             ticket: 1,
             sums,

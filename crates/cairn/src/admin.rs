@@ -100,6 +100,9 @@ pub async fn sync(a: SyncArgs) -> Result<()> {
     loop {
         pb.set_position(total.saturating_sub(s.bytes));
         let mut msg = format!("{} objects left", s.objects);
+        if s.replicas > 0 {
+            msg.push_str(&format!(", {} replicas awaiting confirmation", s.replicas));
+        }
         if !s.unreachable.is_empty() {
             msg.push_str(&format!(", waiting for unreachable nodes {}", s.unreachable.join(", ")));
         }
@@ -107,7 +110,7 @@ pub async fn sync(a: SyncArgs) -> Result<()> {
             msg.push_str(&format!(", retrying: {err}"));
         }
         pb.set_message(msg);
-        if s.objects == 0 && s.unreachable.is_empty() {
+        if s.objects == 0 && s.replicas == 0 && s.unreachable.is_empty() {
             pb.finish_and_clear();
             println!("synced s3://{bucket}/{prefix}: everything written before the call is in the origin");
             return Ok(());
@@ -127,14 +130,18 @@ pub async fn status(a: StatusArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
     }
-    println!("{:<24} {:>8} {:>16} {:>12} {:>16}  last error", "node", "objects", "bytes", "oldest (s)", "dirty bytes");
+    println!(
+        "{:<24} {:>8} {:>16} {:>9} {:>12} {:>16}  last error",
+        "node", "objects", "bytes", "replicas", "oldest (s)", "dirty bytes"
+    );
     for n in &s.nodes {
         let name = if n.node.is_empty() { "(this node)" } else { n.node.as_str() };
         println!(
-            "{:<24} {:>8} {:>16} {:>12.1} {:>16}  {}",
+            "{:<24} {:>8} {:>16} {:>9} {:>12.1} {:>16}  {}",
             name,
             n.objects,
             n.bytes,
+            n.replicas,
             n.oldest_age_secs,
             n.dirty_bytes,
             n.last_error.as_deref().unwrap_or("-")
@@ -143,6 +150,6 @@ pub async fn status(a: StatusArgs) -> Result<()> {
     for id in &s.unreachable {
         println!("{id:<24} unreachable");
     }
-    println!("total: {} objects, {} bytes pending", s.objects, s.bytes);
+    println!("total: {} objects, {} bytes pending, {} replicas held", s.objects, s.bytes, s.replicas);
     Ok(())
 }
