@@ -248,7 +248,8 @@ class Node:
     """A `cairn serve` process with its own config, cache directory and log."""
 
     def __init__(self, workdir, origin_toml, env=None, extra="", metadata="ttl:1s", chunk=CHUNK, host="127.0.0.1",
-                 sections="", wrap=(), kv_ram="256MiB", kv_disk="1GiB", kv_max_value="160MiB", kv_extra=""):
+                 sections="", wrap=(), kv_ram="256MiB", kv_disk="1GiB", kv_max_value="160MiB", kv_extra="",
+                 limits=""):
         self.workdir = pathlib.Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.cache_dir = self.workdir / "cache"
@@ -276,6 +277,7 @@ readahead_chunks = 4
 [limits]
 max_put_size = "64MiB"
 max_part_size = "32MiB"
+{limits}
 
 [kv]
 listen = "{host}:{self.kv_port}"

@@ -22,7 +22,7 @@ class Cluster:
     reads its own copy of the map file, so a test can leave one node on an old version."""
 
     def __init__(self, tmp_path, n, replicas=1, racks=None, chunk=8 * MIB, ips=None, wraps=None, origin=None,
-                 more_sections="", origin_extra="", metadata="immutable"):
+                 more_sections="", origin_extra="", limits="", metadata="immutable"):
         self.origin = origin or LocalOrigin(tmp_path / "origin")
         self.tmp = tmp_path
         self.ips = ips or [f"127.0.0.{11 + i}" for i in range(n)]
@@ -46,7 +46,7 @@ map_poll = "200ms"
 """
             node = Node(tmp_path / f"n{i}", self.origin.toml() + origin_extra, host=ip, chunk=chunk,
                         metadata=metadata, extra="allow_anonymous = true", sections=sections, wrap=wraps[i],
-                        env=self.origin.env)
+                        env=self.origin.env, limits=limits)
             self.nodes.append(node)
 
     def map_text(self, version, down=()):

@@ -37,6 +37,9 @@ pub const DEFAULT_CHUNK_SIZE: ByteSize = ByteSize::mib(8);
 /// Smallest and largest chunk size an origin may configure.
 pub const MIN_CHUNK_SIZE: u64 = 64 << 10;
 pub const MAX_CHUNK_SIZE: u64 = 256 << 20;
+/// Longest `limits.header_read_timeout`: an unauthenticated peer connection must not hold a slot
+/// for long, and authenticated peer connections are closed after a longer idle time (`cairn-node`).
+pub const MAX_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -173,8 +176,20 @@ pub struct LimitsSection {
     pub max_multipart_uploads: usize,
     /// Total bytes of request headers accepted; larger requests get RequestHeaderSectionTooLarge.
     pub max_header_bytes: usize,
-    /// Client connections served at once; further connections wait to be accepted.
+    /// Connections open at once on each listener (S3, admin, peer); a connection over the limit
+    /// is closed as soon as it is accepted.
     pub max_connections: usize,
+    /// Connections open at once from one source address on each listener (KV included); a
+    /// connection over the limit is closed as soon as it is accepted.
+    pub max_connections_per_source: usize,
+    /// Time a connection has to send a complete request head, counted from its opening or from
+    /// the end of the previous response (so it is also how long an idle keep-alive connection is
+    /// kept on the S3 and admin ports), and time a new peer connection has to pass the secret check.
+    pub header_read_timeout: HumanDuration,
+    /// Peer connections that have not yet sent a request with the cluster secret, at once.
+    pub max_unauthenticated_connections: usize,
+    /// The same from one source address.
+    pub max_unauthenticated_per_source: usize,
     /// Keys returned by one listing page at most.
     pub max_list_keys: usize,
 }
@@ -188,6 +203,10 @@ impl Default for LimitsSection {
             max_multipart_uploads: 1_000,
             max_header_bytes: 16 << 10,
             max_connections: 4_096,
+            max_connections_per_source: 1_024,
+            header_read_timeout: HumanDuration(Duration::from_secs(10)),
+            max_unauthenticated_connections: 512,
+            max_unauthenticated_per_source: 64,
             max_list_keys: 1_000,
         }
     }
@@ -593,6 +612,22 @@ impl Config {
         if self.cache.max_origin_fetches == 0 || self.limits.max_connections == 0 {
             return bad("cache.max_origin_fetches and limits.max_connections must be positive".into());
         }
+        let l = &self.limits;
+        if l.max_connections_per_source == 0
+            || l.max_unauthenticated_connections == 0
+            || l.max_unauthenticated_per_source == 0
+        {
+            return bad(
+                "limits.max_connections_per_source, max_unauthenticated_connections and max_unauthenticated_per_source must be positive"
+                    .into(),
+            );
+        }
+        if l.header_read_timeout.0.is_zero() || l.header_read_timeout.0 > MAX_HEADER_READ_TIMEOUT {
+            return bad(format!(
+                "limits.header_read_timeout must be above 0 and at most {}",
+                humantime::format_duration(MAX_HEADER_READ_TIMEOUT)
+            ));
+        }
         let c = &self.cluster;
         if c.enabled() {
             if c.node_id.is_empty() {
@@ -698,6 +733,9 @@ mod tests {
             ("[auth]\nkeys = []", "nobody could use"),
             ("[kv]\nrequirepass = \"\"", "nobody could use the KV endpoint"),
             ("[kv]\nreplicas = 0", "kv.replicas"),
+            ("[limits]\nheader_read_timeout = \"0s\"", "header_read_timeout"),
+            ("[limits]\nheader_read_timeout = \"5m\"", "header_read_timeout"),
+            ("[limits]\nmax_unauthenticated_per_source = 0", "must be positive"),
         ];
         for (text, want) in cases {
             let err = Config::from_toml_str(text).and_then(|c| c.validate().map(|_| c));

@@ -32,6 +32,10 @@ pub const SECRET_HEADER: &str = "x-cairn-secret";
 pub const ERROR_HEADER: &str = "x-cairn-error";
 /// Nodes tried after the owners before a requester reads the origin itself.
 const EXTRA_CANDIDATES: usize = 2;
+/// How long an idle pooled connection to a peer is kept for reuse; shorter than the time after
+/// which a peer closes an idle connection (`peer::PEER_IDLE_TIMEOUT`), so a request never goes out
+/// on a connection the peer is closing.
+pub const PEER_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest body buffer reserved up front from a peer's Content-Length.
 const MAX_BODY_PREALLOC: u64 = 256 << 20;
 /// Successful chunk request durations kept to derive the hedge delay.
@@ -428,7 +432,7 @@ where
     http.set_connect_timeout(Some(cfg.peer_timeout.0));
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(cfg.peer_pool_idle)
-        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_idle_timeout(PEER_POOL_IDLE_TIMEOUT)
         .build(http)
 }
 

@@ -1,5 +1,5 @@
-//! The KV endpoint's sockets: the listener (bounded connections) and one pipelined connection
-//! loop per client.
+//! The KV endpoint's sockets: the listener (connections bounded in total and per source address,
+//! through `server::accept_loop`) and one pipelined connection loop per client.
 //!
 //! A connection parses every complete command in its buffer, runs them in order and writes the
 //! replies in one batch before it blocks on the socket again, so pipelined clients get many
@@ -21,9 +21,9 @@ use bytes::BytesMut;
 use cairn_kv::resp::{self, Output, Parsed, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
 use crate::kv::{KvCounters, KvNode};
+use crate::server::Admission;
 
 /// Buffers handed to one vectored write.
 const MAX_IOVECS: usize = 64;
@@ -45,37 +45,25 @@ impl Drop for Reservation {
     }
 }
 
-pub async fn serve_kv(listener: TcpListener, kv: Arc<KvNode>) {
-    let permits = Arc::new(Semaphore::new(kv.cfg.max_connections));
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "KV accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            // Over the connection limit: say so and close, as Redis does with maxclients.
-            KvCounters::add(&kv.counters.connections_refused, 1);
-            tokio::spawn(async move {
-                let mut stream = stream;
-                let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
-            });
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
+pub async fn serve_kv(listener: TcpListener, kv: Arc<KvNode>, admission: Arc<Admission>) {
+    let counters = kv.clone();
+    // Over a limit: say so and close, as Redis does with maxclients.
+    let refuse = move |stream: &TcpStream, _| {
+        KvCounters::add(&counters.counters.connections_refused, 1);
+        let _ = stream.try_write(b"-ERR max number of clients reached\r\n");
+    };
+    crate::server::accept_loop(listener, admission, refuse, move |stream, peer, slot| {
         let kv = kv.clone();
-        tokio::spawn(async move {
+        async move {
             kv.counters.connections_open.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = connection(stream, &kv).await {
                 tracing::debug!(%peer, error = %e, "KV connection ended with an error");
             }
             kv.counters.connections_open.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
-        });
-    }
+            drop(slot);
+        }
+    })
+    .await
 }
 
 /// Writes the pending replies with vectored writes, so a value and its framing leave in one

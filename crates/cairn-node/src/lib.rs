@@ -34,6 +34,9 @@ pub enum StartError {
     Config(String),
     #[error("{0}: {1}")]
     Io(String, #[source] std::io::Error),
+    /// Another process holds the cache directory.
+    #[error("{0}")]
+    InUse(String),
 }
 
 /// Lets unsigned requests through when the configuration allows anonymous access.
@@ -121,7 +124,7 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
         let (listener, addr) =
             server::bind(listen).await.map_err(|e| StartError::Io(format!("listen on {listen}"), e))?;
         kv_addr = Some(addr);
-        tasks.push(tokio::spawn(kv_conn::serve_kv(listener, kv.clone())));
+        tasks.push(tokio::spawn(kv_conn::serve_kv(listener, kv.clone(), state.listeners.kv.clone())));
     }
     Ok(RunningNode { s3_addr, admin_addr, peer_addr, kv_addr, state, tasks })
 }

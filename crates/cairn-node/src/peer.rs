@@ -1,10 +1,18 @@
 //! The peer transport server: chunk and metadata requests from other nodes, authenticated with
 //! the cluster secret and always served here (from this node's tiers or its own origin fetch),
 //! never forwarded.
+//!
+//! A new connection counts against a small unauthenticated budget (`limits.max_unauthenticated_*`)
+//! until a request passes the secret check; one that does not within `limits.header_read_timeout`
+//! is closed, and a refusal (403) closes it too. Authenticated connections may idle in the peers'
+//! pools, up to [`PEER_IDLE_TIMEOUT`].
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use cairn_core::{ChunkId, ObjectVersion};
@@ -12,12 +20,15 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use parking_lot::Mutex;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 
 use crate::cluster::{Cluster, ERROR_HEADER, SECRET_HEADER, error_status, parse_query, secret_matches};
 use crate::meta::MetaKey;
 use crate::metrics::Metrics;
 use crate::reader::ObjectHandle;
+use crate::server::{Listeners, Slot};
 use crate::state::NodeState;
 use crate::writeback::{self, WriteError, WriteMsg};
 use cairn_store::journal::{WriteRecord, valid_wid};
@@ -43,38 +54,109 @@ fn origin_failure(e: &cairn_origin::Error) -> Resp {
     text(status, code, e.message.clone())
 }
 
-pub async fn serve_peer(listener: TcpListener, state: Arc<NodeState>, cluster: Arc<Cluster>) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(state.config.limits.max_connections));
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
-        let (stream, _) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "peer accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
+/// How long an authenticated peer connection may sit idle (or take to send a request head)
+/// before it is closed. Peers keep idle connections pooled for less than this
+/// ([`crate::cluster::PEER_POOL_IDLE_TIMEOUT`]), so a pooled request never races the close.
+pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+const _: () = assert!(crate::cluster::PEER_POOL_IDLE_TIMEOUT.as_secs() * 2 <= PEER_IDLE_TIMEOUT.as_secs());
+const _: () = assert!(cairn_core::config::MAX_HEADER_READ_TIMEOUT.as_secs() < PEER_IDLE_TIMEOUT.as_secs());
+
+/// One peer connection's standing: it holds a slot of the unauthenticated budget until a request
+/// passes the secret check, then a slot of the peer listener's.
+struct PeerConn {
+    source: IpAddr,
+    slot: Mutex<Slot>,
+    authenticated: AtomicBool,
+    on_auth: Notify,
+}
+
+impl PeerConn {
+    /// Moves the connection to the authenticated budget; false when that is full.
+    fn authenticate(&self, listeners: &Listeners) -> bool {
+        if self.authenticated.load(Ordering::Acquire) {
+            return true;
+        }
+        match listeners.peer.try_admit(self.source) {
+            Ok(slot) => {
+                *self.slot.lock() = slot;
+                self.authenticated.store(true, Ordering::Release);
+                self.on_auth.notify_one();
+                true
             }
-        };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let cluster = cluster.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let state = state.clone();
-                let cluster = cluster.clone();
-                async move { Ok::<_, Infallible>(handle(&state, &cluster, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-            drop(permit);
-        });
+            Err(_) => false,
+        }
     }
 }
 
-async fn handle(state: &NodeState, cluster: &Cluster, req: Request<Incoming>) -> Resp {
+pub async fn serve_peer(listener: TcpListener, state: Arc<NodeState>, cluster: Arc<Cluster>) {
+    let unauthenticated = state.listeners.peer_unauthenticated.clone();
+    crate::server::accept_loop(listener, unauthenticated, crate::server::close_silently, move |stream, peer, slot| {
+        peer_connection(stream, peer, slot, state.clone(), cluster.clone())
+    })
+    .await
+}
+
+/// Serves one peer connection; closes it when no request with the secret comes within
+/// `limits.header_read_timeout` of its opening.
+async fn peer_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: Slot,
+    state: Arc<NodeState>,
+    cluster: Arc<Cluster>,
+) {
+    let conn = Arc::new(PeerConn {
+        source: peer.ip(),
+        slot: Mutex::new(slot),
+        authenticated: AtomicBool::new(false),
+        on_auth: Notify::new(),
+    });
+    let auth_deadline = state.config.limits.header_read_timeout.0;
+    let svc = {
+        let (state, conn) = (state.clone(), conn.clone());
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let (state, cluster, conn) = (state.clone(), cluster.clone(), conn.clone());
+            async move { Ok::<_, Infallible>(handle(&state, &cluster, &conn, req).await) }
+        })
+    };
+    let http = crate::server::http1(PEER_IDLE_TIMEOUT).serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(http);
+    let result = tokio::select! {
+        r = &mut http => r,
+        _ = conn.on_auth.notified() => http.await,
+        _ = tokio::time::sleep(auth_deadline) => {
+            // Dropping the connection closes it, whatever it was doing.
+            state.listeners.peer_unauthenticated.count_timeout();
+            return;
+        }
+    };
+    let admission = if conn.authenticated.load(Ordering::Acquire) {
+        &state.listeners.peer
+    } else {
+        &state.listeners.peer_unauthenticated
+    };
+    crate::server::connection_ended(admission, peer, result);
+}
+
+/// A refusal that also closes the connection, so a client without the secret keeps no slot.
+fn refuse_and_close(status: StatusCode, code: &str, msg: &str) -> Resp {
+    let mut r = text(status, code, msg);
+    r.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    r
+}
+
+async fn handle(state: &NodeState, cluster: &Cluster, conn: &PeerConn, req: Request<Incoming>) -> Resp {
     let given = req.headers().get(SECRET_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
     if !secret_matches(given, cluster.secret().as_bytes()) {
         Metrics::add(&state.metrics.peer_refused, 1);
-        return text(StatusCode::FORBIDDEN, "Forbidden", "missing or wrong cluster secret\n");
+        return refuse_and_close(StatusCode::FORBIDDEN, "Forbidden", "missing or wrong cluster secret\n");
+    }
+    if !conn.authenticate(&state.listeners) {
+        return refuse_and_close(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SlowDown",
+            "peer connection limit reached (limits.max_connections, max_connections_per_source)\n",
+        );
     }
     Metrics::add(&state.metrics.peer_served, 1);
     let q = parse_query(req.uri().query());

@@ -1,27 +1,217 @@
-//! Listeners: the S3 endpoint and the admin endpoint (`/metrics`, `/healthz`).
+//! Listeners: the S3 endpoint and the admin endpoint (`/metrics`, `/healthz`), and the admission
+//! control every listener shares (S3, admin, peer, KV).
+//!
+//! A listener accepts every connection at once and decides afterwards: over its limit, or over the
+//! limit for the connection's source address, the connection is closed straight away. Accept never
+//! waits for a free slot, because a listener that stops accepting leaves new connections in the
+//! kernel's backlog, where legitimate ones wait behind whatever filled it. HTTP connections must
+//! send each request head within `limits.header_read_timeout`, counted from the connection's start
+//! or the end of the previous response, so a connection that sends nothing does not keep its slot.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
+use cairn_core::config::LimitsSection;
 use futures::future::BoxFuture;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use parking_lot::Mutex;
 use s3s::service::S3Service;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::state::NodeState;
 
 /// Read buffer of a connection; requests whose head does not fit are refused by hyper (431).
 const MAX_CONN_BUF: usize = 1 << 20;
-/// Time a client has to send a request head.
-const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Accept queue length asked of the kernel for every listener.
+const LISTEN_BACKLOG: u32 = 4_096;
+/// Pause after a failed accept (out of file descriptors, say) before the next one.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
+/// Why a connection was closed as soon as it was accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The listener has `max` connections open.
+    Full,
+    /// The connection's source address has `max_per_source` connections open.
+    SourceFull,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    by_source: HashMap<IpAddr, usize>,
+}
+
+/// Connection limits of one listener (or of one stage of it: the peer port's unauthenticated
+/// connections have their own): a global count and a count per source address.
+pub struct Admission {
+    /// Listener name in metrics: `s3`, `admin`, `peer`, `peer_unauthenticated`, `kv`.
+    pub name: &'static str,
+    max: usize,
+    max_per_source: usize,
+    counts: Mutex<Counts>,
+    refused_full: AtomicU64,
+    refused_source: AtomicU64,
+    timed_out: AtomicU64,
+}
+
+/// One admitted connection's place in its [`Admission`], given back when dropped.
+pub struct Slot {
+    admission: Arc<Admission>,
+    source: IpAddr,
+}
+
+impl Admission {
+    pub fn new(name: &'static str, max: usize, max_per_source: usize) -> Arc<Self> {
+        Arc::new(Self {
+            name,
+            max,
+            max_per_source,
+            counts: Mutex::new(Counts::default()),
+            refused_full: AtomicU64::new(0),
+            refused_source: AtomicU64::new(0),
+            timed_out: AtomicU64::new(0),
+        })
+    }
+
+    /// A slot for a connection from `source`, unless the listener or the source is at its limit.
+    pub fn try_admit(self: &Arc<Self>, source: IpAddr) -> Result<Slot, Refusal> {
+        // IPv4 clients of a dual-stack socket arrive as ::ffff:a.b.c.d; count them as a.b.c.d.
+        let source = source.to_canonical();
+        let mut c = self.counts.lock();
+        if c.total >= self.max {
+            self.refused_full.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::Full);
+        }
+        let n = c.by_source.get(&source).copied().unwrap_or(0);
+        if n >= self.max_per_source {
+            self.refused_source.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::SourceFull);
+        }
+        c.by_source.insert(source, n + 1);
+        c.total += 1;
+        Ok(Slot { admission: self.clone(), source })
+    }
+
+    /// Connections holding a slot.
+    pub fn open(&self) -> usize {
+        self.counts.lock().total
+    }
+
+    /// Counts a connection closed because it sent no request head (or no secret) in time.
+    pub fn count_timeout(&self) {
+        self.timed_out.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.admission.counts.lock();
+        debug_assert!(c.total > 0, "a slot was given back twice");
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.by_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                c.by_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// The admission control of each of a node's listeners.
+pub struct Listeners {
+    pub s3: Arc<Admission>,
+    pub admin: Arc<Admission>,
+    /// Peer connections that passed the secret check.
+    pub peer: Arc<Admission>,
+    /// Peer connections that have not (yet) sent a request with the secret.
+    pub peer_unauthenticated: Arc<Admission>,
+    pub kv: Arc<Admission>,
+}
+
+impl Listeners {
+    pub fn new(limits: &LimitsSection, kv_max_connections: usize) -> Self {
+        let per_source = limits.max_connections_per_source;
+        Self {
+            s3: Admission::new("s3", limits.max_connections, per_source),
+            admin: Admission::new("admin", limits.max_connections, per_source),
+            peer: Admission::new("peer", limits.max_connections, per_source),
+            peer_unauthenticated: Admission::new(
+                "peer_unauthenticated",
+                limits.max_unauthenticated_connections,
+                limits.max_unauthenticated_per_source,
+            ),
+            kv: Admission::new("kv", kv_max_connections, per_source),
+        }
+    }
+
+    fn all(&self) -> [&Admission; 5] {
+        [&self.s3, &self.admin, &self.peer, &self.peer_unauthenticated, &self.kv]
+    }
+}
+
+/// Accepts connections on `listener` until the task is aborted. Each one `admission` lets in runs
+/// `serve` in a task of its own, holding its slot; the others are handed to `refuse`, which must
+/// not wait (it may write a last word the socket takes at once), and closed.
+pub async fn accept_loop<F, Fut, R>(listener: TcpListener, admission: Arc<Admission>, refuse: R, serve: F)
+where
+    F: Fn(TcpStream, SocketAddr, Slot) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+    R: Fn(&TcpStream, Refusal),
+{
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(listener = admission.name, error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+                continue;
+            }
+        };
+        match admission.try_admit(peer.ip()) {
+            Ok(slot) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve(stream, peer, slot));
+            }
+            Err(why) => {
+                tracing::debug!(listener = admission.name, %peer, ?why, "connection refused at accept");
+                refuse(&stream, why);
+            }
+        }
+    }
+}
+
+/// For [`accept_loop`]: close without a word (HTTP listeners: a client cannot have sent a request
+/// yet, so there is nothing to answer).
+pub fn close_silently(_: &TcpStream, _: Refusal) {}
+
+/// The HTTP/1.1 connection settings every listener shares; `head_timeout` bounds the wait for each
+/// request head, from the connection's start or the end of the previous response.
+pub fn http1(head_timeout: Duration) -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.max_buf_size(MAX_CONN_BUF).timer(TokioTimer::new()).header_read_timeout(head_timeout);
+    b
+}
+
+/// Records how a connection ended: a request head that did not come in time counts as a timeout.
+pub fn connection_ended(admission: &Admission, peer: SocketAddr, result: Result<(), hyper::Error>) {
+    if let Err(e) = result {
+        if e.is_timeout() {
+            admission.count_timeout();
+        }
+        tracing::debug!(listener = admission.name, %peer, error = %e, "connection ended with an error");
+    }
+}
 
 /// Wraps the s3s service with checks it does not make itself.
 #[derive(Clone)]
@@ -59,41 +249,30 @@ impl Service<Request<Incoming>> for Front {
 
 pub async fn serve_s3(listener: TcpListener, s3: S3Service, state: Arc<NodeState>) {
     let front = Front { s3, max_header_bytes: state.config.limits.max_header_bytes };
-    let permits = Arc::new(Semaphore::new(state.config.limits.max_connections));
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    let admission = state.listeners.s3.clone();
+    let head_timeout = state.config.limits.header_read_timeout.0;
+    accept_loop(listener, admission.clone(), close_silently, move |stream, peer, slot| {
         let front = front.clone();
         let metrics = state.metrics.clone();
-        tokio::spawn(async move {
+        let admission = admission.clone();
+        async move {
             metrics.connections_open.fetch_add(1, Ordering::Relaxed);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .max_buf_size(MAX_CONN_BUF)
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), front);
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+            let result = http1(head_timeout).serve_connection(TokioIo::new(stream), front).await;
+            connection_ended(&admission, peer, result);
             metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
-        });
-    }
+            drop(slot);
+        }
+    })
+    .await
 }
 
 pub async fn serve_admin(listener: TcpListener, state: Arc<NodeState>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+    let admission = state.listeners.admin.clone();
+    let head_timeout = state.config.limits.header_read_timeout.0;
+    accept_loop(listener, admission.clone(), close_silently, move |stream, peer, slot| {
         let state = state.clone();
-        tokio::spawn(async move {
+        let admission = admission.clone();
+        async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
                 async move {
@@ -108,9 +287,51 @@ pub async fn serve_admin(listener: TcpListener, state: Arc<NodeState>) {
                     Ok::<_, Infallible>(resp)
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-        });
+            let result = http1(head_timeout).serve_connection(TokioIo::new(stream), svc).await;
+            connection_ended(&admission, peer, result);
+            drop(slot);
+        }
+    })
+    .await
+}
+
+fn rows(v: &[(String, u64)]) -> Vec<(&str, u64)> {
+    v.iter().map(|(l, n)| (l.as_str(), *n)).collect()
+}
+
+/// Connections open, refused and timed out on each listener.
+fn listener_metrics(out: &mut String, listeners: &Listeners) {
+    let all = listeners.all();
+    let label = |a: &Admission, extra: &str| format!("listener=\"{}\"{extra}", a.name);
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let open: Vec<(String, u64)> = all.iter().map(|a| (label(a, ""), a.open() as u64)).collect();
+    let mut refused = Vec::new();
+    for a in &all {
+        refused.push((label(a, ",reason=\"limit\""), get(&a.refused_full)));
+        refused.push((label(a, ",reason=\"source_limit\""), get(&a.refused_source)));
     }
+    let timed_out: Vec<(String, u64)> = all.iter().map(|a| (label(a, ""), get(&a.timed_out))).collect();
+    crate::metrics::series(
+        out,
+        "gauge",
+        "cairn_listener_connections",
+        "Connections holding a slot, by listener.",
+        &rows(&open),
+    );
+    crate::metrics::series(
+        out,
+        "counter",
+        "cairn_connections_refused_total",
+        "Connections closed at accept: the listener (limit) or their source address (source_limit) was at its limit.",
+        &rows(&refused),
+    );
+    crate::metrics::series(
+        out,
+        "counter",
+        "cairn_connections_timed_out_total",
+        "Connections closed because no request head (on the peer port: no request with the secret) came in time.",
+        &rows(&timed_out),
+    );
 }
 
 fn admin(state: &NodeState, path: &str) -> Response<Full<Bytes>> {
@@ -121,6 +342,7 @@ fn admin(state: &NodeState, path: &str) -> Response<Full<Bytes>> {
                 cluster_metrics(&mut text, &c.placement());
             }
             write_back_metrics(&mut text, state);
+            listener_metrics(&mut text, &state.listeners);
             if let Some(kv) = &state.kv {
                 kv.render_metrics(&mut text);
             }
@@ -262,8 +484,21 @@ fn cluster_metrics(out: &mut String, p: &cairn_core::placement::Placement) {
     let _ = writeln!(out, "cairn_cluster_nodes{{state=\"down\"}} {}", p.nodes().len() - up);
 }
 
+/// Binds a listener with a long accept queue ([`LISTEN_BACKLOG`], capped by the kernel's
+/// `somaxconn`), so a burst of connections is accepted rather than dropped and retried seconds
+/// later.
 pub async fn bind(addr: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
-    let l = TcpListener::bind(addr).await?;
-    let a = l.local_addr()?;
-    Ok((l, a))
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(l) => {
+                let local = l.local_addr()?;
+                return Ok((l, local));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "address resolved to nothing")))
 }
