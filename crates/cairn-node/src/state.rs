@@ -39,9 +39,15 @@ impl NodeState {
         config.validate().map_err(|e| StartError::Config(e.to_string()))?;
         let dir = PathBuf::from(&config.cache.dir);
         std::fs::create_dir_all(&dir).map_err(|e| StartError::Io(format!("cache dir {}", dir.display()), e))?;
-        let store =
-            ChunkStore::open(&dir.join("store"), config.cache.ram_capacity.bytes(), config.cache.disk_capacity.bytes())
-                .map_err(|e| StartError::Io(format!("disk tier under {}", dir.display()), e))?;
+        let store = ChunkStore::open(
+            &dir.join("store"),
+            config.cache.ram_capacity.bytes(),
+            config.cache.disk_capacity.bytes(),
+            config.cache.free_space_reserve,
+        )
+        .map_err(|e| StartError::Io(format!("disk tier under {}", dir.display()), e))?;
+        // Journal entries and staged parts live under the cache dir; clean chunks give way to them.
+        let room = store.room(&dir);
         let mut origins = Vec::new();
         for oc in &config.origins {
             let origin = StoreOrigin::from_config(oc).map_err(|e| StartError::Config(e.to_string()))?;
@@ -56,6 +62,7 @@ impl NodeState {
         let writeback =
             WriteBack::open(dir.join("writeback"), config.writeback.clone(), config.cluster.node_id.clone())
                 .map_err(|e| StartError::Io(format!("write-back journal under {}", dir.display()), e))?;
+        writeback.journal.set_room(room.clone());
         let reader = Arc::new(ReadThrough::new(
             Arc::new(store),
             metrics.clone(),
@@ -65,7 +72,7 @@ impl NodeState {
             writeback.journal.clone(),
         ));
         let multipart =
-            Multipart::open(dir.join("uploads"), config.limits.max_multipart_uploads, config.limits.max_parts)
+            Multipart::open(dir.join("uploads"), config.limits.max_multipart_uploads, config.limits.max_parts, room)
                 .map_err(|e| StartError::Io(format!("upload staging under {}", dir.display()), e))?;
         let kv = if config.kv.enabled() {
             let c = cluster.clone().map(|c| (c, &config.cluster));
