@@ -10,6 +10,7 @@
 //! dir = "./.cairn"
 //! ram_capacity = "1GiB"
 //! disk_capacity = "20GiB"
+//! free_space_reserve = "10%"       # kept free on the cache dir's device by the disk tier
 //!
 //! [[origin]]
 //! url = "file://./data"            # account mode: buckets are folders under ./data
@@ -30,10 +31,12 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::key::is_valid_bucket;
-use crate::size::ByteSize;
+use crate::size::{ByteSize, SpaceReserve};
 
 /// Default chunk size of an origin.
 pub const DEFAULT_CHUNK_SIZE: ByteSize = ByteSize::mib(8);
+/// Default `cache.free_space_reserve`: a tenth of the device, as JuiceFS's `free-space-ratio`.
+pub const DEFAULT_FREE_SPACE_RESERVE: SpaceReserve = SpaceReserve::percent(10);
 /// Smallest and largest chunk size an origin may configure.
 pub const MIN_CHUNK_SIZE: u64 = 64 << 10;
 pub const MAX_CHUNK_SIZE: u64 = 256 << 20;
@@ -111,6 +114,10 @@ pub struct CacheSection {
     pub ram_capacity: ByteSize,
     /// Capacity of the disk tier; 0 disables it.
     pub disk_capacity: ByteSize,
+    /// Free space the disk tier leaves on the cache dir's device, whatever `disk_capacity` says: a
+    /// share of the device (`"10%"`) or a byte size (`"2GiB"`). The write-back journal and staged
+    /// multipart parts may use it, and evict clean cache chunks for room.
+    pub free_space_reserve: SpaceReserve,
     /// Chunks fetched ahead of a sequential reader.
     pub readahead_chunks: usize,
     /// Object metadata entries kept in memory.
@@ -125,6 +132,7 @@ impl Default for CacheSection {
             dir: "./.cairn".into(),
             ram_capacity: ByteSize::gib(1),
             disk_capacity: ByteSize::gib(20),
+            free_space_reserve: DEFAULT_FREE_SPACE_RESERVE,
             readahead_chunks: 8,
             metadata_entries: 100_000,
             max_origin_fetches: 64,
@@ -701,6 +709,7 @@ mod tests {
             r#"
             [cache]
             ram_capacity = "256MiB"
+            free_space_reserve = "5%"
             [[origin]]
             bucket = "weights"
             url = "az://models/llama"
@@ -719,12 +728,15 @@ mod tests {
         assert_eq!(cfg.origins[0].metadata, MetadataPolicy::Immutable);
         assert_eq!(cfg.origins[1].metadata, MetadataPolicy::Ttl(Duration::from_secs(60)));
         assert_eq!(cfg.cache.ram_capacity, ByteSize::mib(256));
+        assert_eq!(cfg.cache.free_space_reserve, SpaceReserve::percent(5));
+        assert_eq!(Config::default().cache.free_space_reserve, SpaceReserve::percent(10));
     }
 
     #[test]
     fn rejects_bad_configs() {
         let cases = [
             ("[cache]\nram_capcity = 1", "unknown field"),
+            ("[cache]\nfree_space_reserve = \"100%\"", "free-space reserve"),
             ("[[origin]]\nurl = \"ftp://x\"", "must start with"),
             ("[[origin]]\nurl = \"s3://\"\n[[origin]]\nurl = \"az://\"", "account mode"),
             ("[[origin]]\nurl = \"s3://a\"\nbucket = \"Bad_Name\"", "not a valid"),

@@ -11,4 +11,4 @@ pub mod size;
 
 pub use chunk::{ChunkId, ChunkLayout, ObjectVersion};
 pub use config::{Config, ConfigError, Durability, MetadataPolicy, OriginConfig};
-pub use size::ByteSize;
+pub use size::{ByteSize, SpaceReserve};

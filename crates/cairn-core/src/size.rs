@@ -107,6 +107,88 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// Free space to keep on a device: a share of its size (`"10%"`, like JuiceFS's
+/// `free-space-ratio`) or a byte size (`"2GiB"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpaceReserve {
+    /// Hundredths of a percent of the device's size (`"10%"` is 1000).
+    Share(u32),
+    Bytes(ByteSize),
+}
+
+/// Hundredths of a percent in a whole device.
+const SHARE_WHOLE: u64 = 10_000;
+
+impl SpaceReserve {
+    pub const fn percent(n: u32) -> Self {
+        Self::Share(n * 100)
+    }
+
+    /// The bytes kept free on a device of `total` bytes.
+    pub fn bytes_of(self, total: u64) -> u64 {
+        match self {
+            Self::Share(s) => (u128::from(total) * u128::from(s) / u128::from(SHARE_WHOLE)) as u64,
+            Self::Bytes(b) => b.bytes(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid free-space reserve {input:?}: expected a share below 100% (\"10%\") or a byte size (\"2GiB\")")]
+pub struct ParseSpaceReserveError {
+    input: String,
+}
+
+impl FromStr for SpaceReserve {
+    type Err = ParseSpaceReserveError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParseSpaceReserveError { input: s.to_owned() };
+        let t = s.trim();
+        match t.strip_suffix('%') {
+            Some(num) => {
+                let p: f64 = num.trim().parse().map_err(|_| err())?;
+                if !(0.0..100.0).contains(&p) {
+                    return Err(err());
+                }
+                Ok(Self::Share((p * 100.0).round() as u32))
+            }
+            None => t.parse::<ByteSize>().map(Self::Bytes).map_err(|_| err()),
+        }
+    }
+}
+
+impl fmt::Display for SpaceReserve {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Share(s) if s % 100 == 0 => write!(f, "{}%", s / 100),
+            Self::Share(s) => write!(f, "{}.{:02}%", s / 100, s % 100),
+            Self::Bytes(b) => b.fmt(f),
+        }
+    }
+}
+
+impl Serialize for SpaceReserve {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for SpaceReserve {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Self::Bytes(ByteSize(n))),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +219,21 @@ mod tests {
             }
         }
         assert_eq!(ByteSize(8 << 20).to_string(), "8MiB");
+    }
+
+    #[test]
+    fn space_reserves() {
+        assert_eq!("10%".parse(), Ok(SpaceReserve::percent(10)));
+        assert_eq!("0.5 %".parse(), Ok(SpaceReserve::Share(50)));
+        assert_eq!("2GiB".parse(), Ok(SpaceReserve::Bytes(ByteSize::gib(2))));
+        for bad in ["100%", "-1%", "%", "ten%", "1e999%"] {
+            assert!(bad.parse::<SpaceReserve>().is_err(), "{bad:?} parsed");
+        }
+        assert_eq!(SpaceReserve::percent(10).bytes_of(1000), 100);
+        assert_eq!(SpaceReserve::Share(50).bytes_of(u64::MAX), u64::MAX / 200);
+        assert_eq!(SpaceReserve::Bytes(ByteSize(7)).bytes_of(1000), 7);
+        for r in ["10%", "0.25%", "2GiB"] {
+            assert_eq!(r.parse::<SpaceReserve>().map(|v| v.to_string()).as_deref(), Ok(r));
+        }
     }
 }

@@ -108,6 +108,26 @@ impl Metrics {
             "Cache fills not written to disk because its queue was full.",
             &[("", get(&s.disk_writes_skipped))],
         );
+        counter(
+            &mut out,
+            "cairn_disk_fills_skipped_for_space_total",
+            "Cache fills not written to disk: they would have left less than the free-space reserve.",
+            &[("", get(&s.disk_fills_skipped_for_space))],
+        );
+        counter(
+            &mut out,
+            "cairn_disk_evictions_for_writes_total",
+            "Disk-tier chunks evicted to make room for write-back journal entries and staged parts.",
+            &[("", get(&s.disk_evictions_for_writes))],
+        );
+        if let Some((reserve, free)) = store.disk_reserve_and_free() {
+            gauge(
+                &mut out,
+                "cairn_disk_free_bytes",
+                "Bytes free on the disk tier's device, and the reserve the tier leaves free.",
+                &[("kind=\"free\"", free), ("kind=\"reserve\"", reserve)],
+            );
+        }
         gauge(
             &mut out,
             "cairn_cache_bytes",

@@ -5,22 +5,30 @@
 //! whole object is streamed to the origin at completion, so an upload works the same for every
 //! origin and survives a node restart until it completes or is aborted. Upload ids are random
 //! hex and checked as such before they touch a path.
+//!
+//! Parts are written through the cache's `Room`: clean disk-tier chunks are evicted to make room
+//! for them, and a part that still does not fit fails with `DiskFull` (507) and leaves no file.
 
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use md5::{Digest, Md5};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use cairn_origin::BodyStream;
+use cairn_store::{Room, is_disk_full};
 
 /// S3's smallest part (all but the last part).
 pub const MIN_PART_SIZE: u64 = 5 << 20;
 /// Read size when streaming staged parts to the origin.
 const READ_BLOCK: usize = 1 << 20;
+/// Body bytes gathered before they are written to a staged part (and room is made for them).
+const STAGE_BATCH: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MultipartError {
@@ -42,8 +50,16 @@ pub enum MultipartError {
     NoParts,
     #[error("request body failed: {0}")]
     Body(io::Error),
+    #[error("the node's disk is full: {0}")]
+    DiskFull(io::Error),
     #[error("staging failed: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+}
+
+impl From<io::Error> for MultipartError {
+    fn from(e: io::Error) -> Self {
+        if is_disk_full(&e) { Self::DiskFull(e) } else { Self::Io(e) }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -66,12 +82,13 @@ pub struct Multipart {
     root: PathBuf,
     max_uploads: usize,
     max_parts: u32,
+    room: Room,
 }
 
 impl Multipart {
-    pub fn open(root: PathBuf, max_uploads: usize, max_parts: u32) -> io::Result<Self> {
+    pub fn open(root: PathBuf, max_uploads: usize, max_parts: u32, room: Room) -> io::Result<Self> {
         std::fs::create_dir_all(&root)?;
-        Ok(Self { root, max_uploads, max_parts })
+        Ok(Self { root, max_uploads, max_parts, room })
     }
 
     fn upload_dir(&self, id: &str) -> Result<PathBuf, MultipartError> {
@@ -96,8 +113,15 @@ impl Multipart {
         let dir = self.root.join(&id);
         tokio::fs::create_dir_all(&dir).await?;
         let text = format!("{}\n{}\n{}\n", target.bucket, target.key, target.content_type.as_deref().unwrap_or(""));
-        tokio::fs::write(dir.join("target.tmp"), text).await?;
-        tokio::fs::rename(dir.join("target.tmp"), dir.join("target")).await?;
+        let written = async {
+            tokio::fs::write(dir.join("target.tmp"), text).await?;
+            tokio::fs::rename(dir.join("target.tmp"), dir.join("target")).await
+        }
+        .await;
+        if let Err(e) = written {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+            return Err(e.into());
+        }
         Ok(id)
     }
 
@@ -132,9 +156,11 @@ impl Multipart {
         let dir = self.upload_dir(id)?;
         let tmp = dir.join(format!("{number:05}.{:x}.tmp", rand::random::<u64>()));
         let result: Result<String, MultipartError> = async {
-            let mut f = tokio::fs::File::create(&tmp).await?;
+            let f = Arc::new(tokio::fs::File::create(&tmp).await?.into_std().await);
             let mut md5 = Md5::new();
             let mut size = 0u64;
+            let mut batch = Vec::new();
+            let mut batch_len = 0usize;
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(MultipartError::Body)?;
                 size += chunk.len() as u64;
@@ -142,9 +168,17 @@ impl Multipart {
                     return Err(MultipartError::EntityTooLarge(max_size));
                 }
                 md5.update(&chunk);
-                f.write_all(&chunk).await?;
+                batch_len += chunk.len();
+                batch.push(chunk);
+                if batch_len >= STAGE_BATCH {
+                    let at = size - batch_len as u64;
+                    self.stage(&f, at, std::mem::take(&mut batch)).await?;
+                    batch_len = 0;
+                }
             }
-            f.flush().await?;
+            if batch_len > 0 {
+                self.stage(&f, size - batch_len as u64, batch).await?;
+            }
             Ok(hex::encode(md5.finalize()))
         }
         .await;
@@ -160,6 +194,30 @@ impl Multipart {
         }
         tokio::fs::rename(&tmp, dir.join(format!("{number:05}-{etag}.part"))).await?;
         Ok(etag)
+    }
+
+    /// Writes body pieces at `offset` of a staged part, making room for them first.
+    async fn stage(&self, f: &Arc<std::fs::File>, offset: u64, pieces: Vec<Bytes>) -> io::Result<()> {
+        let (f, room) = (f.clone(), self.room.clone());
+        let len: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+        tokio::task::spawn_blocking(move || {
+            // Positional writes, so the retry after making room rewrites the same bytes.
+            room.write(len, || {
+                let mut at = offset;
+                for p in &pieces {
+                    f.write_all_at(p, at)?;
+                    at += p.len() as u64;
+                }
+                Ok(())
+            })
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    /// The room-maker staged bytes go through.
+    pub fn room(&self) -> &Room {
+        &self.room
     }
 
     async fn parts(&self, dir: &Path) -> Result<Vec<StagedPart>, MultipartError> {

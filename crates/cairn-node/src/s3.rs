@@ -11,6 +11,7 @@ use std::time::{Instant, SystemTime};
 use cairn_core::key::{KeyError, validate_key};
 use cairn_core::{Durability, ObjectVersion};
 use cairn_origin::{BodyStream, ErrorKind, ListPage, ObjectInfo};
+use cairn_store::journal;
 use futures::{StreamExt, TryStreamExt};
 use s3s::dto::*;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
@@ -50,9 +51,21 @@ fn multipart_error(e: MultipartError) -> S3Error {
         MultipartError::EntityTooSmall(..) => S3ErrorCode::EntityTooSmall,
         MultipartError::EntityTooLarge(_) => S3ErrorCode::EntityTooLarge,
         MultipartError::Body(_) => S3ErrorCode::IncompleteBody,
+        MultipartError::DiskFull(e) => {
+            return insufficient_storage(format!(
+                "the node cannot stage the part: its disk is full ({e}); nothing was kept"
+            ));
+        }
         MultipartError::Io(_) => S3ErrorCode::InternalError,
     };
     S3Error::with_message(code, e.to_string())
+}
+
+/// `507 InsufficientStorage`: the node's disk cannot take the write.
+fn insufficient_storage(message: String) -> S3Error {
+    let mut err = S3Error::with_message(S3ErrorCode::Custom("InsufficientStorage".into()), message);
+    err.set_status_code(http::StatusCode::INSUFFICIENT_STORAGE);
+    err
 }
 
 /// Header choosing a write's durability: `local`, `replicated` or `origin`.
@@ -76,14 +89,9 @@ fn write_error(e: WriteError, limit: &cairn_core::ByteSize, over: bool) -> S3Err
             S3Error::with_message(S3ErrorCode::EntityTooLarge, format!("the body exceeds the {limit} limit"))
         }
         WriteError::Body(e) => S3Error::with_message(S3ErrorCode::IncompleteBody, format!("request body failed: {e}")),
-        WriteError::DiskFull(m) => {
-            let mut err = S3Error::with_message(
-                S3ErrorCode::Custom("InsufficientStorage".into()),
-                format!("the node cannot store the object: its disk is full ({m}); earlier objects are intact"),
-            );
-            err.set_status_code(http::StatusCode::INSUFFICIENT_STORAGE);
-            err
-        }
+        WriteError::DiskFull(m) => insufficient_storage(format!(
+            "the node cannot store the object: its disk is full ({m}); earlier objects are intact"
+        )),
         WriteError::Replication(m) => S3Error::with_message(
             S3ErrorCode::ServiceUnavailable,
             format!("the object could not be replicated; nothing was acknowledged: {m}"),
@@ -796,11 +804,19 @@ impl S3 for CairnS3 {
                     let body = crate::multipart::Multipart::body(parts);
                     self.put_body(entry, bucket, key, body, &over, target.content_type).await?
                 }
-                d => Some(
-                    writeback::write_parts(&self.state, entry, bucket, key, parts, target.content_type, d)
-                        .await
-                        .map_err(|e| write_error(e, &self.state.config.limits.max_part_size, false))?,
-                ),
+                d => {
+                    // The parts move into the journal without copying; its record needs room. Made
+                    // before the parts move, so a full disk leaves the upload as it was.
+                    let chunks = total.div_ceil(entry.config.chunk_size.bytes());
+                    if let Err(e) = self.state.multipart.room().make_async(journal::record_bytes(chunks)).await {
+                        return Err(multipart_error(e.into()));
+                    }
+                    Some(
+                        writeback::write_parts(&self.state, entry, bucket, key, parts, target.content_type, d)
+                            .await
+                            .map_err(|e| write_error(e, &self.state.config.limits.max_part_size, false))?,
+                    )
+                }
             };
             self.state.multipart.remove(&input.upload_id).await.map_err(multipart_error)?;
             Ok(S3Response::new(CompleteMultipartUploadOutput {

@@ -61,9 +61,15 @@ impl NodeState {
         let dir_lock = lock_cache_dir(&dir)?;
         let incarnation = read_or_create_incarnation(&dir)?;
         tracing::info!(dir = %dir.display(), %incarnation, "cache directory locked");
-        let store =
-            ChunkStore::open(&dir.join("store"), config.cache.ram_capacity.bytes(), config.cache.disk_capacity.bytes())
-                .map_err(|e| StartError::Io(format!("disk tier under {}", dir.display()), e))?;
+        let store = ChunkStore::open(
+            &dir.join("store"),
+            config.cache.ram_capacity.bytes(),
+            config.cache.disk_capacity.bytes(),
+            config.cache.free_space_reserve,
+        )
+        .map_err(|e| StartError::Io(format!("disk tier under {}", dir.display()), e))?;
+        // Journal entries and staged parts live under the cache dir; clean chunks give way to them.
+        let room = store.room(&dir);
         let mut origins = Vec::new();
         for oc in &config.origins {
             let origin = StoreOrigin::from_config(oc).map_err(|e| StartError::Config(e.to_string()))?;
@@ -82,6 +88,7 @@ impl NodeState {
             incarnation.clone(),
         )
         .map_err(|e| StartError::Io(format!("write-back journal under {}", dir.display()), e))?;
+        writeback.journal.set_room(room.clone());
         let reader = Arc::new(ReadThrough::new(
             Arc::new(store),
             metrics.clone(),
@@ -91,7 +98,7 @@ impl NodeState {
             writeback.journal.clone(),
         ));
         let multipart =
-            Multipart::open(dir.join("uploads"), config.limits.max_multipart_uploads, config.limits.max_parts)
+            Multipart::open(dir.join("uploads"), config.limits.max_multipart_uploads, config.limits.max_parts, room)
                 .map_err(|e| StartError::Io(format!("upload staging under {}", dir.display()), e))?;
         let kv = if config.kv.enabled() {
             let c = cluster.clone().map(|c| (c, &config.cluster));

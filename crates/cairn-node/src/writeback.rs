@@ -11,7 +11,7 @@
 //! last one in the origin.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -482,12 +482,14 @@ async fn flush(
         *file = Some(f);
     }
     let Some(mut f) = file.take() else { return Err(WriteError::Io("journal file missing".into())) };
+    let (room, start) = (wb.journal.room(), guard.bytes - len as u64);
     *writing = Some(tokio::task::spawn_blocking(move || {
         let mut hash = Xxh3::new();
         for p in &pieces {
             hash.update(p);
         }
-        write_all_pieces(&mut f, &pieces)?;
+        // Clean cache chunks give way; a retry after ENOSPC rewrites the chunk from its start.
+        room.write(len as u64, || f.seek(io::SeekFrom::Start(start)).and_then(|_| write_all_pieces(&mut f, &pieces)))?;
         Ok((f, hash.digest()))
     }));
     Ok(())
@@ -1277,11 +1279,13 @@ async fn take_over(state: &Arc<NodeState>, cluster: &Arc<Cluster>, rec: &WriteRe
         let data = got.ok_or_else(|| format!("no live holder has chunk {index}"))?;
         let name = format!("t{index}");
         let path = dir.join(&name);
-        let n = data.len() as u64;
+        let (n, room) = (data.len() as u64, journal.room());
         blocking(move || {
-            let mut f = std::fs::File::create(path)?;
-            f.write_all(&data)?;
-            f.sync_data()
+            room.write(n, || {
+                let mut f = std::fs::File::create(&path)?;
+                f.write_all(&data)?;
+                f.sync_data()
+            })
         })
         .await
         .map_err(|e| e.to_string())?;

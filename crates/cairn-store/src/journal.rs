@@ -8,14 +8,15 @@
 //! multipart upload); a replica's data is one file per chunk it holds. Every chunk's xxh3 is in
 //! the record and verified on every read, so a damaged journal gives an error, never wrong bytes.
 //!
-//! Journal entries are never evicted: they leave only when their upload is complete.
+//! Journal entries are never evicted: they leave only when their upload is complete. Their bytes
+//! are written through the cache's [`Room`], so clean cache chunks give way to them.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -24,7 +25,18 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::space::Room;
+
 const RECORD: &str = "record.json";
+/// Bytes of a record beyond its chunk checksums (names, version, holders), for making room.
+const RECORD_BASE_BYTES: u64 = 4096;
+/// Bytes of one chunk checksum in a record.
+const RECORD_BYTES_PER_CHUNK: u64 = 24;
+
+/// Device bytes to make room for before committing a record of `chunks` chunks.
+pub fn record_bytes(chunks: u64) -> u64 {
+    RECORD_BASE_BYTES + chunks * RECORD_BYTES_PER_CHUNK
+}
 
 /// What this node holds of a write.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -127,6 +139,8 @@ pub struct Journal {
     /// Origin versions of recently uploaded writes, so a reader that started on a write's pending
     /// version finishes from the origin once the journal entry is gone.
     uploaded: Mutex<(HashMap<String, String>, VecDeque<String>)>,
+    /// Makes room on the device for journal bytes (set once the cache is open).
+    room: OnceLock<Room>,
 }
 
 /// Uploaded writes whose origin version is remembered.
@@ -160,6 +174,7 @@ impl Journal {
             chunks: Mutex::new(HashMap::new()),
             dirty: AtomicU64::new(0),
             uploaded: Mutex::new((HashMap::new(), VecDeque::new())),
+            room: OnceLock::new(),
         };
         for r in &found {
             journal.dirty.fetch_add(r.held_bytes(), Ordering::Relaxed);
@@ -167,6 +182,16 @@ impl Journal {
         }
         found.sort_by_key(|r| r.ticket);
         Ok((journal, found))
+    }
+
+    /// Sets the room-maker journal writes go through; the first call wins.
+    pub fn set_room(&self, room: Room) {
+        let _ = self.room.set(room);
+    }
+
+    /// The room-maker for bytes written into the journal (one that checks nothing if unset).
+    pub fn room(&self) -> Room {
+        self.room.get().cloned().unwrap_or_else(Room::unchecked)
     }
 
     fn index(&self, record: WriteRecord) {
@@ -194,10 +219,14 @@ impl Journal {
         let dir = self.dir(&record.wid);
         let tmp = dir.join("record.json.tmp");
         let body = serde_json::to_vec(&record).map_err(io::Error::other)?;
-        {
+        let written = self.room().write(body.len() as u64, || {
             let mut f = File::create(&tmp)?;
             f.write_all(&body)?;
-            f.sync_all()?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
         }
         fs::rename(&tmp, dir.join(RECORD))?;
         File::open(&dir)?.sync_all()?;
@@ -212,9 +241,15 @@ impl Journal {
         let dir = self.create(wid)?;
         let path = dir.join(format!("c{index}"));
         let tmp = dir.join(format!("c{index}.tmp"));
-        let mut f = File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_data()?;
+        let written = self.room().write(data.len() as u64, || {
+            let mut f = File::create(&tmp)?;
+            f.write_all(data)?;
+            f.sync_data()
+        });
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         fs::rename(&tmp, &path)
     }
 

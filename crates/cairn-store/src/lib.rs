@@ -5,11 +5,16 @@
 //! the background; a chunk stays findable in the queue until its file is in place, so RAM eviction
 //! never loses a chunk on its way to disk. The queue is bounded: past it, a slow disk sheds cache
 //! fills instead of piling up memory.
+//!
+//! The disk tier keeps a reserve of its device free and gives way to writes that must land there
+//! (`space.rs`): [`ChunkStore::room`] hands out the [`Room`] that the journal and multipart
+//! staging write through.
 
 pub mod disk;
 pub mod journal;
 pub mod ram;
 pub mod s3fifo;
+pub mod space;
 
 use std::collections::HashMap;
 use std::io;
@@ -18,12 +23,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use cairn_core::ChunkId;
+use cairn_core::{ChunkId, SpaceReserve};
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 
-pub use disk::{DiskTier, ReadOutcome};
+pub use disk::{DiskTier, ReadOutcome, WriteOutcome};
 pub use ram::RamTier;
+pub use space::{Room, is_disk_full};
 
 /// Chunks queued for the disk tier at once; past this, fills skip the disk tier.
 pub const MAX_QUEUED_DISK_WRITES: usize = 64;
@@ -56,6 +62,11 @@ pub struct StoreStats {
     pub corrupt_chunks: AtomicU64,
     pub disk_write_errors: AtomicU64,
     pub disk_writes_skipped: AtomicU64,
+    /// Cache fills not written to disk: they would have left less than the reserve free.
+    pub disk_fills_skipped_for_space: AtomicU64,
+    /// Disk chunks evicted to make room for journal writes and staged parts (also counted in
+    /// `disk_evictions`).
+    pub disk_evictions_for_writes: AtomicU64,
 }
 
 pub struct ChunkStore {
@@ -68,16 +79,41 @@ pub struct ChunkStore {
 }
 
 impl ChunkStore {
-    /// Opens the store; `disk_capacity` 0 disables the disk tier.
-    pub fn open(dir: &Path, ram_capacity: u64, disk_capacity: u64) -> io::Result<Self> {
-        let disk = if disk_capacity > 0 { Some(Arc::new(DiskTier::open(dir, disk_capacity)?)) } else { None };
-        Ok(Self {
+    /// Opens the store; `disk_capacity` 0 disables the disk tier, which keeps `reserve` of its
+    /// device free.
+    pub fn open(dir: &Path, ram_capacity: u64, disk_capacity: u64, reserve: SpaceReserve) -> io::Result<Self> {
+        let disk = if disk_capacity > 0 { Some(DiskTier::open(dir, disk_capacity, reserve)?) } else { None };
+        Ok(Self::with_disk(ram_capacity, disk))
+    }
+
+    /// A store over an opened disk tier (or none).
+    pub fn with_disk(ram_capacity: u64, disk: Option<DiskTier>) -> Self {
+        let disk = disk.map(Arc::new);
+        Self {
             ram: RamTier::new(ram_capacity),
             disk,
             disk_writes: Arc::new(Semaphore::new(MAX_PARALLEL_DISK_WRITES)),
             queued: Arc::new(Mutex::new(HashMap::new())),
             stats: Arc::new(StoreStats::default()),
-        })
+        }
+    }
+
+    /// The room-maker for writes into `dir` (journal entries, staged parts): it evicts disk-tier
+    /// chunks when `dir` is on the tier's device.
+    pub fn room(&self, dir: &Path) -> Room {
+        use std::os::unix::fs::MetadataExt;
+        let device = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+        let disk = self.disk.clone().filter(|d| {
+            let (a, b) = (device(dir), device(d.root()));
+            // When either cannot be looked at, evicting is the safer guess.
+            a.is_none() || b.is_none() || a == b
+        });
+        Room::new(Arc::new(space::Statvfs::new(dir)), disk, self.stats.clone())
+    }
+
+    /// The disk tier's device: bytes kept free for everything else, and bytes free now.
+    pub fn disk_reserve_and_free(&self) -> Option<(u64, u64)> {
+        self.disk.as_ref().and_then(|d| d.reserve_and_free().ok())
     }
 
     pub fn stats(&self) -> &Arc<StoreStats> {
@@ -165,8 +201,11 @@ impl ChunkStore {
             let Ok(_permit) = permits.acquire_owned().await else { return };
             let written = tokio::task::spawn_blocking(move || disk.write(&id, &data)).await;
             match written {
-                Ok(Ok(n)) => {
-                    stats.disk_evictions.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(Ok(WriteOutcome::Stored { evicted })) => {
+                    stats.disk_evictions.fetch_add(evicted as u64, Ordering::Relaxed);
+                }
+                Ok(Ok(WriteOutcome::NoSpace)) => {
+                    stats.disk_fills_skipped_for_space.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(Err(e)) => {
                     stats.disk_write_errors.fetch_add(1, Ordering::Relaxed);
@@ -185,8 +224,16 @@ impl ChunkStore {
     pub async fn insert_and_persist(&self, id: ChunkId, data: Bytes) -> io::Result<()> {
         self.insert_ram(id, data.clone());
         if let Some(disk) = self.disk.clone() {
-            let n = tokio::task::spawn_blocking(move || disk.write(&id, &data)).await.map_err(io::Error::other)??;
-            self.stats.disk_evictions.fetch_add(n as u64, Ordering::Relaxed);
+            let outcome =
+                tokio::task::spawn_blocking(move || disk.write(&id, &data)).await.map_err(io::Error::other)??;
+            match outcome {
+                WriteOutcome::Stored { evicted } => {
+                    self.stats.disk_evictions.fetch_add(evicted as u64, Ordering::Relaxed);
+                }
+                WriteOutcome::NoSpace => {
+                    self.stats.disk_fills_skipped_for_space.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
         Ok(())
     }
@@ -219,11 +266,15 @@ impl ChunkStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::space::testing::FakeDevice;
+    use cairn_core::ByteSize;
+
+    const NO_RESERVE: SpaceReserve = SpaceReserve::Bytes(ByteSize(0));
 
     #[tokio::test]
     async fn tiers_and_promotion() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = ChunkStore::open(dir.path(), 1000, 10_000).expect("open");
+        let s = ChunkStore::open(dir.path(), 1000, 10_000, NO_RESERVE).expect("open");
         s.insert(ChunkId(1), Bytes::from(vec![1u8; 600]));
         s.flush().await;
         assert!(s.peek_ram(ChunkId(1)).is_some());
@@ -243,10 +294,10 @@ mod tests {
     async fn restart_serves_disk_hits() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let s = ChunkStore::open(dir.path(), 1 << 20, 1 << 20).expect("open");
+            let s = ChunkStore::open(dir.path(), 1 << 20, 1 << 20, NO_RESERVE).expect("open");
             s.insert_and_persist(ChunkId(9), Bytes::from_static(b"persisted")).await.expect("persist");
         }
-        let s = ChunkStore::open(dir.path(), 1 << 20, 1 << 20).expect("reopen");
+        let s = ChunkStore::open(dir.path(), 1 << 20, 1 << 20, NO_RESERVE).expect("reopen");
         assert_eq!(s.get(ChunkId(9)).await, Some((Bytes::from_static(b"persisted"), Tier::Disk)));
     }
 
@@ -254,15 +305,72 @@ mod tests {
     async fn corrupt_disk_chunk_is_a_miss() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let s = ChunkStore::open(dir.path(), 1 << 20, 1 << 20).expect("open");
+            let s = ChunkStore::open(dir.path(), 1 << 20, 1 << 20, NO_RESERVE).expect("open");
             s.insert_and_persist(ChunkId(5), Bytes::from(vec![7u8; 4096])).await.expect("persist");
             let path = s.disk().expect("disk").chunk_path(&ChunkId(5));
             let mut raw = std::fs::read(&path).expect("read");
             raw[disk::HEADER_LEN + 100] ^= 1;
             std::fs::write(&path, raw).expect("write");
         }
-        let s = ChunkStore::open(dir.path(), 1 << 20, 1 << 20).expect("reopen");
+        let s = ChunkStore::open(dir.path(), 1 << 20, 1 << 20, NO_RESERVE).expect("reopen");
         assert_eq!(s.get(ChunkId(5)).await, None);
         assert_eq!(s.stats().corrupt_chunks.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn room_for_writes_evicts_clean_chunks_and_refuses_past_the_device() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store_dir = dir.path().join("store");
+        let dev = FakeDevice::new(dir.path(), 4 << 20);
+        let disk = DiskTier::open_on(&store_dir, 1 << 30, SpaceReserve::percent(10), dev.clone()).expect("open");
+        let s = ChunkStore::with_disk(1 << 20, Some(disk));
+        for n in 0..80u128 {
+            s.insert_and_persist(ChunkId(n), Bytes::from(vec![n as u8; 60 << 10])).await.expect("persist");
+        }
+        let filled = s.disk_used();
+        assert!(dev.avail() >= SpaceReserve::percent(10).bytes_of(dev.total));
+        assert!(s.stats().disk_evictions.load(Ordering::Relaxed) > 0);
+        // The journal wants 2 MiB: clean chunks give way.
+        let room = Room::new(dev.clone(), s.disk().cloned(), s.stats().clone());
+        let journal = dir.path().join("journal");
+        std::fs::create_dir_all(&journal).expect("mkdir");
+        room.write(2 << 20, || std::fs::write(journal.join("a"), vec![1u8; 2 << 20])).expect("room for 2 MiB");
+        assert!(s.disk_used() < filled);
+        let for_writes = s.stats().disk_evictions_for_writes.load(Ordering::Relaxed);
+        assert!(for_writes > 0);
+        // A fill now finds the journal in the reserve and evicts its own chunks to stay above it.
+        s.insert_and_persist(ChunkId(1000), Bytes::from(vec![9u8; 60 << 10])).await.expect("persist");
+        assert!(dev.avail() >= SpaceReserve::percent(10).bytes_of(dev.total));
+        // More than the device can give: refused up front, with every clean chunk gone.
+        let err = room.make(3 << 20).expect_err("no room");
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull);
+        assert!(err.to_string().contains("bytes needed"), "{err}");
+        assert_eq!(s.disk_used(), 0);
+        // With the journal grown into the reserve and nothing left to evict, a fill is skipped.
+        std::fs::write(journal.join("b"), vec![2u8; 1700 << 10]).expect("journal");
+        s.insert_and_persist(ChunkId(1001), Bytes::from(vec![9u8; 60 << 10])).await.expect("persist");
+        assert_eq!(s.stats().disk_fills_skipped_for_space.load(Ordering::Relaxed), 1);
+        assert!(s.get(ChunkId(1001)).await.is_some(), "a skipped fill is still served from RAM");
+    }
+
+    #[test]
+    fn room_retries_once_after_the_device_fills() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dev = FakeDevice::new(dir.path(), 4 << 20);
+        let room = Room::new(dev, None, Arc::new(StoreStats::default()));
+        let mut calls = 0;
+        let r = room.write(1024, || {
+            calls += 1;
+            if calls == 1 { Err(io::Error::from_raw_os_error(nix::libc::ENOSPC)) } else { Ok(calls) }
+        });
+        assert_eq!(r.expect("second try"), 2);
+        let mut calls = 0;
+        let r: io::Result<()> = room.write(1024, || {
+            calls += 1;
+            Err(io::Error::from_raw_os_error(nix::libc::ENOSPC))
+        });
+        assert!(is_disk_full(&r.expect_err("full twice")));
+        assert_eq!(calls, 2);
+        assert!(Room::unchecked().write(u64::MAX, || Ok(())).is_ok());
     }
 }

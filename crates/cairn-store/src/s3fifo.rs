@@ -124,7 +124,7 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
         let mut evicted = Vec::new();
         while self.used() > self.capacity {
             match self.evict_one() {
-                Some(k) => evicted.push(k),
+                Some((k, _)) => evicted.push(k),
                 None => break,
             }
         }
@@ -151,16 +151,23 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
         let mut out = Vec::new();
         while self.used() > target {
             match self.evict_one() {
-                Some(k) => out.push(k),
+                Some((k, _)) => out.push(k),
                 None => break,
             }
         }
         out
     }
 
-    fn evict_one(&mut self) -> Option<K> {
+    /// Evicts the next victim in S3-FIFO order; returns it with its weight.
+    pub fn evict_next(&mut self) -> Option<(K, u64)> {
+        self.evict_one()
+    }
+
+    fn evict_one(&mut self) -> Option<(K, u64)> {
         loop {
-            let small_target = self.capacity * SMALL_PERCENT / 100;
+            // A share of what is resident: a disk tier held below its capacity by free space
+            // still keeps its probation queue small, so hot entries in main outlive a scan.
+            let small_target = self.capacity.min(self.used()) * SMALL_PERCENT / 100;
             let from_small = self.small_bytes > small_target || self.main_bytes == 0;
             if from_small {
                 let (key, generation) = self.small.pop_front()?;
@@ -181,7 +188,7 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
                 let e = slot.remove();
                 self.small_bytes -= e.weight;
                 self.remember_ghost(key.clone());
-                return Some(key);
+                return Some((key, e.weight));
             }
             let (key, generation) = self.main.pop_front()?;
             let MapEntry::Occupied(mut slot) = self.entries.entry(key.clone()) else { continue };
@@ -196,7 +203,7 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
             }
             let e = slot.remove();
             self.main_bytes -= e.weight;
-            return Some(key);
+            return Some((key, e.weight));
         }
     }
 
@@ -244,6 +251,28 @@ mod tests {
     }
 
     #[test]
+    fn evicting_below_capacity_keeps_the_hot_set() {
+        // Far below its capacity (a disk tier held back by free space), eviction still takes
+        // one-hit entries before hot ones.
+        let mut c = S3Fifo::new(1_000_000);
+        for k in 0..100u32 {
+            c.insert(k, 1);
+            if k < 10 {
+                c.touch(&k);
+            }
+        }
+        let victims: Vec<u32> = (0..50)
+            .filter_map(|_| c.evict_next())
+            .map(|(k, w)| {
+                assert_eq!(w, 1);
+                k
+            })
+            .collect();
+        assert_eq!(victims.len(), 50);
+        assert!((0..10u32).all(|k| c.contains(&k)), "hot keys were evicted: {victims:?}");
+    }
+
+    #[test]
     fn ghost_hit_goes_to_main() {
         let mut c = S3Fifo::new(10);
         c.insert(1u32, 1);
@@ -270,6 +299,7 @@ mod tests {
         Touch(u8),
         Remove(u8),
         Shrink(u64),
+        EvictNext,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -278,6 +308,7 @@ mod tests {
             (0u8..40).prop_map(Op::Touch),
             (0u8..40).prop_map(Op::Remove),
             (0u64..200).prop_map(Op::Shrink),
+            Just(Op::EvictNext),
         ]
     }
 
@@ -304,6 +335,10 @@ mod tests {
                         }
                         prop_assert!(c.used() <= t);
                     }
+                    Op::EvictNext => match c.evict_next() {
+                        Some((k, w)) => prop_assert_eq!(model.remove(&k), Some(w)),
+                        None => prop_assert!(model.is_empty()),
+                    },
                 }
                 prop_assert!(c.used() <= cap);
                 prop_assert_eq!(c.used(), model.values().sum::<u64>());

@@ -53,6 +53,9 @@ struct ServeArgs {
     ram_capacity: Option<ByteSize>,
     #[arg(long, env = "CAIRN_DISK_CAPACITY")]
     disk_capacity: Option<ByteSize>,
+    /// Free space the disk tier leaves on the cache dir's device ("10%" or "2GiB").
+    #[arg(long, env = "CAIRN_FREE_SPACE_RESERVE")]
+    free_space_reserve: Option<cairn_core::SpaceReserve>,
     /// Chunks fetched ahead of sequential readers.
     #[arg(long, env = "CAIRN_READAHEAD")]
     readahead: Option<usize>,
@@ -143,6 +146,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.disk_capacity {
             cfg.cache.disk_capacity = v;
+        }
+        if let Some(v) = self.free_space_reserve {
+            cfg.cache.free_space_reserve = v;
         }
         if let Some(v) = self.readahead {
             cfg.cache.readahead_chunks = v;
@@ -240,8 +246,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
         );
     }
     eprintln!(
-        "  cache         {} (RAM {}, disk {}, readahead {} chunks)",
-        cfg.cache.dir, cfg.cache.ram_capacity, cfg.cache.disk_capacity, cfg.cache.readahead_chunks
+        "  cache         {} (RAM {}, disk {} keeping {} of its device free, readahead {} chunks)",
+        cfg.cache.dir,
+        cfg.cache.ram_capacity,
+        cfg.cache.disk_capacity,
+        cfg.cache.free_space_reserve,
+        cfg.cache.readahead_chunks
     );
     match cfg.auth.keys.first() {
         Some(k) if cfg.auth.keys.len() == 1 && k.access_key == "cairn" && k.secret_key == "cairn-secret-key" => {
