@@ -216,8 +216,10 @@ impl MetaCache {
             if ticket <= w.committed || w.live().is_some_and(|c| c.ticket > ticket) {
                 return UploadGrant::Superseded;
             }
+            // The same write from another node (a replica holder that took over from a writer it
+            // could not reach) may go too: both send the same bytes.
             if let Some((other, since)) = &w.uploading
-                && other != who
+                && other.wid != who.wid
                 && since.elapsed() < UPLOAD_LEASE
             {
                 return UploadGrant::Wait;
