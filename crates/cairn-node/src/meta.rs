@@ -36,9 +36,9 @@ struct Entry {
 
 /// How long an upload holds a key's turn without renewing it; uploaders renew it every
 /// `UPLOAD_RENEW` while their PUT runs, so a crashed uploader blocks the key for at most this long.
-pub const UPLOAD_LEASE: Duration = Duration::from_secs(90);
+pub const UPLOAD_LEASE: Duration = Duration::from_secs(45);
 /// How often a running upload renews its turn.
-pub const UPLOAD_RENEW: Duration = Duration::from_secs(20);
+pub const UPLOAD_RENEW: Duration = Duration::from_secs(15);
 /// A pending write not announced again for this long is forgotten: nobody holds it any more (a
 /// `local` write whose writer lost its disk) or its holders cannot be reached. Holders announce
 /// every `writeback::ANNOUNCE_EVERY`.
