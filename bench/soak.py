@@ -6,7 +6,7 @@ samples each node's RSS against the sizes cairn reports and the throughput per C
 
 Everything is started here, on free ports inside one temporary directory, and stopped at the end:
 three cairn nodes on 127.0.0.11-13 (one cluster map, replicas = 1, S3, admin, peer and KV ports
-each) over one local-folder origin. Small tiers, so the caps are reached within a minute or two:
+each) over one local-folder origin. Small tiers, so little data fills them:
 RAM 256 MiB, disk 384 MiB, KV RAM 256 MiB, KV disk 384 MiB per node (`--ram-mib`, `--disk-mib`,
 `--kv-ram-mib`, `--kv-disk-mib`).
 
@@ -20,17 +20,21 @@ goes to a random node):
 - `local` writes (PUT with `x-cairn-durability: local`) of 1 to 24 MiB, odd sizes, and deletes of
   the oldest ones, so at most `WRITTEN_KEEP` written objects exist at a time.
 - KV SET and GET of 64 KiB to 4 MiB values (odd sizes) over the Redis endpoint (redis-py), on a
-  keyspace of about twice the KV RAM of the cluster.
+  keyspace of three times the KV RAM of the cluster.
 
-Every `--interval` seconds it samples, per node: VmRSS (/proc/PID/status), the sizes cairn reports
-on /metrics (`cairn_cache_bytes{tier}`, `cairn_kv_bytes{tier}`, `cairn_dirty_bytes`) and the CPU
-time (/proc/PID/stat utime + stime). At the end it prints a table per sample, the RSS slope over the
-last half of the run (least squares, MiB/min), RSS / configured RAM tiers (cache RAM + KV RAM) and
-payload MB per CPU second (all three nodes' CPU) at the start and at the end.
+Before the load starts every object is read once and every KV key set once, so the tiers start
+at their caps. Every `--interval` seconds it samples, per node: VmRSS (/proc/PID/status), the sizes
+cairn reports on /metrics (`cairn_cache_bytes{tier}`, `cairn_kv_bytes{tier}`, `cairn_dirty_bytes`,
+and the allocator's live heap `cairn_allocator_bytes{kind="allocated"}` when the binary reports
+it) and the CPU time (/proc/PID/stat utime + stime). At the end it prints a table per sample, the
+RSS slope over the last half of the run (least squares, MiB/min), RSS / configured RAM tiers
+(cache RAM + KV RAM) and payload MB per CPU second (all three nodes' CPU) over the first and the
+last fifth of the run.
 
-Allocator experiments: `--node-env NAME=VALUE` (repeatable) is passed to the nodes' environment,
-e.g. `--node-env MALLOC_ARENA_MAX=2 --node-env MALLOC_MMAP_THRESHOLD_=1048576`, or
-`CAIRN_MALLOC_TRIM_SECS=0`. The table goes to stdout and to bench/soak_results.md.
+Allocator experiments: `--node-env NAME=VALUE` (repeatable) goes into the nodes' environment only,
+e.g. `--node-env MALLOC_ARENA_MAX=2 --node-env MALLOC_MMAP_THRESHOLD_=1048576` (glibc builds) or
+`--node-env _RJEM_MALLOC_CONF=oversize_threshold:0` (jemalloc builds). The tables go to stdout and
+are appended to bench/soak_results.md (`--out`).
 """
 
 import argparse
