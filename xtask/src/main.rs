@@ -6,6 +6,8 @@
 //! - `cargo xtask deps`  installs the test dependencies only.
 //! - `cargo xtask bench [write | cluster]` installs the benchmark references (nginx, wrk, FUSE)
 //!   and runs the single-node, checkpoint-write or cluster benchmark.
+//! - `cargo xtask bench soak [args]` runs the memory soak (3 nodes under mixed load, RSS against
+//!   the configured tiers; `--minutes`, `--rate`, `--node-env`).
 //! - `cargo xtask bench-kv` runs the KV benchmark (cairn's RESP endpoint against Redis 7).
 //! - `cargo xtask lint`  rustfmt and clippy, warnings denied.
 
@@ -92,8 +94,13 @@ fn test(rest: &[String]) -> Result<()> {
 }
 
 /// `bench [args]`: the single-node benchmark; `bench write [args]`: checkpoint writes;
-/// `bench cluster [args]`: the cluster benchmark.
+/// `bench cluster [args]`: the cluster benchmark; `bench soak [args]`: the memory soak.
 fn bench(rest: &[String]) -> Result<()> {
+    if let Some((s, args)) = rest.split_first()
+        && s == "soak"
+    {
+        return soak(args);
+    }
     deps()?;
     apt_install(&["nginx-light", "wrk", "fuse3", "curl"])?;
     build_release()?;
@@ -108,6 +115,18 @@ fn bench(rest: &[String]) -> Result<()> {
         .env("CAIRN_BIN", root.join("target/release/cairn"))
         .arg(root.join(script))
         .args(args))
+}
+
+/// The memory soak needs only the Python clients (redis-py) and the release binary.
+fn soak(rest: &[String]) -> Result<()> {
+    let root = root();
+    run(Command::new("python3").args(["-m", "pip", "install", "-q", "-r"]).arg(root.join("tests/requirements.txt")))?;
+    build_release()?;
+    run(Command::new("python3")
+        .current_dir(&root)
+        .env("CAIRN_BIN", root.join("target/release/cairn"))
+        .arg(root.join("bench/soak.py"))
+        .args(rest))
 }
 
 fn bench_kv(rest: &[String]) -> Result<()> {
@@ -145,7 +164,7 @@ fn main() -> Result<()> {
         "lint" => lint(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [pytest args] | deps | bench [write | cluster] [args] | bench-kv [args] | lint>"
+                "usage: cargo xtask <test [pytest args] | deps | bench [write | cluster | soak] [args] | bench-kv [args] | lint>"
             );
             Ok(())
         }

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -14,6 +15,27 @@ use parking_lot::Mutex;
 /// Upper bounds of the latency buckets, in seconds.
 const LATENCY_BUCKETS: [f64; 16] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Heap figures from the process's allocator (see the binary's global allocator).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AllocatorStats {
+    /// Bytes in live allocations.
+    pub allocated: u64,
+    /// Bytes in pages the allocator has handed out (live allocations plus their rounding).
+    pub active: u64,
+    /// Bytes of the allocator's memory that are resident (what it adds to RSS).
+    pub resident: u64,
+    /// Bytes mapped and kept for reuse but returned to the OS (not resident).
+    pub retained: u64,
+}
+
+/// Reads [`AllocatorStats`]; set once by the binary, absent in tests and other embeddings.
+static ALLOCATOR_STATS: OnceLock<fn() -> Option<AllocatorStats>> = OnceLock::new();
+
+/// Makes `/metrics` report the allocator's figures as `cairn_allocator_bytes{kind}`.
+pub fn set_allocator_stats(read: fn() -> Option<AllocatorStats>) {
+    let _ = ALLOCATOR_STATS.set(read);
+}
 
 #[derive(Default)]
 pub struct Metrics {
@@ -238,6 +260,20 @@ impl Metrics {
             let _ = writeln!(out, "{name}_bucket{{op=\"{op}\",le=\"+Inf\"}} {}", h.count);
             let _ = writeln!(out, "{name}_sum{{op=\"{op}\"}} {}", h.sum);
             let _ = writeln!(out, "{name}_count{{op=\"{op}\"}} {}", h.count);
+        }
+        drop(lat);
+        if let Some(a) = ALLOCATOR_STATS.get().and_then(|read| read()) {
+            gauge(
+                &mut out,
+                "cairn_allocator_bytes",
+                "Heap bytes as the allocator counts them: live allocations, active pages, resident, retained.",
+                &[
+                    ("kind=\"allocated\"", a.allocated),
+                    ("kind=\"active\"", a.active),
+                    ("kind=\"resident\"", a.resident),
+                    ("kind=\"retained\"", a.retained),
+                ],
+            );
         }
         out
     }
