@@ -277,6 +277,8 @@ impl MetaCache {
                 w.current = None;
             }
         });
+        // What this owner cached of the object is older than the operation.
+        self.remove(key);
     }
 
     /// Gives back a key's turn without a commit (an origin operation that failed).

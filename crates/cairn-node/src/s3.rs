@@ -266,7 +266,10 @@ impl CairnS3 {
     async fn invalidate(&self, entry: &OriginEntry, bucket: &str, key: &str) {
         if let Some(cluster) = &self.state.cluster {
             let route = cluster.route(crate::cluster::Cluster::meta_key(entry.origin.name(), bucket, key));
-            for node in route.candidates.iter().take(self.state.config.cluster.replicas) {
+            // Owners of the metadata for reads (cluster.replicas) and for writes
+            // (writeback.replicas) may both hold a copy.
+            let owners = self.state.config.cluster.replicas.max(self.state.config.writeback.replicas);
+            for node in route.candidates.iter().take(owners) {
                 if node.id == cluster.node_id {
                     continue;
                 }
