@@ -211,7 +211,7 @@ mod tests {
     fn second_lock_on_a_directory_names_the_holder() {
         let dir = tempfile::tempdir().expect("tempdir");
         let held = lock_cache_dir(dir.path()).expect("first lock");
-        let err = lock_cache_dir(dir.path()).err().expect("second lock must fail").to_string();
+        let err = lock_cache_dir(dir.path()).expect_err("second lock must fail").to_string();
         assert!(err.contains(&dir.path().display().to_string()), "{err}");
         assert!(err.contains(&format!("pid {}", std::process::id())), "{err}");
         drop(held);
