@@ -1,7 +1,7 @@
 //! `cargo xtask`: the project's tasks beyond cargo's own.
 //!
 //! - `cargo xtask test`  installs what the tests need (Python clients, moto, Azurite, rclone,
-//!   redis-server, redis-cli and redis-benchmark),
+//!   redis-server, redis-cli and redis-benchmark, curl and iproute2),
 //!   builds in release mode and runs the Rust and the end-to-end suites.
 //! - `cargo xtask deps`  installs the test dependencies only.
 //! - `cargo xtask bench [write | cluster]` installs the benchmark references (nginx, wrk, FUSE)
@@ -73,7 +73,7 @@ fn deps() -> Result<()> {
             .arg(&node_dir)
             .arg(AZURITE))?;
     }
-    apt_install(&["rclone", "redis-server", "redis-tools"])?;
+    apt_install(&["rclone", "redis-server", "redis-tools", "curl", "iproute2"])?;
     Ok(())
 }
 
