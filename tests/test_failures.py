@@ -262,3 +262,37 @@ def test_a_delete_is_not_undone_by_an_upload_already_running(tmp_path, origin_pr
         assert origin.client.get_object(Bucket="data", Key=k)["Body"].read() == last
     finally:
         c.stop()
+
+
+def test_a_local_write_lost_with_its_disk_stops_hiding_the_origin_version(az_cluster, azurite, prefix):
+    c = az_cluster(3, more_sections=WB)
+    key = prefix + "ckpt.bin"
+    old = payload(MIB + 9, seed=800)
+    c.origin.put_direct(key, old)
+    azurite.stop()
+    with_durability(c.nodes[0].s3(), "local").put_object(Bucket="data", Key=key, Body=payload(MIB, seed=801))
+    # `local` survives a crash, not the loss of the disk: the write is gone with it.
+    c.nodes[0].stop(signal.SIGKILL)
+    shutil.rmtree(c.nodes[0].cache_dir)
+    c.nodes[0].start()
+    azurite.start()
+    # Nobody announces the lost write any more: its owners forget it within the pending lease, and
+    # every node serves the origin's version again (never other bytes meanwhile).
+    deadline = time.time() + 60
+    served = {}
+    while time.time() < deadline:
+        served = {}
+        for n in c.nodes:
+            try:
+                served[n.endpoint] = get(n, key)["Body"].read()
+            except botocore.exceptions.ClientError as e:
+                served[n.endpoint] = e.response["Error"]["Code"]
+        assert all(v == old or isinstance(v, str) for v in served.values()), "a node served bytes of no version"
+        if all(v == old for v in served.values()):
+            break
+        time.sleep(1)
+    assert all(v == old for v in served.values()), {k: v if isinstance(v, str) else len(v) for k, v in served.items()}
+    for n in c.nodes:
+        code, answer = sync(n, prefix, timeout="30s")
+        assert code == 200, answer
+    assert blob(c.origin, key) == old
