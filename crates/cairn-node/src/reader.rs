@@ -309,46 +309,38 @@ where
         if running.is_empty() {
             return None;
         }
-        let hedge = tokio::time::sleep(cluster.hedge_delay());
-        tokio::select! {
-            Some((node, started, r)) = running.next() => match r {
-                Ok(b) => {
-                    cluster.observe(started.elapsed());
-                    return Some(Ok(b));
-                }
-                Err(PeerError::Origin(e)) => return Some(Err(e)),
-                Err(PeerError::Unavailable(m)) => {
-                    tracing::warn!(peer = %node.id, error = %m, chunk = %id, "peer failed; trying the next node");
-                    cluster.mark_suspect(&node.id);
+        // While someone is left to ask, a request slower than the hedge delay starts the next
+        // one; then the running requests are waited for (each bounded by the transport's
+        // own deadlines).
+        let done = if next.len() > 0 {
+            tokio::select! {
+                done = running.next() => done,
+                _ = tokio::time::sleep(cluster.hedge_delay()) => {
                     if let Some(n) = next.next() {
+                        Metrics::add(&metrics.peer_hedges, 1);
+                        tracing::debug!(peer = %n.id, chunk = %id, "a peer is slow; asking the next node too");
                         running.push(start(n));
                     }
+                    continue;
                 }
-            },
-            _ = hedge => match next.next() {
-                Some(n) => {
-                    Metrics::add(&metrics.peer_hedges, 1);
-                    tracing::debug!(peer = %n.id, chunk = %id, "a peer is slow; asking the next node too");
+            }
+        } else {
+            running.next().await
+        };
+        let Some((node, started, r)) = done else { continue };
+        match r {
+            Ok(b) => {
+                cluster.observe(started.elapsed());
+                return Some(Ok(b));
+            }
+            Err(PeerError::Origin(e)) => return Some(Err(e)),
+            Err(PeerError::Unavailable(m)) => {
+                tracing::warn!(peer = %node.id, error = %m, chunk = %id, "peer failed; trying the next node");
+                cluster.mark_suspect(&node.id);
+                if let Some(n) = next.next() {
                     running.push(start(n));
                 }
-                // Nobody left to ask: wait for the running requests (each bounded by the peer
-                // transport's own deadlines).
-                None => {
-                    if let Some((node, started, r)) = running.next().await {
-                        match r {
-                            Ok(b) => {
-                                cluster.observe(started.elapsed());
-                                return Some(Ok(b));
-                            }
-                            Err(PeerError::Origin(e)) => return Some(Err(e)),
-                            Err(PeerError::Unavailable(m)) => {
-                                tracing::warn!(peer = %node.id, error = %m, chunk = %id, "peer failed");
-                                cluster.mark_suspect(&node.id);
-                            }
-                        }
-                    }
-                }
-            },
+            }
         }
     }
 }
