@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -46,6 +47,8 @@ const LATENCY_MIN_SAMPLES: usize = 16;
 const HEDGE_FACTOR: u32 = 4;
 /// ...and never below this, so ordinary jitter never doubles origin reads.
 const HEDGE_MIN: Duration = Duration::from_millis(500);
+/// Samples between two computations of the hedge delay.
+const HEDGE_RECOMPUTE_EVERY: u64 = 16;
 /// Shortest liveness probe timeout.
 const PROBE_MIN: Duration = Duration::from_millis(200);
 
@@ -87,6 +90,11 @@ pub struct Cluster {
     metrics: Arc<Metrics>,
     /// Recent successful chunk request durations, newest last.
     latencies: Mutex<std::collections::VecDeque<Duration>>,
+    /// The hedge delay derived from `latencies`, in nanoseconds (0: not enough samples yet);
+    /// recomputed every `HEDGE_RECOMPUTE_EVERY` samples so a chunk request only reads it.
+    hedge_nanos: AtomicU64,
+    /// Successful chunk requests observed.
+    observed: AtomicU64,
 }
 
 /// Where a key's requests go: its candidates in ranking order and whether this node owns it.
@@ -113,6 +121,8 @@ impl Cluster {
             suspects: Mutex::new(HashMap::new()),
             metrics,
             latencies: Mutex::new(std::collections::VecDeque::with_capacity(LATENCY_SAMPLES)),
+            hedge_nanos: AtomicU64::new(0),
+            observed: AtomicU64::new(0),
         })
     }
 
@@ -178,26 +188,35 @@ impl Cluster {
         Route { candidates, self_is_owner }
     }
 
-    /// Records how long a successful chunk request took.
+    /// Records how long a successful chunk request took; every `HEDGE_RECOMPUTE_EVERY` samples
+    /// the hedge delay is derived again from the recent ones.
     pub fn observe(&self, took: Duration) {
-        let mut l = self.latencies.lock();
-        if l.len() == LATENCY_SAMPLES {
-            l.pop_front();
-        }
-        l.push_back(took);
+        let mut samples: Vec<Duration> = {
+            let mut l = self.latencies.lock();
+            if l.len() == LATENCY_SAMPLES {
+                l.pop_front();
+            }
+            l.push_back(took);
+            let seen = self.observed.fetch_add(1, Ordering::Relaxed) + 1;
+            if l.len() < LATENCY_MIN_SAMPLES || !seen.is_multiple_of(HEDGE_RECOMPUTE_EVERY) {
+                return;
+            }
+            l.iter().copied().collect()
+        };
+        samples.sort_unstable();
+        let p99 = samples[(samples.len() * 99 / 100).min(samples.len() - 1)];
+        let delay = (p99 * HEDGE_FACTOR).clamp(HEDGE_MIN, self.cfg.peer_max_wait.0.max(HEDGE_MIN));
+        self.hedge_nanos.store(delay.as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// How long a chunk request may run before the next candidate is asked too: a multiple of
-    /// what peers usually take (their 99th percentile), within `HEDGE_MIN..peer_max_wait`.
+    /// what peers usually take (their 99th percentile), within `HEDGE_MIN..peer_max_wait`;
+    /// `peer_max_wait` until enough requests were observed.
     pub fn hedge_delay(&self) -> Duration {
-        let max = self.cfg.peer_max_wait.0.max(HEDGE_MIN);
-        let mut samples: Vec<Duration> = self.latencies.lock().iter().copied().collect();
-        if samples.len() < LATENCY_MIN_SAMPLES {
-            return max;
+        match self.hedge_nanos.load(Ordering::Relaxed) {
+            0 => self.cfg.peer_max_wait.0.max(HEDGE_MIN),
+            n => Duration::from_nanos(n),
         }
-        samples.sort_unstable();
-        let p99 = samples[(samples.len() * 99 / 100).min(samples.len() - 1)];
-        (p99 * HEDGE_FACTOR).clamp(HEDGE_MIN, max)
     }
 
     /// Whether the peer's process answers: a `GET /healthz` on a fresh connection, within half

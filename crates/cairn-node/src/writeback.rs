@@ -920,6 +920,8 @@ pub async fn begin_origin_op(
                 backoff = (backoff * 2).min(cfg.retry_max.0);
             }
             UploadGrant::Wait => {
+                // Owners that granted the turn meanwhile must not keep it for a lease.
+                let _ = meta_broadcast(state, "release-turn", &msg, false).await;
                 return Err(TurnBusy { bucket: bucket.to_owned(), key: key.to_owned(), waited: started.elapsed() });
             }
             _ => return Ok(OriginTurn { msg }),
