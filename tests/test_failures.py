@@ -4,15 +4,17 @@ unreachable, an origin that throttles, and a delete racing an upload that alread
 test checks exact bytes at the origin and through every node, and what `sync` reports."""
 
 import concurrent.futures
+import json
 import signal
 import shutil
 import time
 
 import botocore.exceptions
 import pytest
+import requests
 
 from conftest import AzuriteOrigin, payload
-from test_cluster import Cluster
+from test_cluster import SECRET, Cluster
 from test_writeback import (  # noqa: F401  (fixtures)
     az_cluster,
     azurite,
@@ -296,3 +298,45 @@ def test_a_local_write_lost_with_its_disk_stops_hiding_the_origin_version(az_clu
         code, answer = sync(n, prefix, timeout="30s")
         assert code == 200, answer
     assert blob(c.origin, key) == old
+
+
+def test_a_replica_of_a_write_never_acknowledged_is_dropped(tmp_path, prefix):
+    """The writer died between committing its replica at one holder and at the next: the write was
+    never acknowledged. The holder that has its record must not retry a takeover forever (and hold
+    `sync` up), nor upload a write nobody was told succeeded."""
+    c = Cluster(tmp_path, 3, chunk=256 * 1024, more_sections=WB)
+    try:
+        for n in c.nodes:
+            n.start()
+        wid = "ab" * 16
+        chunk = payload(256 * 1024, seed=77)
+        peer = f"http://{c.ips[0]}:{c.peer_ports[0]}"
+        auth = {"x-cairn-secret": SECRET}
+        r = requests.put(f"{peer}/wb/chunk?wid={wid}&index=0", data=chunk, headers=auth, timeout=10)
+        assert r.status_code == 204, r.text
+        key = prefix + "never-acked.bin"
+        record = {
+            "wid": wid, "origin": "data", "bucket": "data", "key": key, "size": 2 * len(chunk),
+            "chunk_size": len(chunk), "content_type": None, "version": f"cairn-w-{wid}-n2", "writer": "n2",
+            # An incarnation the writer no longer has: the holders must act without it.
+            "writer_incarnation": "00" * 16, "durability": "replicated", "ticket": time.time_ns(),
+            "sums": [0, 0], "holders": ["n0", "n1"], "role": {"replica": {"chunks": [0]}},
+        }
+        r = requests.post(f"{peer}/wb/commit", data=json.dumps(record), headers=auth, timeout=10)
+        assert r.status_code in (200, 204), r.text
+        assert c.nodes[0].metric("cairn_replicas_held") == 1
+        # n1, the other holder, never got its commit: the write was not acknowledged anywhere.
+        deadline = time.time() + 30
+        while time.time() < deadline and c.nodes[0].metric("cairn_replicas_orphaned_total") < 1:
+            time.sleep(0.3)
+        assert c.nodes[0].metric("cairn_replicas_orphaned_total") == 1
+        assert c.nodes[0].metric("cairn_replicas_held") == 0
+        for n in c.nodes:
+            code, answer = sync(n, "", timeout="10s")
+            assert code == 200, answer
+        assert c.nodes[0].metric("cairn_takeovers_total") == 0
+        assert not (c.origin.root / key).exists()
+        for n in c.nodes:
+            assert missing(n, key)
+    finally:
+        c.stop()

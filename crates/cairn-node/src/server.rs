@@ -465,6 +465,12 @@ fn write_back_metrics(out: &mut String, state: &NodeState) {
         &[("", get(&wb.stats.takeovers))],
     );
     metric(
+        "cairn_replicas_orphaned_total",
+        "counter",
+        "Replicas dropped during a takeover because another holder did not hold the write (never acknowledged, or already uploaded).",
+        &[("", get(&wb.stats.orphans_dropped))],
+    );
+    metric(
         "cairn_write_throttled_total",
         "counter",
         "Writes that waited because dirty bytes were at their cap.",

@@ -223,6 +223,7 @@ pub struct WriteStats {
     pub upload_retries: AtomicU64,
     pub superseded: AtomicU64,
     pub takeovers: AtomicU64,
+    pub orphans_dropped: AtomicU64,
     pub throttled: AtomicU64,
 }
 
@@ -1278,7 +1279,18 @@ async fn take_over(state: &Arc<NodeState>, cluster: &Arc<Cluster>, rec: &WriteRe
                 }
             }
         }
-        let data = got.ok_or_else(|| format!("no live holder has chunk {index}"))?;
+        let Some(data) = got else {
+            if let Some(h) = holder_without(cluster, rec).await {
+                // Acknowledgement follows the commit at every holder, so a holder without the
+                // record means the write was never acknowledged (its writer died between
+                // commits), or it was uploaded and released, or it was lost with `h`'s disk too.
+                tracing::warn!(bucket = %rec.bucket, key = %rec.key, holder = %h, "dropping a replica: another holder of the write does not hold it (never acknowledged, already uploaded, or lost with that holder's disk)");
+                Metrics::add(&state.writeback.stats.orphans_dropped, 1);
+                release_replica(state, &rec.wid).await;
+                return Ok(());
+            }
+            return Err(format!("no live holder has chunk {index}"));
+        };
         let name = format!("t{index}");
         let path = dir.join(&name);
         let (n, room) = (data.len() as u64, journal.room());
@@ -1303,6 +1315,21 @@ async fn take_over(state: &Arc<NodeState>, cluster: &Arc<Cluster>, rec: &WriteRe
     Metrics::add(&state.writeback.stats.takeovers, 1);
     let _ = state.writeback.queue.send(rec.wid.clone());
     Ok(())
+}
+
+/// A holder of `rec` (other than this node) that answers and does not hold the write.
+async fn holder_without(cluster: &Cluster, rec: &WriteRecord) -> Option<String> {
+    let body = Bytes::from(serde_json::to_vec(&[&rec.wid]).ok()?);
+    for id in rec.holders.iter().filter(|h| **h != cluster.node_id) {
+        let Some(node) = cluster.node(id) else { continue };
+        if let Ok((_, b)) = cluster.call(&node, Method::POST, "/wb/held".into(), body.clone()).await
+            && let Ok(answer) = serde_json::from_slice::<HeldAnswer>(&b)
+            && !answer.held.contains(&rec.wid)
+        {
+            return Some(id.clone());
+        }
+    }
+    None
 }
 
 /// Announces every write this node holds (as writer or replica holder) to the owners of its key's
