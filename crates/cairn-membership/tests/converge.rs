@@ -1,0 +1,189 @@
+//! A handful of members on an in-memory network: they form one view from one seed, detect a
+//! crash, take a restart back, drop a member that left at once, and ignore packets sealed with
+//! another secret.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+
+use cairn_core::cluster::NodeState;
+use cairn_membership::{Config, Membership, NodeIdentity, Outbox};
+use foca::Timer;
+
+enum Ev {
+    Packet(SocketAddr, Vec<u8>),
+    Timer(SocketAddr, Timer<NodeIdentity>),
+}
+
+struct Net {
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
+    events: HashMap<u64, Ev>,
+    nodes: HashMap<SocketAddr, Membership<NodeIdentity>>,
+    dead: std::collections::HashSet<SocketAddr>,
+}
+
+fn ident(i: u16, generation: u64) -> NodeIdentity {
+    NodeIdentity {
+        id: format!("n{i}"),
+        gossip: format!("127.0.0.1:{}", 7000 + i).parse().expect("addr"),
+        peer: format!("127.0.0.1:{}", 9000 + i),
+        zone: "z".into(),
+        rack: format!("r{}", i % 2),
+        weight: 100,
+        generation,
+        joined: 1,
+        leaving: false,
+    }
+}
+
+impl Net {
+    fn push(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse((at, self.seq)));
+        self.events.insert(self.seq, ev);
+    }
+
+    fn absorb(&mut self, out: Outbox<NodeIdentity>, from: SocketAddr) {
+        for (to, p) in out.sends {
+            self.push(self.now + 1, Ev::Packet(to.gossip, p));
+        }
+        for (after, t) in out.timers {
+            self.push(self.now + after.as_millis() as u64, Ev::Timer(from, t));
+        }
+    }
+
+    fn add(&mut self, m: Membership<NodeIdentity>, seed: Option<SocketAddr>) {
+        let addr = m.identity().gossip;
+        self.dead.remove(&addr);
+        self.nodes.insert(addr, m);
+        if let Some(s) = seed {
+            let mut out = Outbox::default();
+            let now = self.now;
+            self.nodes.get_mut(&addr).expect("added").join(&[s], now, &mut out);
+            self.absorb(out, addr);
+        }
+    }
+
+    fn run_until(&mut self, until: u64) {
+        while let Some(Reverse((at, seq))) = self.queue.peek().copied() {
+            if at > until {
+                break;
+            }
+            self.queue.pop();
+            self.now = at;
+            let Some(ev) = self.events.remove(&seq) else { continue };
+            let (addr, mut out) = (match &ev {
+                Ev::Packet(a, _) | Ev::Timer(a, _) => *a,
+            }, Outbox::default());
+            if self.dead.contains(&addr) {
+                continue;
+            }
+            let Some(m) = self.nodes.get_mut(&addr) else { continue };
+            match ev {
+                Ev::Packet(_, p) => {
+                    let _ = m.handle_packet(&p, at, &mut out);
+                }
+                Ev::Timer(_, t) => m.handle_timer(t, at, &mut out),
+            }
+            self.absorb(out, addr);
+        }
+        self.now = until;
+    }
+
+    fn views(&self) -> Vec<Vec<(String, NodeState)>> {
+        let mut v: Vec<(SocketAddr, Vec<(String, NodeState)>)> = self
+            .nodes
+            .iter()
+            .filter(|(a, _)| !self.dead.contains(a))
+            .map(|(a, m)| (*a, m.map(self.now).nodes.into_iter().map(|n| (n.id, n.state)).collect()))
+            .collect();
+        v.sort_by_key(|x| x.0);
+        v.into_iter().map(|x| x.1).collect()
+    }
+}
+
+fn net(n: u16, secret: &[u8]) -> Net {
+    let mut net = Net {
+        now: 1_000_000,
+        seq: 0,
+        queue: BinaryHeap::new(),
+        events: HashMap::new(),
+        nodes: HashMap::new(),
+        dead: Default::default(),
+    };
+    let seed = ident(0, 1).gossip;
+    for i in 0..n {
+        let m = Membership::new(ident(i, 1), Config::default(), secret, u64::from(i));
+        net.add(m, if i == 0 { None } else { Some(seed) });
+    }
+    net
+}
+
+fn ids(view: &[(String, NodeState)]) -> Vec<&str> {
+    view.iter().map(|(i, _)| i.as_str()).collect()
+}
+
+#[test]
+fn members_form_one_view_detect_a_crash_and_take_a_restart_back() {
+    let mut net = net(6, b"secret-one");
+    net.run_until(net.now + 10_000);
+    for v in net.views() {
+        assert_eq!(ids(&v), vec!["n0", "n1", "n2", "n3", "n4", "n5"]);
+        assert!(v.iter().all(|(_, s)| *s == NodeState::Up));
+    }
+    // Crash n3: everyone else marks it down within probe + suspicion + dissemination.
+    let a3 = ident(3, 1).gossip;
+    net.dead.insert(a3);
+    net.run_until(net.now + 15_000);
+    for v in net.views() {
+        assert_eq!(v.iter().find(|(i, _)| i == "n3").map(|x| x.1), Some(NodeState::Down), "{v:?}");
+    }
+    // Restart with the same id and a newer generation: back up everywhere, one entry.
+    let m = Membership::new(ident(3, 2), Config::default(), b"secret-one", 99);
+    net.add(m, Some(ident(1, 1).gossip));
+    net.run_until(net.now + 10_000);
+    for v in net.views() {
+        assert_eq!(ids(&v).len(), 6);
+        assert!(v.iter().all(|(_, s)| *s == NodeState::Up), "{v:?}");
+    }
+}
+
+#[test]
+fn a_member_that_leaves_is_removed_at_once() {
+    let mut net = net(4, b"secret-one");
+    net.run_until(net.now + 8_000);
+    let a2 = ident(2, 1).gossip;
+    let mut out = Outbox::default();
+    let now = net.now;
+    net.nodes.get_mut(&a2).expect("n2").leave(now, &mut out);
+    net.absorb(out, a2);
+    net.run_until(net.now + 100);
+    net.dead.insert(a2);
+    net.run_until(net.now + 3_000);
+    for v in net.views() {
+        assert_eq!(ids(&v), vec!["n0", "n1", "n3"], "{v:?}");
+    }
+}
+
+#[test]
+fn a_member_without_the_secret_cannot_join() {
+    let mut net = net(3, b"secret-one");
+    net.run_until(net.now + 5_000);
+    let intruder = Membership::new(ident(7, 1), Config::default(), b"not-the-secret", 7);
+    net.add(intruder, Some(ident(0, 1).gossip));
+    net.run_until(net.now + 10_000);
+    for (a, m) in &net.nodes {
+        let names = ids(&m.map(net.now).nodes.iter().map(|n| (n.id.clone(), n.state)).collect::<Vec<_>>())
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        if *a == ident(7, 1).gossip {
+            assert_eq!(names, vec!["n7"]);
+        } else {
+            assert_eq!(names, vec!["n0", "n1", "n2"]);
+            assert!(m.stats().rejected > 0 || m.identity().id != "n0");
+        }
+    }
+}
