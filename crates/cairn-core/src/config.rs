@@ -246,6 +246,31 @@ pub struct ClusterSection {
     pub map_poll: HumanDuration,
     /// Idle keep-alive connections kept per peer.
     pub peer_pool_idle: usize,
+    /// Gossip seeds, instead of `map`: `host:port` of other nodes' peer ports (gossip runs on the
+    /// same port over UDP). A DNS name that resolves to several addresses (a headless Service)
+    /// counts for all of them; names are resolved again every `seed_resolve_every`. The map is
+    /// then derived from membership. A node may list itself.
+    pub seeds: Vec<String>,
+    /// This node's failure domains and relative capacity (gossip mode; a map file says them
+    /// for each node itself).
+    pub zone: String,
+    pub rack: String,
+    pub weight: u32,
+    /// The address other nodes reach this node's peer port (and gossip) at; empty: `peer_listen`
+    /// (which must then not be a wildcard address).
+    pub advertise: String,
+    /// How often each node probes a random member.
+    pub probe_period: HumanDuration,
+    /// How long a suspected member has to refute before it is declared dead. Longer than the
+    /// longest stall (GC pause, frozen VM) that must not cost a node its place.
+    pub suspect_timeout: HumanDuration,
+    /// A member dead for this long, or that left on purpose, is removed from the map (its keys
+    /// then move for good; while it is only `down`, they move within its rack and come back).
+    pub remove_after: HumanDuration,
+    /// A node whose cache is new takes its share of keys in `join_steps` steps over this time.
+    pub join_ramp: HumanDuration,
+    pub join_steps: u32,
+    pub seed_resolve_every: HumanDuration,
 }
 
 impl Default for ClusterSection {
@@ -261,13 +286,29 @@ impl Default for ClusterSection {
             suspect_for: HumanDuration(Duration::from_secs(10)),
             map_poll: HumanDuration(Duration::from_secs(1)),
             peer_pool_idle: 64,
+            seeds: Vec::new(),
+            zone: "default".into(),
+            rack: "default".into(),
+            weight: 100,
+            advertise: String::new(),
+            probe_period: HumanDuration(Duration::from_secs(1)),
+            suspect_timeout: HumanDuration(Duration::from_secs(8)),
+            remove_after: HumanDuration(Duration::from_secs(600)),
+            join_ramp: HumanDuration(Duration::from_secs(120)),
+            join_steps: 4,
+            seed_resolve_every: HumanDuration(Duration::from_secs(30)),
         }
     }
 }
 
 impl ClusterSection {
     pub fn enabled(&self) -> bool {
-        !self.map.is_empty()
+        !self.map.is_empty() || self.gossip()
+    }
+
+    /// Membership by gossip (seeds given) rather than a map file.
+    pub fn gossip(&self) -> bool {
+        !self.seeds.is_empty()
     }
 }
 
@@ -292,6 +333,9 @@ pub struct WritebackSection {
     /// How long a replica holder waits for an unreachable writer before it uploads the object
     /// itself (at once when the map marks the writer down).
     pub takeover_after: HumanDuration,
+    /// On SIGTERM, how long pending uploads get to reach the origin before the writes still
+    /// pending are handed to replica holders (keep it well inside the pod's grace period).
+    pub drain_timeout: HumanDuration,
 }
 
 impl Default for WritebackSection {
@@ -304,6 +348,7 @@ impl Default for WritebackSection {
             retry_max: HumanDuration(Duration::from_secs(10)),
             upload_defer: HumanDuration(Duration::from_secs(10)),
             takeover_after: HumanDuration(Duration::from_secs(60)),
+            drain_timeout: HumanDuration(Duration::from_secs(20)),
         }
     }
 }
@@ -638,11 +683,22 @@ impl Config {
         }
         let c = &self.cluster;
         if c.enabled() {
+            if !c.map.is_empty() && c.gossip() {
+                return bad("cluster.map and cluster.seeds exclude each other: a map file, or gossip from seeds".into());
+            }
             if c.node_id.is_empty() {
-                return bad("cluster.node_id is required when cluster.map is set".into());
+                return bad("cluster.node_id is required in a cluster".into());
             }
             if c.secret.len() < 16 {
-                return bad("cluster.secret must be at least 16 characters when cluster.map is set".into());
+                return bad("cluster.secret must be at least 16 characters in a cluster".into());
+            }
+            if c.gossip() {
+                if c.weight == 0 {
+                    return bad("cluster.weight must be positive".into());
+                }
+                if c.probe_period.0 < Duration::from_millis(100) || c.suspect_timeout.0 < c.probe_period.0 {
+                    return bad("cluster.probe_period must be at least 100ms and suspect_timeout at least probe_period".into());
+                }
             }
             if !(1..=5).contains(&c.replicas) {
                 return bad("cluster.replicas must be between 1 and 5".into());

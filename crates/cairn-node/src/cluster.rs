@@ -82,7 +82,10 @@ impl<'a> ChunkQuery<'a> {
 pub struct Cluster {
     pub node_id: String,
     cfg: ClusterSection,
-    map_path: PathBuf,
+    /// The map file (map mode); `None` when membership comes from gossip.
+    map_path: Option<PathBuf>,
+    /// Gossip membership (gossip mode), set once it runs.
+    pub gossip: std::sync::OnceLock<Arc<crate::gossip::Gossip>>,
     map_mtime: Mutex<Option<SystemTime>>,
     placement: RwLock<Arc<Placement>>,
     client: Client<HttpConnector, Full<Bytes>>,
@@ -105,17 +108,32 @@ pub struct Route {
 
 impl Cluster {
     pub fn load(cfg: &ClusterSection, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let map_path = PathBuf::from(&cfg.map);
-        let (map, mtime) = read_map(&map_path)?;
-        if map.node(&cfg.node_id).is_none() {
-            tracing::warn!(node = %cfg.node_id, "this node is not in the cluster map; it will only route requests");
-        }
+        let (map_path, map, mtime) = if cfg.gossip() {
+            // Until gossip says otherwise, the cluster is this node.
+            let me = NodeEntry {
+                id: cfg.node_id.clone(),
+                addr: advertised_peer_addr(cfg)?,
+                zone: cfg.zone.clone(),
+                rack: cfg.rack.clone(),
+                weight: cfg.weight,
+                state: cairn_core::cluster::NodeState::Up,
+            };
+            (None, ClusterMap { version: cairn_membership::map::digest(std::slice::from_ref(&me)), nodes: vec![me] }, None)
+        } else {
+            let map_path = PathBuf::from(&cfg.map);
+            let (map, mtime) = read_map(&map_path)?;
+            if map.node(&cfg.node_id).is_none() {
+                tracing::warn!(node = %cfg.node_id, "this node is not in the cluster map; it will only route requests");
+            }
+            (Some(map_path), map, Some(mtime))
+        };
         let client = peer_client(cfg);
         Ok(Self {
             node_id: cfg.node_id.clone(),
             cfg: cfg.clone(),
             map_path,
-            map_mtime: Mutex::new(Some(mtime)),
+            gossip: std::sync::OnceLock::new(),
+            map_mtime: Mutex::new(mtime),
             placement: RwLock::new(Arc::new(Placement::new(&map))),
             client,
             suspects: Mutex::new(HashMap::new()),
@@ -134,13 +152,29 @@ impl Cluster {
         &self.cfg.secret
     }
 
+    pub fn config(&self) -> &ClusterSection {
+        &self.cfg
+    }
+
+    /// Adopts a map derived from membership, when it differs from the one in use.
+    pub fn adopt(&self, map: &ClusterMap) -> bool {
+        if self.placement.read().version() == map.version {
+            return false;
+        }
+        let up = map.nodes.iter().filter(|n| n.state == cairn_core::cluster::NodeState::Up).count();
+        *self.placement.write() = Arc::new(Placement::new(map));
+        tracing::info!(digest = format_args!("{:016x}", map.version), nodes = map.nodes.len(), up, "adopted the map derived from membership");
+        true
+    }
+
     /// Re-reads the map file if it changed; adopts it if its version is newer.
     pub fn reload(&self) -> Result<bool, String> {
-        let mtime = std::fs::metadata(&self.map_path).and_then(|m| m.modified()).map_err(|e| e.to_string())?;
+        let Some(path) = &self.map_path else { return Ok(false) };
+        let mtime = std::fs::metadata(path).and_then(|m| m.modified()).map_err(|e| e.to_string())?;
         if *self.map_mtime.lock() == Some(mtime) {
             return Ok(false);
         }
-        let (map, mtime) = read_map(&self.map_path)?;
+        let (map, mtime) = read_map(path)?;
         *self.map_mtime.lock() = Some(mtime);
         let current = self.placement.read().version();
         if map.version <= current {
@@ -160,7 +194,7 @@ impl Cluster {
             loop {
                 tick.tick().await;
                 if let Err(e) = this.reload() {
-                    tracing::warn!(path = %this.map_path.display(), error = %e, "cannot read the cluster map; keeping the current one");
+                    tracing::warn!(path = %this.cfg.map, error = %e, "cannot read the cluster map; keeping the current one");
                 }
             }
         })
@@ -431,6 +465,17 @@ pub fn meta_query(origin: &str, bucket: &str, key: &str) -> String {
         .append_pair("bucket", bucket)
         .append_pair("key", key)
         .finish()
+}
+
+/// The peer address other nodes reach this node at.
+pub fn advertised_peer_addr(cfg: &ClusterSection) -> Result<String, String> {
+    let a = if cfg.advertise.is_empty() { &cfg.peer_listen } else { &cfg.advertise };
+    match a.parse::<std::net::SocketAddr>() {
+        Ok(sa) if sa.ip().is_unspecified() => {
+            Err(format!("cluster.peer_listen {a} is a wildcard address: set cluster.advertise to the address peers reach this node at"))
+        }
+        _ => Ok(a.clone()),
+    }
 }
 
 fn read_map(path: &std::path::Path) -> Result<(ClusterMap, SystemTime), String> {

@@ -5,6 +5,7 @@
 //! and the admin endpoint (and the KV endpoint, `kv.rs`) until the returned [`RunningNode`] is dropped or shut down.
 
 pub mod cluster;
+pub mod gossip;
 pub mod kv;
 pub mod kv_conn;
 pub mod kv_route;
@@ -67,6 +68,16 @@ impl RunningNode {
         }
     }
 
+    /// A graceful exit (SIGTERM): pending uploads get up to `grace` to reach the origin; writes
+    /// still pending then are handed to replica holders, who upload them once this node is gone;
+    /// then the node leaves the membership so the others drop it from their maps at once.
+    pub async fn leave(&self, grace: std::time::Duration) {
+        writeback::drain(&self.state, grace).await;
+        if let Some(g) = self.state.cluster.as_ref().and_then(|c| c.gossip.get()) {
+            g.leave().await;
+        }
+    }
+
     /// Waits until the listeners stop.
     pub async fn wait(mut self) {
         for t in self.tasks.drain(..) {
@@ -110,7 +121,19 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
             server::bind(listen).await.map_err(|e| StartError::Io(format!("listen on {listen}"), e))?;
         peer_addr = Some(addr);
         tasks.push(tokio::spawn(peer::serve_peer(listener, state.clone(), cluster.clone())));
-        tasks.push(cluster.spawn_reloader());
+        if cfg.cluster.gossip() {
+            let joined = std::fs::metadata(std::path::Path::new(&cfg.cache.dir).join("incarnation"))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or_else(gossip::now_ms);
+            let (g, more) = gossip::Gossip::start(cluster.clone(), joined).await.map_err(StartError::Config)?;
+            let _ = cluster.gossip.set(g);
+            tasks.extend(more);
+        } else {
+            tasks.push(cluster.spawn_reloader());
+        }
     }
     // Reads must see every acknowledged write from the first request on: the node's own journal
     // and what peers hold for keys it owns are registered before S3 requests are taken (they wait

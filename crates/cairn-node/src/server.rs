@@ -340,6 +340,9 @@ fn admin(state: &NodeState, path: &str) -> Response<Full<Bytes>> {
             let mut text = state.metrics.render(state.reader.store());
             if let Some(c) = &state.cluster {
                 cluster_metrics(&mut text, &c.placement());
+                if let Some(g) = c.gossip.get() {
+                    gossip_metrics(&mut text, g);
+                }
             }
             write_back_metrics(&mut text, state);
             listener_metrics(&mut text, &state.listeners);
@@ -349,6 +352,10 @@ fn admin(state: &NodeState, path: &str) -> Response<Full<Bytes>> {
             (StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/v1/members" => match &state.cluster {
+            Some(c) => (StatusCode::OK, "application/json", members_json(c)),
+            None => (StatusCode::NOT_FOUND, "application/json", "{\"error\":\"this node is not in a cluster\"}".into()),
+        },
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics or /healthz\n".to_owned()),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -476,6 +483,132 @@ fn write_back_metrics(out: &mut String, state: &NodeState) {
         "Writes that waited because dirty bytes were at their cap.",
         &[("", get(&wb.stats.throttled))],
     );
+}
+
+/// One member as `GET /v1/members` shows it.
+#[derive(serde::Serialize)]
+struct MemberRow {
+    id: String,
+    /// `alive`, `suspect`, `dead` or `left` (gossip); `up` or `down` (map file).
+    state: &'static str,
+    /// The state the derived map gives it: `up`, `down`, or `removed`.
+    map: &'static str,
+    addr: String,
+    zone: String,
+    rack: String,
+    weight: u32,
+    incarnation: u16,
+    generation: u64,
+    /// Milliseconds since this node last received gossip from it (null: never directly).
+    heard_ms_ago: Option<u64>,
+    this_node: bool,
+}
+
+fn members_json(c: &crate::cluster::Cluster) -> String {
+    use cairn_core::cluster::NodeState;
+    let p = c.placement();
+    let map_state = |id: &str| match p.index_of(id).map(|i| p.nodes()[i].state) {
+        Some(NodeState::Up) => "up",
+        Some(NodeState::Down) => "down",
+        None => "removed",
+    };
+    let mut rows = Vec::new();
+    let mode;
+    if let Some(g) = c.gossip.get() {
+        mode = "gossip";
+        let now = crate::gossip::now_ms();
+        let (me, members) = g.members();
+        rows.push(MemberRow {
+            id: me.id.clone(),
+            state: "alive",
+            map: map_state(&me.id),
+            addr: me.peer.clone(),
+            zone: me.zone.clone(),
+            rack: me.rack.clone(),
+            weight: me.weight,
+            incarnation: 0,
+            generation: me.generation,
+            heard_ms_ago: Some(0),
+            this_node: true,
+        });
+        for m in members {
+            let i = &m.identity;
+            if i.id.is_empty() {
+                continue;
+            }
+            let state = match m.standing {
+                cairn_membership::Standing::Alive => "alive",
+                cairn_membership::Standing::Suspect => "suspect",
+                cairn_membership::Standing::Down { .. } if i.leaving => "left",
+                cairn_membership::Standing::Down { .. } => "dead",
+            };
+            rows.push(MemberRow {
+                id: i.id.clone(),
+                state,
+                map: map_state(&i.id),
+                addr: i.peer.clone(),
+                zone: i.zone.clone(),
+                rack: i.rack.clone(),
+                weight: i.weight,
+                incarnation: m.incarnation,
+                generation: i.generation,
+                heard_ms_ago: (m.heard_ms > 0).then(|| now.saturating_sub(m.heard_ms)),
+                this_node: false,
+            });
+        }
+    } else {
+        mode = "map";
+        for n in p.nodes() {
+            rows.push(MemberRow {
+                id: n.id.clone(),
+                state: if n.state == NodeState::Up { "up" } else { "down" },
+                map: map_state(&n.id),
+                addr: n.addr.clone(),
+                zone: n.zone.clone(),
+                rack: n.rack.clone(),
+                weight: n.weight,
+                incarnation: 0,
+                generation: 0,
+                heard_ms_ago: None,
+                this_node: n.id == c.node_id,
+            });
+        }
+    }
+    rows.sort_by(|a, b| a.id.cmp(&b.id).then(b.generation.cmp(&a.generation)));
+    serde_json::json!({
+        "node": c.node_id,
+        "mode": mode,
+        "map_version": format!("{:016x}", p.version()),
+        "members": rows,
+    })
+    .to_string()
+}
+
+fn gossip_metrics(out: &mut String, g: &crate::gossip::Gossip) {
+    let s = g.stats();
+    let (_, members) = g.members();
+    let mut by_state = [0u64; 4];
+    for m in members.iter().filter(|m| !m.identity.id.is_empty()) {
+        by_state[match m.standing {
+            cairn_membership::Standing::Alive => 0,
+            cairn_membership::Standing::Suspect => 1,
+            cairn_membership::Standing::Down { .. } if m.identity.leaving => 3,
+            cairn_membership::Standing::Down { .. } => 2,
+        }] += 1;
+    }
+    by_state[0] += 1; // this node
+    let states = ["alive", "suspect", "dead", "left"];
+    let labelled: Vec<(String, u64)> = states.iter().zip(by_state).map(|(st, n)| (format!("state=\"{st}\""), n)).collect();
+    crate::metrics::series(out, "gauge", "cairn_members", "Members this node knows, by gossip state (itself included).", &rows(&labelled));
+    let mut one = |name: &str, kind: &str, help: &str, v: u64| crate::metrics::series(out, kind, name, help, &[("", v)]);
+    one("cairn_gossip_packets_sent_total", "counter", "Gossip packets sent.", s.packets_out);
+    one("cairn_gossip_bytes_sent_total", "counter", "Gossip bytes sent.", s.bytes_out);
+    one("cairn_gossip_packets_received_total", "counter", "Gossip packets received.", s.packets_in);
+    one("cairn_gossip_bytes_received_total", "counter", "Gossip bytes received.", s.bytes_in);
+    one("cairn_gossip_rejected_total", "counter", "Gossip packets dropped: not sealed with the cluster secret, stale, or malformed.", s.rejected);
+    one("cairn_gossip_suspicions_total", "counter", "Probes by this node that failed, making it suspect the member.", s.suspicions);
+    one("cairn_gossip_confirmations_total", "counter", "Members this node saw declared dead (or leave).", s.confirmations);
+    one("cairn_gossip_refutations_total", "counter", "Suspicions of this node it refuted.", s.refutations);
 }
 
 fn cluster_metrics(out: &mut String, p: &cairn_core::placement::Placement) {

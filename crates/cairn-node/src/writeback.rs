@@ -642,7 +642,7 @@ async fn finish(
                 let placed = p.finish().await?;
                 commit_replicas(cluster, &mut record, placed).await?;
             }
-            _ => replicate(state, cluster, &mut record).await?,
+            _ => replicate(state, cluster, &mut record, state.config.writeback.replicas.saturating_sub(1)).await?,
         }
     }
     let (j, r) = (wb.journal.clone(), record.clone());
@@ -660,8 +660,12 @@ async fn finish(
 
 /// Pushes every chunk to `replicas - 1` nodes of its ranking other than this one, reading them
 /// back from the journal, and commits a replica record at each.
-async fn replicate(state: &Arc<NodeState>, cluster: &Arc<Cluster>, record: &mut WriteRecord) -> Result<(), WriteError> {
-    let copies = state.config.writeback.replicas.saturating_sub(1);
+async fn replicate(
+    state: &Arc<NodeState>,
+    cluster: &Arc<Cluster>,
+    record: &mut WriteRecord,
+    copies: usize,
+) -> Result<(), WriteError> {
     if copies == 0 {
         return Ok(());
     }
@@ -1315,6 +1319,52 @@ async fn take_over(state: &Arc<NodeState>, cluster: &Arc<Cluster>, rec: &WriteRe
     Metrics::add(&state.writeback.stats.takeovers, 1);
     let _ = state.writeback.queue.send(rec.wid.clone());
     Ok(())
+}
+
+/// A graceful exit: this node's pending uploads get up to `grace` (less the time kept to hand
+/// over) to reach the origin; each write still pending that no other node holds is then copied
+/// to replica holders, which upload it once this node is gone from the map. A write that cannot
+/// be handed over stays in this node's journal and is uploaded when it starts again.
+pub async fn drain(state: &Arc<NodeState>, grace: Duration) {
+    let started = tokio::time::Instant::now();
+    let reserve = grace / 3;
+    loop {
+        let pending = state.writeback.summary(None, "", u64::MAX).objects;
+        if pending == 0 {
+            tracing::info!(took = ?started.elapsed(), "every pending upload reached the origin");
+            return;
+        }
+        if started.elapsed() + reserve >= grace {
+            tracing::warn!(pending, "uploads did not finish within the drain timeout; handing them over");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Some(cluster) = state.cluster.clone() else {
+        tracing::warn!("no cluster to hand pending writes to; they are uploaded when this node starts again");
+        return;
+    };
+    let copies = state.config.writeback.replicas.saturating_sub(1).max(1);
+    let journal = state.writeback.journal.clone();
+    for rec in journal.records() {
+        if !matches!(rec.role, Role::Writer { .. }) || !rec.holders.is_empty() {
+            continue;
+        }
+        let mut r = (*rec).clone();
+        let handed = match tokio::time::timeout(grace.saturating_sub(started.elapsed()), replicate(state, &cluster, &mut r, copies)).await {
+            Ok(Ok(())) => {
+                let j = journal.clone();
+                let holders = r.holders.clone();
+                blocking(move || j.commit(r)).await.map(|_| holders).map_err(|e| e.to_string())
+            }
+            Ok(Err(e)) => Err(format!("{e:?}")),
+            Err(_) => Err("the drain timeout passed".into()),
+        };
+        match handed {
+            Ok(holders) => tracing::info!(bucket = %rec.bucket, key = %rec.key, ?holders, "pending write handed over"),
+            Err(e) => tracing::warn!(bucket = %rec.bucket, key = %rec.key, error = %e, "could not hand over a pending write; it stays here and is uploaded when this node starts again"),
+        }
+    }
 }
 
 /// A holder of `rec` (other than this node) that answers and does not hold the write.

@@ -330,7 +330,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
     };
     stop.await?;
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: draining pending uploads and leaving the cluster");
+    node.leave(cfg.writeback.drain_timeout.0).await;
     node.shutdown();
     Ok(())
 }

@@ -1,0 +1,237 @@
+//! Gossip membership over UDP: drives `cairn_membership::Membership` with tokio and keeps the
+//! cluster's placement on the map derived from it.
+//!
+//! Gossip uses the peer transport's address on UDP (same port). Seeds are resolved again every
+//! `seed_resolve_every`, and every 2 s while this node knows no other member, so a cluster that
+//! restarts all at once finds itself again. One INFO line is logged per membership change.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cairn_core::config::ClusterSection;
+use cairn_membership::{Change, Config as GossipConfig, MapRules, Membership, NodeIdentity, Outbox};
+use parking_lot::Mutex;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::cluster::Cluster;
+
+/// How often the derived map is recomputed even without a change (removals and ramps are timed).
+const MAP_REFRESH: Duration = Duration::from_secs(1);
+/// Seeds are asked this often while no other member is known.
+const ALONE_RETRY: Duration = Duration::from_secs(2);
+/// Longest wait at start-up for a first answer from the seeds.
+const JOIN_WAIT: Duration = Duration::from_secs(3);
+
+type Timer = foca::Timer<NodeIdentity>;
+
+pub struct Gossip {
+    membership: Mutex<Membership<NodeIdentity>>,
+    socket: Arc<UdpSocket>,
+    timers: mpsc::UnboundedSender<(Duration, Timer)>,
+    started_ms: u64,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn rules(cfg: &ClusterSection) -> GossipConfig {
+    GossipConfig {
+        probe_period: cfg.probe_period.0,
+        probe_rtt: (cfg.probe_period.0 * 2 / 5).max(Duration::from_millis(50)),
+        suspect_to_down_after: cfg.suspect_timeout.0,
+        map: MapRules { remove_after: cfg.remove_after.0, join_ramp: cfg.join_ramp.0, ramp_steps: cfg.join_steps.max(1) },
+        ..GossipConfig::default()
+    }
+}
+
+impl Gossip {
+    /// Binds the gossip socket, joins through the seeds and keeps `cluster`'s map derived from
+    /// membership. `joined_ms`: when this node's cache directory was created.
+    pub async fn start(
+        cluster: Arc<Cluster>,
+        joined_ms: u64,
+    ) -> Result<(Arc<Self>, Vec<tokio::task::JoinHandle<()>>), String> {
+        let cfg = cluster.config().clone();
+        let peer = crate::cluster::advertised_peer_addr(&cfg)?;
+        let gossip_addr: SocketAddr =
+            tokio::net::lookup_host(&peer).await.ok().and_then(|mut a| a.next()).ok_or_else(|| {
+                format!("cluster: cannot resolve this node's advertised address {peer}")
+            })?;
+        let bind: SocketAddr = match cfg.peer_listen.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => gossip_addr,
+        };
+        let socket = Arc::new(UdpSocket::bind(bind).await.map_err(|e| format!("gossip: bind udp {bind}: {e}"))?);
+        let started_ms = now_ms();
+        let me = NodeIdentity {
+            id: cfg.node_id.clone(),
+            gossip: gossip_addr,
+            peer,
+            zone: cfg.zone.clone(),
+            rack: cfg.rack.clone(),
+            weight: cfg.weight,
+            generation: started_ms,
+            joined: joined_ms,
+            leaving: false,
+        };
+        let seed: u64 = rand::random();
+        let membership = Membership::new(me, rules(&cfg), cfg.secret.as_bytes(), seed);
+        let (timers, timer_rx) = mpsc::unbounded_channel();
+        let this = Arc::new(Self { membership: Mutex::new(membership), socket, timers, started_ms });
+        let mut tasks = vec![
+            tokio::spawn(this.clone().receive()),
+            tokio::spawn(this.clone().fire_timers(timer_rx)),
+            tokio::spawn(this.clone().seek_seeds(cfg.clone())),
+            tokio::spawn(this.clone().follow_map(cluster.clone())),
+        ];
+        // Learn the cluster before serving: the first answers come within a round trip.
+        let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+        while this.membership.lock().active() == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if this.membership.lock().active() > 0 {
+            // A few more rounds to hear of the members the seed knows.
+            tokio::time::sleep(cfg.probe_period.0.min(Duration::from_secs(1))).await;
+        }
+        cluster.adopt(&this.map());
+        tasks.shrink_to_fit();
+        Ok((this, tasks))
+    }
+
+    pub fn map(&self) -> cairn_core::cluster::ClusterMap {
+        self.membership.lock().map(now_ms())
+    }
+
+    pub fn members(&self) -> (NodeIdentity, Vec<cairn_membership::MemberView<NodeIdentity>>) {
+        let m = self.membership.lock();
+        (m.identity().clone(), m.members())
+    }
+
+    pub fn stats(&self) -> cairn_membership::Stats {
+        self.membership.lock().stats().clone()
+    }
+
+    pub fn started_ms(&self) -> u64 {
+        self.started_ms
+    }
+
+    /// Leaves the cluster on purpose: the others drop this node from their maps at once.
+    pub async fn leave(&self) {
+        let mut out = Outbox::default();
+        self.membership.lock().leave(now_ms(), &mut out);
+        self.dispatch(out).await;
+        // The leave rides on the next rounds too: give them a moment.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+
+    async fn dispatch(&self, out: Outbox<NodeIdentity>) {
+        for change in out.changes {
+            log_change(&change);
+        }
+        for t in out.timers {
+            let _ = self.timers.send(t);
+        }
+        for (to, packet) in out.sends {
+            if let Err(e) = self.socket.send_to(&packet, to.gossip).await {
+                tracing::debug!(to = %to.gossip, error = %e, "gossip send failed");
+            }
+        }
+    }
+
+    async fn receive(self: Arc<Self>) {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let (n, from) = match self.socket.recv_from(&mut buf).await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::debug!(error = %e, "gossip receive failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let mut out = Outbox::default();
+            let r = self.membership.lock().handle_packet(&buf[..n], now_ms(), &mut out);
+            if let Err(e) = r {
+                tracing::debug!(%from, reason = ?e, "gossip packet rejected");
+            }
+            self.dispatch(out).await;
+        }
+    }
+
+    async fn fire_timers(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(Duration, Timer)>) {
+        let (fire_tx, mut fire_rx) = mpsc::unbounded_channel::<Timer>();
+        loop {
+            tokio::select! {
+                Some((after, timer)) = rx.recv() => {
+                    let tx = fire_tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        let _ = tx.send(timer);
+                    });
+                }
+                Some(timer) = fire_rx.recv() => {
+                    let mut out = Outbox::default();
+                    self.membership.lock().handle_timer(timer, now_ms(), &mut out);
+                    self.dispatch(out).await;
+                }
+                else => return,
+            }
+        }
+    }
+
+    async fn seek_seeds(self: Arc<Self>, cfg: ClusterSection) {
+        let mut last_full = None::<tokio::time::Instant>;
+        loop {
+            let alone = self.membership.lock().active() == 0;
+            let due = last_full.is_none_or(|t| t.elapsed() >= cfg.seed_resolve_every.0);
+            if alone || due {
+                let mut addrs = Vec::new();
+                for s in &cfg.seeds {
+                    match tokio::net::lookup_host(s.as_str()).await {
+                        Ok(found) => addrs.extend(found),
+                        Err(e) => tracing::debug!(seed = %s, error = %e, "cannot resolve a seed"),
+                    }
+                }
+                addrs.sort();
+                addrs.dedup();
+                let mut out = Outbox::default();
+                {
+                    let mut m = self.membership.lock();
+                    m.join(&addrs, now_ms(), &mut out);
+                    m.prune();
+                }
+                self.dispatch(out).await;
+                last_full = Some(tokio::time::Instant::now());
+            }
+            tokio::time::sleep(ALONE_RETRY).await;
+        }
+    }
+
+    async fn follow_map(self: Arc<Self>, cluster: Arc<Cluster>) {
+        let mut seen_epoch = 0;
+        let mut last = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let epoch = self.membership.lock().epoch();
+            if epoch != seen_epoch || last.elapsed() >= MAP_REFRESH {
+                seen_epoch = epoch;
+                last = tokio::time::Instant::now();
+                cluster.adopt(&self.map());
+            }
+        }
+    }
+}
+
+fn log_change(c: &Change<NodeIdentity>) {
+    match c {
+        Change::Up(m) => tracing::info!(node = %m.id, addr = %m.peer, zone = %m.zone, rack = %m.rack, generation = m.generation, "member up"),
+        Change::Down(m) if m.leaving => tracing::info!(node = %m.id, addr = %m.peer, "member left"),
+        Change::Down(m) => tracing::info!(node = %m.id, addr = %m.peer, "member declared dead"),
+        Change::Renamed(a, b) if b.leaving => tracing::info!(node = %b.id, from = a.generation, "member leaving"),
+        Change::Renamed(a, b) => tracing::info!(node = %b.id, addr = %b.peer, from = a.generation, to = b.generation, "member restarted"),
+        Change::Rejoined(m) => tracing::warn!(node = %m.id, generation = m.generation, "this node was declared dead and rejoined"),
+    }
+}
