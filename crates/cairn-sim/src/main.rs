@@ -3,8 +3,19 @@
 //! ```text
 //! cargo run --release -p cairn-sim -- placement [--sizes 1000,10000,100000] [--lookups 500000]
 //!                                               [--weights equal|mixed]
+//! cargo run --release -p cairn-sim -- membership [--sizes 1000,10000] [--latency-us 500]
+//!                                                [--jitter-us 200] [--loss 0.0] [--spread 5]
+//!                                                [--steady 30] [--crash 3] [--loss-test 0.01]
+//!                                                [--budget 240] [--seed 1]
 //! ```
+//!
+//! `membership` drives the real `cairn_membership::Membership` over a simulated network (latency,
+//! jitter, loss, partitions, stalls): forming, steady-state traffic, crash detection, false
+//! positives under loss and stalls, 1,000 joins at once, a rack of 40 dying, memory per node.
+//! `--budget` is the wall-clock seconds a convergence phase may take before it is reported as not
+//! converged.
 
+mod membership;
 mod placement;
 mod reference;
 
@@ -14,6 +25,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("placement") => placement::Options::parse(&args[1..]).map(|o| placement::run(&o)),
+        Some("membership") => membership::Options::parse(&args[1..]).map(|o| membership::run(&o)),
         _ => Err(USAGE.to_string()),
     };
     match result {
@@ -25,4 +37,6 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cairn-sim placement [--sizes 1000,10000,100000] [--lookups N] [--weights equal|mixed]";
+const USAGE: &str = "usage: cairn-sim placement [--sizes 1000,10000,100000] [--lookups N] [--weights equal|mixed]
+       cairn-sim membership [--sizes 1000,10000] [--latency-us N] [--jitter-us N] [--loss P] [--spread S]
+                            [--steady S] [--crash K] [--loss-test P] [--budget S] [--seed N]";
