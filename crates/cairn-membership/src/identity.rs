@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 pub trait Member: foca::Identity + Serialize + DeserializeOwned + std::hash::Hash {
     /// The node id placement hashes (stable across restarts).
     fn node_id(&self) -> &str;
+    /// The cell this member runs failure detection in (a hash of its name).
+    fn cell(&self) -> u64;
     /// Bumped on every start and rejoin: between two identities of one node, the higher wins.
     fn generation(&self) -> u64;
     /// Left the cluster on purpose (graceful leave): removed from the map at once when down.
@@ -35,6 +37,8 @@ pub struct NodeIdentity {
     pub peer: String,
     pub zone: String,
     pub rack: String,
+    /// Failure-detection cell (by default the zone).
+    pub cell: String,
     pub weight: u32,
     /// Unix milliseconds when the node started, bumped by one on each rejoin.
     pub generation: u64,
@@ -64,6 +68,10 @@ impl Member for NodeIdentity {
         &self.id
     }
 
+    fn cell(&self) -> u64 {
+        cell_key(&self.cell)
+    }
+
     fn generation(&self) -> u64 {
         self.generation
     }
@@ -83,6 +91,7 @@ impl Member for NodeIdentity {
             peer: String::new(),
             zone: String::new(),
             rack: String::new(),
+            cell: String::new(),
             weight: 0,
             generation: 0,
             joined: 0,
@@ -104,4 +113,9 @@ impl Member for NodeIdentity {
     fn joined_ms(&self) -> u64 {
         self.joined
     }
+}
+
+/// The key of a cell name.
+pub fn cell_key(name: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(name.as_bytes(), 0xce11)
 }

@@ -1,13 +1,32 @@
-//! Gossip membership: SWIM with suspicion and refutation (the `foca` crate, which does no I/O),
-//! packets authenticated with a key derived from the cluster secret, and the cluster map derived
-//! from the member list ([`map`]).
+//! Gossip membership in two levels, so that nothing a node does in steady state grows with the
+//! cluster:
 //!
-//! [`Membership`] is a state machine: the caller feeds it packets, timer events and the time, and
-//! takes out packets to send, timers to arm and membership changes. The node drives it over UDP
-//! with tokio; `cairn-sim membership` drives the same code over a simulated network.
+//! - **Cells** (a zone, or a group of racks; at most a few thousand nodes) run SWIM with
+//!   suspicion and refutation (the `foca` crate, which does no I/O) among their own members only:
+//!   each node probes one member of its cell per period, whatever the cluster's size.
+//! - **The cluster-wide table** ([`table`]) holds one record per member (alive or dead, with its
+//!   generation). What a cell's SWIM concludes (up, dead, restarted, left) becomes a record that
+//!   spreads to every node by rumor: each node that learns something new pushes it to a few random
+//!   members of the whole cluster for a bounded number of rounds (O(log N) rounds to reach all).
+//!   Anti-entropy repairs what rumors missed: every few seconds a node sends one digest per cell
+//!   to a random member, which answers with the bucket digests of cells that differ; only
+//!   differing buckets' records are exchanged.
+//!
+//! A joining node says hello to its seeds, which answer with its cell's members; the driver
+//! fetches the whole table once over the peer transport ([`Membership::snapshot`],
+//! [`Membership::learn`]) when the cluster is large. The cluster map is derived from the table
+//! ([`map`]).
+//!
+//! Packets are sealed with a key derived from the cluster secret ([`wire`]).
+//!
+//! [`Membership`] is a state machine: the caller feeds it packets, foca's timer events, a periodic
+//! [`Membership::tick`] and the time, and takes out packets to send, timers to arm and changes.
+//! The node drives it over UDP with tokio; `cairn-sim membership` drives the same code over a
+//! simulated network.
 
 pub mod identity;
 pub mod map;
+pub mod table;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -17,15 +36,17 @@ use std::time::Duration;
 
 use cairn_core::cluster::ClusterMap;
 use foca::{Foca, Notification, PostcardCodec, State, Timer};
-use rand010::SeedableRng;
 use rand010::rngs::StdRng;
+use rand010::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
 
-pub use identity::{Member, NodeIdentity};
+pub use identity::{Member, NodeIdentity, cell_key};
 pub use map::{MapRules, Standing};
+pub use table::{Record, Status, Table};
 pub use wire::{Key, Reject};
 
-/// Protocol timing. The defaults detect a crashed node in a few seconds and keep a node that
-/// stalls for 5 s (a long GC pause, a frozen VM) from being declared dead: a suspect has
+/// Protocol timing and bounds. The defaults detect a crashed node in about 10 s and keep a node
+/// that stalls for 5 s (a long GC pause, a frozen VM) from being declared dead: a suspect has
 /// `suspect_to_down_after` to refute.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -33,15 +54,19 @@ pub struct Config {
     pub probe_rtt: Duration,
     pub suspect_to_down_after: Duration,
     pub indirect_probes: usize,
-    /// How often this node pushes pending updates to `gossip_fanout` random members.
+    /// How often pending cell updates and cluster-wide rumors are pushed.
     pub gossip_every: Duration,
+    /// Members each push goes to.
     pub gossip_fanout: usize,
-    /// Times each update is piggybacked before it is dropped from the backlog.
+    /// Pushes of each cell update (foca's piggyback count).
     pub max_transmissions: u8,
-    /// How often down members are contacted again (heals partitions).
-    pub announce_down_every: Duration,
-    /// How often a random member is asked for members this node may not know.
-    pub announce_every: Duration,
+    /// Pushes of each cluster-wide rumor.
+    pub rumor_transmissions: u8,
+    /// How often a node compares its table with a random member's.
+    pub sync_every: Duration,
+    /// Dead records are forgotten this long after `remove_after` (kept so that no peer brings
+    /// them back as news).
+    pub tombstone_for: Duration,
     pub max_packet: usize,
     pub map: MapRules,
 }
@@ -54,15 +79,32 @@ impl Default for Config {
             suspect_to_down_after: Duration::from_secs(8),
             indirect_probes: 3,
             gossip_every: Duration::from_millis(200),
-            gossip_fanout: 3,
-            max_transmissions: 12,
-            announce_down_every: Duration::from_secs(10),
-            announce_every: Duration::from_secs(30),
+            gossip_fanout: 2,
+            max_transmissions: 8,
+            rumor_transmissions: 8,
+            sync_every: Duration::from_secs(5),
+            tombstone_for: Duration::from_secs(3600),
             max_packet: 1400,
             map: MapRules::default(),
         }
     }
 }
+
+/// Bytes of a SWIM packet before foca's payload: kind and cell.
+const SWIM_HEADER: usize = 1 + 8;
+const KIND_SWIM: u8 = 0;
+const KIND_TABLE: u8 = 1;
+/// Rumors kept waiting at most; beyond that the oldest are dropped (anti-entropy recovers them).
+const MAX_BACKLOG: usize = 20_000;
+/// A record learned through anti-entropy is passed on as a rumor only when this recent.
+const FRESH_MS: u64 = 30_000;
+/// Cells and buckets repaired per anti-entropy message.
+const REPAIR_CELLS: usize = 4;
+const REPAIR_BUCKETS: usize = 4;
+/// Records of its cell sent to a node that says hello, at most.
+const HELLO_RECORDS: usize = 4096;
+/// Members whose last packet time is remembered.
+const MAX_HEARD: usize = 8192;
 
 impl Config {
     fn foca(&self) -> foca::Config {
@@ -73,16 +115,15 @@ impl Config {
             num_indirect_probes: nz(self.indirect_probes),
             max_transmissions: NonZeroU8::new(self.max_transmissions.max(1)).unwrap_or(NonZeroU8::MIN),
             suspect_to_down_after: self.suspect_to_down_after,
-            // Forgotten a little after the map drops them, so the map decides removal.
             remove_down_after: Some(self.map.remove_after + Duration::from_secs(60)),
-            max_packet_size: nz(self.max_packet.saturating_sub(wire::HEADER)),
+            max_packet_size: nz(self.max_packet.saturating_sub(wire::HEADER + SWIM_HEADER)),
             notify_down_members: true,
-            periodic_announce: Some(foca::PeriodicParams { frequency: self.announce_every, num_members: nz(1) }),
+            periodic_announce: Some(foca::PeriodicParams { frequency: Duration::from_secs(30), num_members: nz(1) }),
             periodic_announce_to_down_members: Some(foca::PeriodicParams {
-                frequency: self.announce_down_every,
+                frequency: Duration::from_secs(10),
                 num_members: nz(2),
             }),
-            periodic_gossip: Some(foca::PeriodicParams { frequency: self.gossip_every, num_members: nz(self.gossip_fanout) }),
+            periodic_gossip: Some(foca::PeriodicParams { frequency: self.gossip_every, num_members: nz(self.gossip_fanout + 1) }),
         }
     }
 }
@@ -94,7 +135,7 @@ pub enum Change<T> {
     Down(T),
     /// The same node under a new identity (restart or rejoin).
     Renamed(T, T),
-    /// This node was declared down by the others and rejoined under a new generation.
+    /// This node was declared dead and came back under a new generation.
     Rejoined(T),
 }
 
@@ -105,14 +146,16 @@ pub struct Stats {
     pub bytes_out: u64,
     pub packets_in: u64,
     pub bytes_in: u64,
-    /// Packets dropped: forged or unauthenticated, stale, malformed.
+    /// Packets dropped: not sealed with the cluster secret, stale, malformed, or SWIM of another cell.
     pub rejected: u64,
-    /// Probes of this node that failed (it then suspects the member).
+    /// This node's probes that failed (it then suspects the member).
     pub suspicions: u64,
-    /// Members this node saw declared down.
+    /// Members this node saw declared dead or leave.
     pub confirmations: u64,
-    /// Suspicions of this node that it refuted (its incarnation went up).
+    /// Suspicions of this node it refuted (its incarnation went up).
     pub refutations: u64,
+    /// Records sent in anti-entropy repairs.
+    pub repaired_records: u64,
 }
 
 /// One member as this node sees it.
@@ -120,8 +163,9 @@ pub struct Stats {
 pub struct MemberView<T> {
     pub identity: T,
     pub standing: Standing,
+    /// Cell members: foca's incarnation (0 for other cells).
     pub incarnation: u16,
-    /// Unix milliseconds this node last received a packet from it (0: never directly).
+    /// Unix milliseconds this node last received a packet from it (0: not recently).
     pub heard_ms: u64,
 }
 
@@ -138,6 +182,21 @@ impl<T> Default for Outbox<T> {
     }
 }
 
+/// Cluster-wide messages.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "T: Member")]
+enum TableMsg<T> {
+    /// A node joining: answered with its cell's records and a digest offer.
+    Hello { from: T },
+    Rumors { records: Vec<Record<T>> },
+    /// Anti-entropy offer: one digest per cell.
+    Digests { from: T, cells: Vec<(u64, u64)> },
+    /// The bucket digests of a cell whose digest differed.
+    Buckets { from: T, cell: u64, digests: Vec<u64> },
+    /// A bucket's records; `want`: send yours of it back.
+    Records { from: T, cell: u64, bucket: u16, records: Vec<Record<T>>, want: bool },
+}
+
 pub struct Membership<T: Member>
 where
     T::Addr: Hash + Eq + Clone,
@@ -146,17 +205,23 @@ where
     key: Key,
     cfg: Config,
     rt: Rt<T>,
+    rng: StdRng,
     stats: Stats,
-    down_since: HashMap<T::Addr, u64>,
+    table: Table<T>,
+    cell: u64,
+    /// Rumors to push and the pushes each has left.
+    backlog: Vec<(Record<T>, u8)>,
     heard: HashMap<T::Addr, u64>,
     own_incarnation: u16,
-    /// Bumped whenever the derived map may have changed.
+    next_sync_ms: u64,
+    /// Bumped whenever the table changed (the map may have).
     epoch: u64,
+    /// Packets to seal and send, gathered during one call.
+    pending: Vec<(T, Vec<u8>)>,
 }
 
 /// Collects what foca asks for during one call.
 struct Rt<T> {
-    now_ms: u64,
     sends: Vec<(T, Vec<u8>)>,
     timers: Vec<(Duration, Timer<T>)>,
     notes: Vec<Note<T>>,
@@ -201,18 +266,26 @@ where
     T::Addr: Hash + Eq + Clone,
 {
     pub fn new(me: T, cfg: Config, secret: &[u8], rng_seed: u64) -> Self {
-        let foca = Foca::new(me, cfg.foca(), StdRng::seed_from_u64(rng_seed), PostcardCodec);
-        Self {
+        let cell = me.cell();
+        let foca = Foca::new(me.clone(), cfg.foca(), StdRng::seed_from_u64(rng_seed), PostcardCodec);
+        let mut m = Self {
             foca,
             key: Key::from_secret(secret),
             cfg,
-            rt: Rt { now_ms: 0, sends: Vec::new(), timers: Vec::new(), notes: Vec::new() },
+            rt: Rt { sends: Vec::new(), timers: Vec::new(), notes: Vec::new() },
+            rng: StdRng::seed_from_u64(rng_seed ^ 0x9e37_79b9_7f4a_7c15),
             stats: Stats::default(),
-            down_since: HashMap::new(),
+            table: Table::default(),
+            cell,
+            backlog: Vec::new(),
             heard: HashMap::new(),
             own_incarnation: 0,
+            next_sync_ms: 0,
             epoch: 1,
-        }
+            pending: Vec::new(),
+        };
+        m.table.merge(Record { member: me, status: Status::Alive, changed_ms: 0 });
+        m
     }
 
     pub fn identity(&self) -> &T {
@@ -227,35 +300,48 @@ where
         &self.stats
     }
 
-    /// Changes whenever the derived map may have changed (joins, downs, renames, time-based
-    /// removals and ramps are the caller's to re-derive periodically).
+    pub fn table(&self) -> &Table<T> {
+        &self.table
+    }
+
+    /// Sim hook: lets the simulator share identical buckets among its nodes.
+    pub fn table_mut(&mut self) -> &mut Table<T> {
+        &mut self.table
+    }
+
+    /// Changes whenever the table changed (time-based removals and ramps are the caller's to
+    /// re-derive periodically).
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
 
-    /// Members known (this node excluded), active or not.
-    pub fn len(&self) -> usize {
-        self.foca.iter_membership_state().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
+    /// Alive members known cluster-wide, this node excluded.
     pub fn active(&self) -> usize {
+        self.table.iter().filter(|r| r.status == Status::Alive && !self.is_me(&r.member)).count()
+    }
+
+    /// Alive members of this node's cell as its SWIM sees them.
+    pub fn cell_active(&self) -> usize {
         self.foca.num_members()
     }
 
-    /// Asks the members at `seeds` (known by address only) to let this node in.
+    pub fn backlog(&self) -> usize {
+        self.backlog.len()
+    }
+
+    fn is_me(&self, m: &T) -> bool {
+        m.node_id() == self.foca.identity().node_id() && m.cell() == self.cell
+    }
+
+    /// Says hello to the members at `seeds` (known by address only).
     pub fn join(&mut self, seeds: &[T::Addr], now_ms: u64, out: &mut Outbox<T>) {
-        self.rt.now_ms = now_ms;
-        let me = self.foca.identity().addr();
+        let me = self.foca.identity().clone();
         for s in seeds {
-            if *s != me {
-                let _ = self.foca.announce(T::placeholder(s.clone()), &mut self.rt);
+            if *s != me.addr() {
+                self.send_table(T::placeholder(s.clone()), &TableMsg::Hello { from: me.clone() });
             }
         }
-        self.flush(out);
+        self.flush(now_ms, out);
     }
 
     /// Handles one packet off the wire.
@@ -269,99 +355,326 @@ where
                 return Err(e);
             }
         };
-        self.rt.now_ms = now_ms;
-        let r = self.foca.handle_data(payload, &mut self.rt);
-        if r.is_err() {
+        let ok = match payload.split_first() {
+            Some((&KIND_SWIM, rest)) if rest.len() >= 8 => {
+                let mut cell = [0u8; 8];
+                cell.copy_from_slice(&rest[..8]);
+                u64::from_le_bytes(cell) == self.cell && self.foca.handle_data(&rest[8..], &mut self.rt).is_ok()
+            }
+            Some((&KIND_TABLE, rest)) => match postcard::from_bytes::<TableMsg<T>>(rest) {
+                Ok(msg) => {
+                    self.handle_table(msg, now_ms);
+                    true
+                }
+                Err(_) => false,
+            },
+            _ => false,
+        };
+        if !ok {
             self.stats.rejected += 1;
         }
-        self.flush(out);
-        Ok(())
+        self.flush(now_ms, out);
+        if ok { Ok(()) } else { Err(Reject::Malformed) }
     }
 
     pub fn handle_timer(&mut self, timer: Timer<T>, now_ms: u64, out: &mut Outbox<T>) {
-        self.rt.now_ms = now_ms;
         let _ = self.foca.handle_timer(timer, &mut self.rt);
-        self.flush(out);
+        self.flush(now_ms, out);
+    }
+
+    /// Periodic work (every `gossip_every`): pushes rumors, starts anti-entropy when due.
+    pub fn tick(&mut self, now_ms: u64, out: &mut Outbox<T>) {
+        if !self.backlog.is_empty() {
+            self.push_rumors();
+        }
+        if now_ms >= self.next_sync_ms {
+            let jitter = self.rng.random_range(0..=self.cfg.sync_every.as_millis() as u64 / 4);
+            self.next_sync_ms = now_ms + self.cfg.sync_every.as_millis() as u64 + jitter;
+            if let Some(peer) = self.random_member() {
+                let from = self.foca.identity().clone();
+                let digests = self.table.digests();
+                // One digest per cell: 16 bytes each, so a few packets at most.
+                for part in digests.chunks(((self.cfg.max_packet - 200) / 18).max(1)) {
+                    self.send_table(peer.clone(), &TableMsg::Digests { from: from.clone(), cells: part.to_vec() });
+                }
+            }
+            let forget = self.cfg.map.remove_after + self.cfg.tombstone_for;
+            if self.table.forget_dead(now_ms.saturating_sub(forget.as_millis() as u64)) > 0 {
+                self.epoch += 1;
+            }
+        }
+        self.flush(now_ms, out);
     }
 
     /// Leaves on purpose: the others remove this node from their maps at once, instead of
     /// keeping it `down` for `remove_after`.
     pub fn leave(&mut self, now_ms: u64, out: &mut Outbox<T>) {
-        self.rt.now_ms = now_ms;
         let leaving = self.foca.identity().as_leaving();
-        let _ = self.foca.change_identity(leaving, &mut self.rt);
+        let _ = self.foca.change_identity(leaving.clone(), &mut self.rt);
         let _ = self.foca.leave_cluster(&mut self.rt);
-        self.flush(out);
+        self.learn_record(Record { member: leaving, status: Status::Dead, changed_ms: now_ms }, true);
+        // Push the news at once, beyond the cell too.
+        self.push_rumors();
+        self.push_rumors();
+        self.flush(now_ms, out);
     }
 
-    /// Adds members learned out of band (a snapshot from a peer when joining a large cluster).
-    pub fn learn(&mut self, members: Vec<foca::Member<T>>, now_ms: u64, out: &mut Outbox<T>) {
-        self.rt.now_ms = now_ms;
-        let me = self.foca.identity().clone();
-        let _ = self.foca.apply_many(members.into_iter().filter(|m| m.id().addr() != me.addr()), false, &mut self.rt);
-        self.flush(out);
+    /// The whole table, for a joining node to learn at once (over the peer transport).
+    pub fn snapshot(&self) -> Vec<Record<T>> {
+        self.table.iter().cloned().collect()
     }
 
-    /// The active members, for a joining node to learn at once.
-    pub fn snapshot(&self) -> Vec<foca::Member<T>> {
-        let mut all: Vec<foca::Member<T>> = self.foca.iter_members().cloned().collect();
-        all.push(foca::Member::alive(self.foca.identity().clone()));
-        all
+    /// Records learned out of band (a snapshot from a peer when joining a large cluster).
+    pub fn learn(&mut self, records: Vec<Record<T>>, now_ms: u64, out: &mut Outbox<T>) {
+        for r in records {
+            self.learn_record(r, false);
+        }
+        self.flush(now_ms, out);
     }
 
     pub fn members(&self) -> Vec<MemberView<T>> {
-        self.foca
+        let suspects: HashMap<&str, u16> = self
+            .foca
             .iter_membership_state()
-            .map(|m| MemberView {
-                identity: m.id().clone(),
-                standing: self.standing(m),
-                incarnation: m.incarnation(),
-                heard_ms: self.heard.get(&m.id().addr()).copied().unwrap_or(0),
+            .filter(|m| m.state() == State::Suspect)
+            .map(|m| (m.id().node_id(), m.incarnation()))
+            .collect();
+        let incarnations: HashMap<&str, u16> =
+            self.foca.iter_membership_state().map(|m| (m.id().node_id(), m.incarnation())).collect();
+        self.table
+            .iter()
+            .filter(|r| !self.is_me(&r.member))
+            .map(|r| MemberView {
+                identity: r.member.clone(),
+                standing: match r.status {
+                    Status::Alive if r.member.cell() == self.cell && suspects.contains_key(r.member.node_id()) => {
+                        Standing::Suspect
+                    }
+                    Status::Alive => Standing::Alive,
+                    Status::Dead => Standing::Down { since_ms: r.changed_ms },
+                },
+                incarnation: if r.member.cell() == self.cell {
+                    incarnations.get(r.member.node_id()).copied().unwrap_or(0)
+                } else {
+                    0
+                },
+                heard_ms: self.heard.get(&r.member.addr()).copied().unwrap_or(0),
             })
             .collect()
     }
 
-    fn standing(&self, m: &foca::Member<T>) -> Standing {
-        match m.state() {
-            State::Alive => Standing::Alive,
-            State::Suspect => Standing::Suspect,
-            State::Down => Standing::Down { since_ms: self.down_since.get(&m.id().addr()).copied().unwrap_or(0) },
+    /// The cluster map this view derives, this node included.
+    pub fn map(&self, now_ms: u64) -> ClusterMap {
+        map::derive(
+            self.table.iter().map(|r| {
+                let s = match r.status {
+                    Status::Alive => Standing::Alive,
+                    Status::Dead => Standing::Down { since_ms: r.changed_ms },
+                };
+                (&r.member, s)
+            }),
+            now_ms,
+            &self.cfg.map,
+        )
+    }
+
+    // -----------------------------------------------------------------------------------------
+
+    fn random_member(&mut self) -> Option<T> {
+        let n = self.table.len();
+        for _ in 0..8 {
+            if n == 0 {
+                return None;
+            }
+            let r = self.table.nth(self.rng.random_range(0..n))?;
+            if r.status == Status::Alive && !self.is_me(&r.member) {
+                return Some(r.member.clone());
+            }
+        }
+        None
+    }
+
+    /// Merges a record; on news, tells this node's SWIM (same cell) and queues it as a rumor.
+    fn learn_record(&mut self, rec: Record<T>, spread: bool) -> bool {
+        let me = self.foca.identity().clone();
+        if rec.member.node_id() == me.node_id() && rec.member.cell() == self.cell && rec.member != me {
+            // About this node: a death at its generation or later is refuted with a new one.
+            if rec.status == Status::Dead && !me.leaving() && rec.member.generation() >= me.generation() {
+                if let Some(renewed) = foca::Identity::renew(&rec.member) {
+                    let _ = self.foca.change_identity(renewed.clone(), &mut self.rt);
+                    self.rt.notes.push(Note::Rejoined(renewed));
+                }
+            }
+            return false;
+        }
+        let (cell, status) = (rec.member.cell(), rec.status);
+        let member = rec.member.clone();
+        if self.table.merge(rec.clone()) == table::Merged::Same {
+            return false;
+        }
+        self.epoch += 1;
+        if cell == self.cell && status == Status::Alive && member.addr() != me.addr() {
+            let _ = self.foca.apply_many(std::iter::once(foca::Member::alive(member)), false, &mut self.rt);
+        }
+        if spread {
+            if self.backlog.len() >= MAX_BACKLOG {
+                self.backlog.remove(0);
+            }
+            self.backlog.push((rec, self.cfg.rumor_transmissions.max(1)));
+        }
+        true
+    }
+
+    fn handle_table(&mut self, msg: TableMsg<T>, now_ms: u64) {
+        match msg {
+            TableMsg::Hello { from } => {
+                self.note_heard(&from, now_ms);
+                self.learn_record(Record { member: from.clone(), status: Status::Alive, changed_ms: now_ms }, true);
+                let me = self.foca.identity().clone();
+                let records: Vec<Record<T>> =
+                    self.table.cell_records(from.cell()).take(HELLO_RECORDS).cloned().collect();
+                self.send_records(&from, from.cell(), 0, records, false);
+                let digests = self.table.digests();
+                self.send_table(from, &TableMsg::Digests { from: me, cells: digests });
+            }
+            TableMsg::Rumors { records } => {
+                for r in records {
+                    self.learn_record(r, true);
+                }
+            }
+            TableMsg::Digests { from, cells } => {
+                self.note_heard(&from, now_ms);
+                let me = self.foca.identity().clone();
+                let differing: Vec<u64> = cells
+                    .iter()
+                    .filter(|(c, d)| self.table.cell_digest(*c) != *d)
+                    .map(|(c, _)| *c)
+                    .take(REPAIR_CELLS)
+                    .collect();
+                for cell in differing {
+                    let digests = self.table.bucket_digests(cell);
+                    self.send_table(from.clone(), &TableMsg::Buckets { from: me.clone(), cell, digests });
+                }
+            }
+            TableMsg::Buckets { from, cell, digests } => {
+                self.note_heard(&from, now_ms);
+                let mine = self.table.bucket_digests(cell);
+                let differing: Vec<usize> =
+                    (0..table::BUCKETS).filter(|&b| digests.get(b) != mine.get(b)).take(REPAIR_BUCKETS).collect();
+                for b in differing {
+                    let records = self.table.bucket(cell, b).to_vec();
+                    self.send_records(&from, cell, b as u16, records, true);
+                }
+            }
+            TableMsg::Records { from, cell, bucket, records, want } => {
+                self.note_heard(&from, now_ms);
+                for r in records {
+                    let fresh = now_ms.saturating_sub(r.changed_ms) < FRESH_MS;
+                    self.learn_record(r, fresh);
+                }
+                if want {
+                    let mine = self.table.bucket(cell, bucket as usize).to_vec();
+                    self.send_records(&from, cell, bucket, mine, false);
+                }
+            }
         }
     }
 
-    /// The cluster map this view derives, this node included.
-    pub fn map(&self, now_ms: u64) -> ClusterMap {
-        let me = self.foca.identity();
-        let others = self.foca.iter_membership_state().map(|m| (m.id(), self.standing(m)));
-        map::derive(std::iter::once((me, Standing::Alive)).chain(others), now_ms, &self.cfg.map)
+    fn note_heard(&mut self, from: &T, now_ms: u64) {
+        if self.heard.len() >= MAX_HEARD && !self.heard.contains_key(&from.addr()) {
+            self.heard.clear();
+        }
+        self.heard.insert(from.addr(), now_ms);
     }
 
-    fn flush(&mut self, out: &mut Outbox<T>) {
-        let now = self.rt.now_ms;
-        for note in self.rt.notes.drain(..) {
+    /// Sends records in as many packets as they need (an empty list still goes, with `want`).
+    fn send_records(&mut self, to: &T, cell: u64, bucket: u16, records: Vec<Record<T>>, want: bool) {
+        let me = self.foca.identity().clone();
+        let room = self.cfg.max_packet.saturating_sub(wire::HEADER + 1 + 16 + postcard_len(&me)).max(200);
+        let mut part: Vec<Record<T>> = Vec::new();
+        let mut size = 0;
+        let total = records.len();
+        for (i, r) in records.into_iter().enumerate() {
+            let n = postcard_len(&r);
+            if !part.is_empty() && size + n > room {
+                let batch = std::mem::take(&mut part);
+                self.stats.repaired_records += batch.len() as u64;
+                self.send_table(to.clone(), &TableMsg::Records { from: me.clone(), cell, bucket, records: batch, want: false });
+                size = 0;
+            }
+            size += n;
+            part.push(r);
+            if i + 1 == total {
+                break;
+            }
+        }
+        self.stats.repaired_records += part.len() as u64;
+        self.send_table(to.clone(), &TableMsg::Records { from: me, cell, bucket, records: part, want });
+    }
+
+    /// Pushes waiting rumors (as many as fit one packet) to `gossip_fanout` random members.
+    fn push_rumors(&mut self) {
+        let room = self.cfg.max_packet.saturating_sub(wire::HEADER + 1 + 8);
+        let mut records = Vec::new();
+        let mut size = 0;
+        for (r, left) in self.backlog.iter_mut() {
+            let n = postcard_len(r);
+            if size + n > room {
+                break;
+            }
+            size += n;
+            records.push(r.clone());
+            *left -= 1;
+        }
+        self.backlog.retain(|(_, left)| *left > 0);
+        if records.is_empty() {
+            return;
+        }
+        let msg = TableMsg::Rumors { records };
+        for _ in 0..self.cfg.gossip_fanout.max(1) {
+            if let Some(to) = self.random_member() {
+                self.send_table(to, &msg);
+            }
+        }
+    }
+
+    fn send_table(&mut self, to: T, msg: &TableMsg<T>) {
+        let mut payload = vec![KIND_TABLE];
+        match postcard::to_extend(msg, payload) {
+            Ok(p) => payload = p,
+            Err(_) => return,
+        }
+        self.pending.push((to, payload));
+    }
+
+    fn flush(&mut self, now: u64, out: &mut Outbox<T>) {
+        let notes = std::mem::take(&mut self.rt.notes);
+        for note in notes {
             match note {
                 Note::Up(m) => {
-                    self.down_since.remove(&m.addr());
-                    self.epoch += 1;
+                    self.learn_record(Record { member: m.clone(), status: Status::Alive, changed_ms: now }, true);
                     out.changes.push(Change::Up(m));
                 }
                 Note::Down(m) => {
-                    self.down_since.insert(m.addr(), now);
                     self.stats.confirmations += 1;
-                    self.epoch += 1;
+                    self.learn_record(Record { member: m.clone(), status: Status::Dead, changed_ms: now }, true);
                     out.changes.push(Change::Down(m));
                 }
                 Note::Renamed(a, b) => {
-                    self.epoch += 1;
+                    let status = if b.leaving() { Status::Dead } else { Status::Alive };
+                    self.learn_record(Record { member: b.clone(), status, changed_ms: now }, true);
                     out.changes.push(Change::Renamed(a, b));
                 }
                 Note::Rejoined(m) => {
-                    self.epoch += 1;
+                    // This node under a new generation: its own record, spread.
+                    let rec = Record { member: m.clone(), status: Status::Alive, changed_ms: now };
+                    if self.table.merge(rec.clone()) == table::Merged::Changed {
+                        self.epoch += 1;
+                        self.backlog.push((rec, self.cfg.rumor_transmissions.max(1)));
+                    }
                     out.changes.push(Change::Rejoined(m));
                 }
-                Note::Heard(m) => {
-                    self.heard.insert(m.addr(), now);
-                }
+                Note::Heard(m) => self.note_heard(&m, now),
                 Note::Sent(inc) => {
                     if inc > self.own_incarnation {
                         self.stats.refutations += u64::from(inc - self.own_incarnation);
@@ -371,7 +684,15 @@ where
                 Note::ProbeFailed => self.stats.suspicions += 1,
             }
         }
-        for (to, payload) in self.rt.sends.drain(..) {
+        let cell = self.cell.to_le_bytes();
+        for (to, data) in self.rt.sends.drain(..) {
+            let mut payload = Vec::with_capacity(SWIM_HEADER + data.len());
+            payload.push(KIND_SWIM);
+            payload.extend_from_slice(&cell);
+            payload.extend_from_slice(&data);
+            self.pending.push((to, payload));
+        }
+        for (to, payload) in self.pending.drain(..) {
             let packet = self.key.seal(now, &payload);
             self.stats.packets_out += 1;
             self.stats.bytes_out += packet.len() as u64;
@@ -379,14 +700,8 @@ where
         }
         out.timers.append(&mut self.rt.timers);
     }
+}
 
-    /// Forgets "last heard" entries of members no longer known (bounded by the member count).
-    pub fn prune(&mut self) {
-        if self.heard.len() > 2 * self.len() + 16 {
-            let known: std::collections::HashSet<T::Addr> =
-                self.foca.iter_membership_state().map(|m| m.id().addr()).collect();
-            self.heard.retain(|a, _| known.contains(a));
-            self.down_since.retain(|a, _| known.contains(a));
-        }
-    }
+fn postcard_len<S: Serialize>(v: &S) -> usize {
+    postcard::to_allocvec(v).map_or(64, |b| b.len())
 }

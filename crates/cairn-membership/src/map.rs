@@ -120,6 +120,7 @@ mod tests {
             peer: format!("127.0.0.1:{}", 9000 + i),
             zone: "z".into(),
             rack: format!("r{}", i % 3),
+            cell: "z".into(),
             weight: 100,
             generation,
             joined: 1,

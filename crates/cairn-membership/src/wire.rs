@@ -26,6 +26,8 @@ pub enum Reject {
     Version,
     Stale,
     Forged,
+    /// Authentic but not understood, or SWIM of another cell.
+    Malformed,
 }
 
 impl Key {

@@ -13,6 +13,7 @@ use foca::Timer;
 enum Ev {
     Packet(SocketAddr, Vec<u8>),
     Timer(SocketAddr, Timer<NodeIdentity>),
+    Tick(SocketAddr),
 }
 
 struct Net {
@@ -31,6 +32,7 @@ fn ident(i: u16, generation: u64) -> NodeIdentity {
         peer: format!("127.0.0.1:{}", 9000 + i),
         zone: "z".into(),
         rack: format!("r{}", i % 2),
+        cell: "z".into(),
         weight: 100,
         generation,
         joined: 1,
@@ -58,6 +60,7 @@ impl Net {
         let addr = m.identity().gossip;
         self.dead.remove(&addr);
         self.nodes.insert(addr, m);
+        self.push(self.now + 200, Ev::Tick(addr));
         if let Some(s) = seed {
             let mut out = Outbox::default();
             let now = self.now;
@@ -75,7 +78,7 @@ impl Net {
             self.now = at;
             let Some(ev) = self.events.remove(&seq) else { continue };
             let (addr, mut out) = (match &ev {
-                Ev::Packet(a, _) | Ev::Timer(a, _) => *a,
+                Ev::Packet(a, _) | Ev::Timer(a, _) | Ev::Tick(a) => *a,
             }, Outbox::default());
             if self.dead.contains(&addr) {
                 continue;
@@ -86,6 +89,10 @@ impl Net {
                     let _ = m.handle_packet(&p, at, &mut out);
                 }
                 Ev::Timer(_, t) => m.handle_timer(t, at, &mut out),
+                Ev::Tick(a) => {
+                    m.tick(at, &mut out);
+                    self.push(at + 200, Ev::Tick(a));
+                }
             }
             self.absorb(out, addr);
         }
@@ -186,4 +193,44 @@ fn a_member_without_the_secret_cannot_join() {
             assert!(m.stats().rejected > 0 || m.identity().id != "n0");
         }
     }
+}
+
+#[test]
+fn cells_detect_their_own_failures_and_every_cell_learns_them() {
+    let mut net = Net {
+        now: 1_000_000,
+        seq: 0,
+        queue: BinaryHeap::new(),
+        events: HashMap::new(),
+        nodes: HashMap::new(),
+        dead: Default::default(),
+    };
+    let seed = ident(0, 1).gossip;
+    for i in 0..12u16 {
+        let mut id = ident(i, 1);
+        id.cell = format!("cell-{}", i % 3);
+        id.zone = id.cell.clone();
+        let m = Membership::new(id, Config::default(), b"secret-one", u64::from(i));
+        net.add(m, if i == 0 { None } else { Some(seed) });
+    }
+    net.run_until(net.now + 20_000);
+    for v in net.views() {
+        assert_eq!(ids(&v).len(), 12, "{v:?}");
+        assert!(v.iter().all(|(_, s)| *s == NodeState::Up), "{v:?}");
+    }
+    // Each node's SWIM runs in its cell only: 3 other members.
+    for m in net.nodes.values() {
+        assert_eq!(m.cell_active(), 3, "{}", m.identity().id);
+    }
+    let a5 = ident(5, 1).gossip;
+    net.dead.insert(a5);
+    net.run_until(net.now + 20_000);
+    for v in net.views() {
+        assert_eq!(v.iter().find(|(i, _)| i == "n5").map(|x| x.1), Some(NodeState::Down), "{v:?}");
+        assert_eq!(v.iter().filter(|(_, s)| *s == NodeState::Down).count(), 1, "{v:?}");
+    }
+    // Every node derives the same map.
+    let digests: std::collections::HashSet<u64> =
+        net.nodes.iter().filter(|(a, _)| !net.dead.contains(a)).map(|(_, m)| m.map(net.now).version).collect();
+    assert_eq!(digests.len(), 1);
 }
