@@ -256,6 +256,9 @@ pub struct ClusterSection {
     pub zone: String,
     pub rack: String,
     pub weight: u32,
+    /// The failure-detection cell this node runs SWIM in (empty: its zone). Keep cells to a few
+    /// thousand nodes: a zone of more is split into cells (e.g. by rack group).
+    pub cell: String,
     /// The address other nodes reach this node's peer port (and gossip) at; empty: `peer_listen`
     /// (which must then not be a wildcard address).
     pub advertise: String,
@@ -290,6 +293,7 @@ impl Default for ClusterSection {
             zone: "default".into(),
             rack: "default".into(),
             weight: 100,
+            cell: String::new(),
             advertise: String::new(),
             probe_period: HumanDuration(Duration::from_secs(1)),
             suspect_timeout: HumanDuration(Duration::from_secs(8)),

@@ -432,6 +432,19 @@ where
         self.flush(now_ms, out);
     }
 
+    /// [`Membership::snapshot`], encoded.
+    pub fn snapshot_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(&self.snapshot()).unwrap_or_default()
+    }
+
+    /// [`Membership::learn`] from [`Membership::snapshot_bytes`]; the number of records.
+    pub fn learn_bytes(&mut self, bytes: &[u8], now_ms: u64, out: &mut Outbox<T>) -> Result<usize, Reject> {
+        let records: Vec<Record<T>> = postcard::from_bytes(bytes).map_err(|_| Reject::Malformed)?;
+        let n = records.len();
+        self.learn(records, now_ms, out);
+        Ok(n)
+    }
+
     pub fn members(&self) -> Vec<MemberView<T>> {
         let suspects: HashMap<&str, u16> = self
             .foca

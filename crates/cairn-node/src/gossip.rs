@@ -31,6 +31,7 @@ pub struct Gossip {
     socket: Arc<UdpSocket>,
     timers: mpsc::UnboundedSender<(Duration, Timer)>,
     started_ms: u64,
+    gossip_addr: SocketAddr,
 }
 
 pub fn now_ms() -> u64 {
@@ -72,6 +73,7 @@ impl Gossip {
             peer,
             zone: cfg.zone.clone(),
             rack: cfg.rack.clone(),
+            cell: if cfg.cell.is_empty() { cfg.zone.clone() } else { cfg.cell.clone() },
             weight: cfg.weight,
             generation: started_ms,
             joined: joined_ms,
@@ -80,25 +82,63 @@ impl Gossip {
         let seed: u64 = rand::random();
         let membership = Membership::new(me, rules(&cfg), cfg.secret.as_bytes(), seed);
         let (timers, timer_rx) = mpsc::unbounded_channel();
-        let this = Arc::new(Self { membership: Mutex::new(membership), socket, timers, started_ms });
+        let this = Arc::new(Self { membership: Mutex::new(membership), socket, timers, started_ms, gossip_addr });
         let mut tasks = vec![
             tokio::spawn(this.clone().receive()),
             tokio::spawn(this.clone().fire_timers(timer_rx)),
-            tokio::spawn(this.clone().seek_seeds(cfg.clone())),
-            tokio::spawn(this.clone().follow_map(cluster.clone())),
+            tokio::spawn(this.clone().tick()),
         ];
-        // Learn the cluster before serving: the first answers come within a round trip.
+        // Learn the cluster before serving: the whole table from a seed at once, then hello.
         let deadline = tokio::time::Instant::now() + JOIN_WAIT;
-        while this.membership.lock().active() == 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let others = resolve(&cfg.seeds).await.into_iter().any(|a| a != gossip_addr);
+        while others && !this.fetch_snapshot(&cluster, &cfg).await && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        if this.membership.lock().active() > 0 {
-            // A few more rounds to hear of the members the seed knows.
-            tokio::time::sleep(cfg.probe_period.0.min(Duration::from_secs(1))).await;
-        }
+        tasks.push(tokio::spawn(this.clone().seek_seeds(cluster.clone(), cfg.clone())));
+        tasks.push(tokio::spawn(this.clone().follow_map(cluster.clone())));
         cluster.adopt(&this.map());
         tasks.shrink_to_fit();
         Ok((this, tasks))
+    }
+
+    /// The member table, encoded, for a joining node (`GET /members` on the peer port).
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.membership.lock().snapshot_bytes()
+    }
+
+    /// Learns the member table from the first seed that gives it; false when none did.
+    async fn fetch_snapshot(&self, cluster: &Cluster, cfg: &ClusterSection) -> bool {
+        let me = crate::cluster::advertised_peer_addr(cfg).unwrap_or_default();
+        for seed in resolve(&cfg.seeds).await {
+            if seed.to_string() == me || seed == self.gossip_addr {
+                continue;
+            }
+            let node = cairn_core::cluster::NodeEntry {
+                id: format!("seed {seed}"),
+                addr: seed.to_string(),
+                zone: String::new(),
+                rack: String::new(),
+                weight: 1,
+                state: cairn_core::cluster::NodeState::Up,
+            };
+            match cluster.call(&node, http::Method::GET, "/members".into(), bytes::Bytes::new()).await {
+                Ok((parts, body)) if parts.status.is_success() => {
+                    let mut out = Outbox::default();
+                    let r = self.membership.lock().learn_bytes(&body, now_ms(), &mut out);
+                    self.dispatch(out).await;
+                    match r {
+                        Ok(n) => {
+                            tracing::info!(%seed, members = n, "learned the member table from a seed");
+                            return true;
+                        }
+                        Err(_) => tracing::warn!(%seed, "a seed sent a member table that does not decode"),
+                    }
+                }
+                Ok((parts, _)) => tracing::debug!(%seed, status = %parts.status, "seed gave no member table"),
+                Err(e) => tracing::debug!(%seed, error = ?e, "seed unreachable"),
+            }
+        }
+        false
     }
 
     pub fn map(&self) -> cairn_core::cluster::ClusterMap {
@@ -182,31 +222,38 @@ impl Gossip {
         }
     }
 
-    async fn seek_seeds(self: Arc<Self>, cfg: ClusterSection) {
+    /// Says hello to the seeds at start, again every `seed_resolve_every` (names resolved anew),
+    /// and every 2 s while no other member is known (with a fresh table fetch), so that a
+    /// cluster restarted all at once, or a partition's two sides, find each other again.
+    async fn seek_seeds(self: Arc<Self>, cluster: Arc<Cluster>, cfg: ClusterSection) {
         let mut last_full = None::<tokio::time::Instant>;
         loop {
             let alone = self.membership.lock().active() == 0;
             let due = last_full.is_none_or(|t| t.elapsed() >= cfg.seed_resolve_every.0);
             if alone || due {
-                let mut addrs = Vec::new();
-                for s in &cfg.seeds {
-                    match tokio::net::lookup_host(s.as_str()).await {
-                        Ok(found) => addrs.extend(found),
-                        Err(e) => tracing::debug!(seed = %s, error = %e, "cannot resolve a seed"),
-                    }
+                if alone && last_full.is_some() {
+                    self.fetch_snapshot(&cluster, &cfg).await;
                 }
-                addrs.sort();
-                addrs.dedup();
+                let addrs = resolve(&cfg.seeds).await;
                 let mut out = Outbox::default();
-                {
-                    let mut m = self.membership.lock();
-                    m.join(&addrs, now_ms(), &mut out);
-                    m.prune();
-                }
+                self.membership.lock().join(&addrs, now_ms(), &mut out);
                 self.dispatch(out).await;
                 last_full = Some(tokio::time::Instant::now());
             }
             tokio::time::sleep(ALONE_RETRY).await;
+        }
+    }
+
+    /// Rumors and anti-entropy, every `gossip_every`.
+    async fn tick(self: Arc<Self>) {
+        let every = self.membership.lock().config().gossip_every;
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let mut out = Outbox::default();
+            self.membership.lock().tick(now_ms(), &mut out);
+            self.dispatch(out).await;
         }
     }
 
@@ -223,6 +270,20 @@ impl Gossip {
             }
         }
     }
+}
+
+/// Every address the seeds resolve to, sorted, without repeats.
+async fn resolve(seeds: &[String]) -> Vec<SocketAddr> {
+    let mut addrs = Vec::new();
+    for s in seeds {
+        match tokio::net::lookup_host(s.as_str()).await {
+            Ok(found) => addrs.extend(found),
+            Err(e) => tracing::debug!(seed = %s, error = %e, "cannot resolve a seed"),
+        }
+    }
+    addrs.sort();
+    addrs.dedup();
+    addrs
 }
 
 fn log_change(c: &Change<NodeIdentity>) {
