@@ -67,6 +67,9 @@ pub struct Config {
     /// Dead records are forgotten this long after `remove_after` (kept so that no peer brings
     /// them back as news).
     pub tombstone_for: Duration,
+    /// How often a node probes a random member outside its cell, so that a cell whose members
+    /// all die at once (a zone outage) is still declared dead by the others.
+    pub cross_probe_every: Duration,
     pub max_packet: usize,
     pub map: MapRules,
 }
@@ -84,6 +87,7 @@ impl Default for Config {
             rumor_transmissions: 8,
             sync_every: Duration::from_secs(5),
             tombstone_for: Duration::from_secs(3600),
+            cross_probe_every: Duration::from_secs(5),
             max_packet: 1400,
             map: MapRules::default(),
         }
@@ -103,6 +107,8 @@ const REPAIR_CELLS: usize = 4;
 const REPAIR_BUCKETS: usize = 4;
 /// Records of its cell sent to a node that says hello, at most.
 const HELLO_RECORDS: usize = 4096;
+/// Dead members remembered for contact after a partition heals.
+const MAX_DEAD_CONTACTS: usize = 1024;
 /// Members whose last packet time is remembered.
 const MAX_HEARD: usize = 8192;
 
@@ -195,6 +201,11 @@ enum TableMsg<T> {
     Buckets { from: T, cell: u64, digests: Vec<u64> },
     /// A bucket's records; `want`: send yours of it back.
     Records { from: T, cell: u64, bucket: u16, records: Vec<Record<T>>, want: bool },
+    /// Cross-cell liveness probe, answered with `Ack` to `from`.
+    Ping { from: T, nonce: u64 },
+    Ack { from: T, nonce: u64 },
+    /// Asks a member of the sender's cell to ping `target` on the sender's behalf.
+    PingReq { from: T, target: T, nonce: u64 },
 }
 
 pub struct Membership<T: Member>
@@ -214,6 +225,15 @@ where
     heard: HashMap<T::Addr, u64>,
     own_incarnation: u16,
     next_sync_ms: u64,
+    next_cross_ms: u64,
+    /// The cross-cell probe waiting for its ack: target, nonce, when sent.
+    cross_probe: Option<(T, u64, u64)>,
+    /// Members outside this cell whose probes failed: since when (re-probed every tick).
+    cross_suspects: HashMap<String, (T, u64, u64)>,
+    /// Members recently declared dead (not left): contacted now and then, so that the two sides
+    /// of a healed partition find each other again.
+    dead: Vec<T>,
+    next_dead_ms: u64,
     /// Bumped whenever the table changed (the map may have).
     epoch: u64,
     /// Packets to seal and send, gathered during one call.
@@ -281,6 +301,11 @@ where
             heard: HashMap::new(),
             own_incarnation: 0,
             next_sync_ms: 0,
+            next_cross_ms: 0,
+            cross_probe: None,
+            cross_suspects: HashMap::new(),
+            dead: Vec::new(),
+            next_dead_ms: 0,
             epoch: 1,
             pending: Vec::new(),
         };
@@ -382,10 +407,30 @@ where
         self.flush(now_ms, out);
     }
 
-    /// Periodic work (every `gossip_every`): pushes rumors, starts anti-entropy when due.
+    /// Periodic work (every `gossip_every`): pushes rumors, starts anti-entropy when due, probes
+    /// a member of another cell.
     pub fn tick(&mut self, now_ms: u64, out: &mut Outbox<T>) {
+        self.cross_cell(now_ms);
         if !self.backlog.is_empty() {
             self.push_rumors();
+        }
+        if now_ms >= self.next_dead_ms {
+            self.next_dead_ms = now_ms + 2 * self.cfg.sync_every.as_millis() as u64;
+            let remove_ms = self.cfg.map.remove_after.as_millis() as u64;
+            let table = &self.table;
+            self.dead.retain(|m| {
+                table.get(m.cell(), m.node_id()).is_some_and(|r| {
+                    r.status == Status::Dead && r.member == *m && now_ms.saturating_sub(r.changed_ms) < remove_ms
+                })
+            });
+            if !self.dead.is_empty() {
+                let m = self.dead[self.rng.random_range(0..self.dead.len())].clone();
+                let from = self.foca.identity().clone();
+                let digests = self.table.digests();
+                for part in digests.chunks(((self.cfg.max_packet - 200) / 18).max(1)) {
+                    self.send_table(m.clone(), &TableMsg::Digests { from: from.clone(), cells: part.to_vec() });
+                }
+            }
         }
         if now_ms >= self.next_sync_ms {
             let jitter = self.rng.random_range(0..=self.cfg.sync_every.as_millis() as u64 / 4);
@@ -399,6 +444,7 @@ where
                 }
             }
             let forget = self.cfg.map.remove_after + self.cfg.tombstone_for;
+            self.cross_suspects.retain(|_, (m, _, _)| m.generation() > 0);
             if self.table.forget_dead(now_ms.saturating_sub(forget.as_millis() as u64)) > 0 {
                 self.epoch += 1;
             }
@@ -494,13 +540,18 @@ where
     // -----------------------------------------------------------------------------------------
 
     fn random_member(&mut self) -> Option<T> {
+        self.random_member_where(|_| true)
+    }
+
+    /// A random alive member other than this node that `pick` accepts (a few tries).
+    fn random_member_where(&mut self, pick: impl Fn(&T) -> bool) -> Option<T> {
         let n = self.table.len();
         for _ in 0..8 {
             if n == 0 {
                 return None;
             }
             let r = self.table.nth(self.rng.random_range(0..n))?;
-            if r.status == Status::Alive && !self.is_me(&r.member) {
+            if r.status == Status::Alive && !self.is_me(&r.member) && pick(&r.member) {
                 return Some(r.member.clone());
             }
         }
@@ -510,7 +561,7 @@ where
     /// Merges a record; on news, tells this node's SWIM (same cell) and queues it as a rumor.
     fn learn_record(&mut self, rec: Record<T>, spread: bool) -> bool {
         let me = self.foca.identity().clone();
-        if rec.member.node_id() == me.node_id() && rec.member.cell() == self.cell && rec.member != me {
+        if rec.member.node_id() == me.node_id() && rec.member.cell() == self.cell {
             // About this node: a death at its generation or later is refuted with a new one.
             if rec.status == Status::Dead && !me.leaving() && rec.member.generation() >= me.generation() {
                 if let Some(renewed) = foca::Identity::renew(&rec.member) {
@@ -527,7 +578,10 @@ where
         }
         self.epoch += 1;
         if cell == self.cell && status == Status::Alive && member.addr() != me.addr() {
-            let _ = self.foca.apply_many(std::iter::once(foca::Member::alive(member)), false, &mut self.rt);
+            let _ = self.foca.apply_many(std::iter::once(foca::Member::alive(member.clone())), false, &mut self.rt);
+        }
+        if status == Status::Dead && !member.leaving() && self.dead.len() < MAX_DEAD_CONTACTS {
+            self.dead.push(member);
         }
         if spread {
             if self.backlog.len() >= MAX_BACKLOG {
@@ -590,7 +644,78 @@ where
                     self.send_records(&from, cell, bucket, mine, false);
                 }
             }
+            TableMsg::Ping { from, nonce } => {
+                self.note_heard(&from, now_ms);
+                let me = self.foca.identity().clone();
+                self.send_table(from, &TableMsg::Ack { from: me, nonce });
+            }
+            TableMsg::Ack { from, nonce } => {
+                self.note_heard(&from, now_ms);
+                if self.cross_probe.as_ref().is_some_and(|(_, n, _)| *n == nonce) {
+                    self.cross_probe = None;
+                }
+                self.cross_suspects.remove(from.node_id());
+            }
+            TableMsg::PingReq { from, target, nonce } => {
+                if from.cell() == self.cell {
+                    self.send_table(target, &TableMsg::Ping { from, nonce });
+                }
+            }
         }
+    }
+
+    /// Cross-cell probing: SWIM runs inside cells, so a cell that dies whole would have no one
+    /// left to declare its members dead. Each node probes a random member of another cell every
+    /// `cross_probe_every`; when a probe and two indirect ones (through members of this node's
+    /// cell) stay unanswered for a probe period, the member is suspected, probed again every
+    /// tick, and declared dead after `suspect_to_down_after` without an answer. A member wrongly
+    /// declared (a partition between zones) refutes with a new generation once it hears of it.
+    fn cross_cell(&mut self, now_ms: u64) {
+        let me = self.foca.identity().clone();
+        let period = self.cfg.probe_period.as_millis() as u64;
+        if let Some((target, nonce, sent)) = self.cross_probe.clone()
+            && now_ms >= sent + period
+        {
+            self.cross_probe = None;
+            self.cross_suspects.entry(target.node_id().to_owned()).or_insert((target, now_ms, nonce));
+        }
+        let suspect_ms = self.cfg.suspect_to_down_after.as_millis() as u64;
+        let mut declare = Vec::new();
+        let suspects: Vec<(String, T, u64, u64)> =
+            self.cross_suspects.iter().map(|(k, (t, since, n))| (k.clone(), t.clone(), *since, *n)).collect();
+        for (id, target, since, nonce) in suspects {
+            let current = self.table.get(target.cell(), &id).map(|r| (r.status, r.member.generation()));
+            if current != Some((Status::Alive, target.generation())) {
+                // Declared dead by its cell meanwhile, or restarted.
+                self.cross_suspects.remove(&id);
+                continue;
+            }
+            if now_ms >= since + suspect_ms {
+                self.cross_suspects.remove(&id);
+                declare.push(target);
+                continue;
+            }
+            self.send_table(target, &TableMsg::Ping { from: me.clone(), nonce });
+        }
+        for target in declare {
+            self.stats.confirmations += 1;
+            self.learn_record(Record { member: target, status: Status::Dead, changed_ms: now_ms }, true);
+        }
+        if now_ms < self.next_cross_ms || self.cross_probe.is_some() {
+            return;
+        }
+        let jitter = self.rng.random_range(0..=self.cfg.cross_probe_every.as_millis() as u64 / 4);
+        self.next_cross_ms = now_ms + self.cfg.cross_probe_every.as_millis() as u64 + jitter;
+        let mine = self.cell;
+        let Some(target) = self.random_member_where(|m| m.cell() != mine) else { return };
+        let nonce = self.rng.random::<u64>();
+        self.send_table(target.clone(), &TableMsg::Ping { from: me.clone(), nonce });
+        for _ in 0..2 {
+            if let Some(relay) = self.random_member_where(|m| m.cell() == mine) {
+                self.send_table(relay, &TableMsg::PingReq { from: me.clone(), target: target.clone(), nonce });
+            }
+        }
+        self.cross_probe = Some((target, nonce, now_ms));
     }
 
     fn note_heard(&mut self, from: &T, now_ms: u64) {

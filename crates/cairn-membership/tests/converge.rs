@@ -23,6 +23,8 @@ struct Net {
     events: HashMap<u64, Ev>,
     nodes: HashMap<SocketAddr, Membership<NodeIdentity>>,
     dead: std::collections::HashSet<SocketAddr>,
+    /// Packets between these two groups are lost (a partition).
+    cut: Option<(Vec<SocketAddr>, Vec<SocketAddr>)>,
 }
 
 fn ident(i: u16, generation: u64) -> NodeIdentity {
@@ -41,6 +43,18 @@ fn ident(i: u16, generation: u64) -> NodeIdentity {
 }
 
 impl Net {
+    fn empty() -> Self {
+        Net {
+            now: 1_000_000,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: HashMap::new(),
+            nodes: HashMap::new(),
+            dead: Default::default(),
+            cut: None,
+        }
+    }
+
     fn push(&mut self, at: u64, ev: Ev) {
         self.seq += 1;
         self.queue.push(Reverse((at, self.seq)));
@@ -49,6 +63,11 @@ impl Net {
 
     fn absorb(&mut self, out: Outbox<NodeIdentity>, from: SocketAddr) {
         for (to, p) in out.sends {
+            if let Some((a, b)) = &self.cut
+                && ((a.contains(&from) && b.contains(&to.gossip)) || (b.contains(&from) && a.contains(&to.gossip)))
+            {
+                continue;
+            }
             self.push(self.now + 1, Ev::Packet(to.gossip, p));
         }
         for (after, t) in out.timers {
@@ -112,14 +131,7 @@ impl Net {
 }
 
 fn net(n: u16, secret: &[u8]) -> Net {
-    let mut net = Net {
-        now: 1_000_000,
-        seq: 0,
-        queue: BinaryHeap::new(),
-        events: HashMap::new(),
-        nodes: HashMap::new(),
-        dead: Default::default(),
-    };
+    let mut net = Net::empty();
     let seed = ident(0, 1).gossip;
     for i in 0..n {
         let m = Membership::new(ident(i, 1), Config::default(), secret, u64::from(i));
@@ -197,14 +209,7 @@ fn a_member_without_the_secret_cannot_join() {
 
 #[test]
 fn cells_detect_their_own_failures_and_every_cell_learns_them() {
-    let mut net = Net {
-        now: 1_000_000,
-        seq: 0,
-        queue: BinaryHeap::new(),
-        events: HashMap::new(),
-        nodes: HashMap::new(),
-        dead: Default::default(),
-    };
+    let mut net = Net::empty();
     let seed = ident(0, 1).gossip;
     for i in 0..12u16 {
         let mut id = ident(i, 1);
@@ -232,5 +237,58 @@ fn cells_detect_their_own_failures_and_every_cell_learns_them() {
     // Every node derives the same map.
     let digests: std::collections::HashSet<u64> =
         net.nodes.iter().filter(|(a, _)| !net.dead.contains(a)).map(|(_, m)| m.map(net.now).version).collect();
+    assert_eq!(digests.len(), 1);
+}
+
+#[test]
+fn a_cell_that_dies_whole_is_declared_dead_by_the_other_cells() {
+    let mut net = Net::empty();
+    let seed = ident(0, 1).gossip;
+    for i in 0..9u16 {
+        let mut id = ident(i, 1);
+        id.cell = format!("cell-{}", i % 3);
+        let m = Membership::new(id, Config::default(), b"secret-one", u64::from(i));
+        net.add(m, if i == 0 { None } else { Some(seed) });
+    }
+    net.run_until(net.now + 20_000);
+    // cell-2 (n2, n5, n8) loses power.
+    for i in [2u16, 5, 8] {
+        net.dead.insert(ident(i, 1).gossip);
+    }
+    net.run_until(net.now + 40_000);
+    for v in net.views() {
+        let down: Vec<&str> = v.iter().filter(|(_, s)| *s == NodeState::Down).map(|(i, _)| i.as_str()).collect();
+        assert_eq!(down, vec!["n2", "n5", "n8"], "{v:?}");
+    }
+}
+
+#[test]
+fn two_cells_cut_apart_serve_on_and_become_one_view_again_when_healed() {
+    let mut net = Net::empty();
+    let seed = ident(0, 1).gossip;
+    let mut sides = (Vec::new(), Vec::new());
+    for i in 0..8u16 {
+        let mut id = ident(i, 1);
+        id.cell = format!("cell-{}", i % 2);
+        if i % 2 == 0 { sides.0.push(id.gossip) } else { sides.1.push(id.gossip) }
+        let m = Membership::new(id, Config::default(), b"secret-one", u64::from(i));
+        net.add(m, if i == 0 { None } else { Some(seed) });
+    }
+    net.run_until(net.now + 15_000);
+    net.cut = Some(sides);
+    net.run_until(net.now + 30_000);
+    // Each side declared the other dead; each still has itself up.
+    for (a, m) in &net.nodes {
+        let map = m.map(net.now);
+        let up = map.nodes.iter().filter(|n| n.state == NodeState::Up).count();
+        assert_eq!(up, 4, "{a}: {:?}", map.nodes);
+    }
+    net.cut = None;
+    net.run_until(net.now + 40_000);
+    for v in net.views() {
+        assert_eq!(ids(&v).len(), 8, "{v:?}");
+        assert!(v.iter().all(|(_, s)| *s == NodeState::Up), "{v:?}");
+    }
+    let digests: std::collections::HashSet<u64> = net.nodes.values().map(|m| m.map(net.now).version).collect();
     assert_eq!(digests.len(), 1);
 }
