@@ -617,6 +617,9 @@ fn cluster_metrics(out: &mut String, p: &cairn_core::placement::Placement) {
     let _ = writeln!(out, "# HELP cairn_cluster_map_version Version of the cluster map in use.");
     let _ = writeln!(out, "# TYPE cairn_cluster_map_version gauge");
     let _ = writeln!(out, "cairn_cluster_map_version {}", p.version());
+    let _ = writeln!(out, "# HELP cairn_cluster_map_info The map in use: its version or digest, exactly (hex).");
+    let _ = writeln!(out, "# TYPE cairn_cluster_map_info gauge");
+    let _ = writeln!(out, "cairn_cluster_map_info{{version=\"{:016x}\"}} 1", p.version());
     let _ = writeln!(out, "# HELP cairn_cluster_nodes Nodes in the cluster map, by state.");
     let _ = writeln!(out, "# TYPE cairn_cluster_nodes gauge");
     let _ = writeln!(out, "cairn_cluster_nodes{{state=\"up\"}} {up}");

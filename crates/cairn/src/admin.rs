@@ -42,6 +42,10 @@ pub struct StatusArgs {
 }
 
 async fn get(admin: &Admin, path_and_query: &str) -> Result<ClusterSummary> {
+    get_json(admin, path_and_query).await
+}
+
+async fn get_json<T: serde::de::DeserializeOwned>(admin: &Admin, path_and_query: &str) -> Result<T> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let uri = format!("{}{}", admin.admin.trim_end_matches('/'), path_and_query);
     let req = http::Request::get(&uri).body(Full::new(Bytes::new()))?;
@@ -124,11 +128,82 @@ pub async fn sync(a: SyncArgs) -> Result<()> {
     }
 }
 
+/// Members as `GET /v1/members` lists them.
+#[derive(serde::Deserialize, serde::Serialize)]
+struct Members {
+    node: String,
+    mode: String,
+    map_version: String,
+    members: Vec<MemberRow>,
+}
+
+#[derive(serde::Deserialize, serde::Serialize)]
+struct MemberRow {
+    id: String,
+    state: String,
+    map: String,
+    addr: String,
+    zone: String,
+    rack: String,
+    weight: u32,
+    incarnation: u16,
+    generation: u64,
+    heard_ms_ago: Option<u64>,
+    this_node: bool,
+}
+
+fn print_members(m: &Members) {
+    let count = |st: &str| m.members.iter().filter(|r| r.state == st).count();
+    println!(
+        "members ({}, map {}): {} alive, {} suspect, {} dead, {} left",
+        m.mode,
+        m.map_version,
+        count("alive") + count("up"),
+        count("suspect"),
+        count("dead") + count("down"),
+        count("left")
+    );
+    println!(
+        "{:<20} {:<8} {:<8} {:<22} {:<12} {:<10} {:>6} {:>5} {:>10}",
+        "id", "state", "map", "addr", "zone", "rack", "weight", "inc", "heard"
+    );
+    // The ones needing attention first.
+    let rank = |r: &MemberRow| match r.state.as_str() {
+        "suspect" => 0,
+        "dead" | "down" => 1,
+        "left" => 3,
+        _ => 2,
+    };
+    let mut rows: Vec<&MemberRow> = m.members.iter().collect();
+    rows.sort_by(|a, b| rank(a).cmp(&rank(b)).then(a.id.cmp(&b.id)));
+    for r in rows {
+        let heard = match r.heard_ms_ago {
+            Some(_) if r.this_node => "this node".to_owned(),
+            Some(ms) => format!("{:.1}s ago", ms as f64 / 1000.0),
+            None => "-".into(),
+        };
+        println!(
+            "{:<20} {:<8} {:<8} {:<22} {:<12} {:<10} {:>6} {:>5} {:>10}",
+            r.id, r.state, r.map, r.addr, r.zone, r.rack, r.weight, r.incarnation, heard
+        );
+    }
+}
+
 pub async fn status(a: StatusArgs) -> Result<()> {
     let s = get(&a.admin, "/v1/status").await?;
+    // A node outside a cluster has no members to show.
+    let members: Option<Members> = get_json(&a.admin, "/v1/members").await.ok();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        let mut v = serde_json::to_value(&s)?;
+        if let (Some(obj), Some(m)) = (v.as_object_mut(), &members) {
+            obj.insert("members".into(), serde_json::to_value(m)?);
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
+    }
+    if let Some(m) = &members {
+        print_members(m);
+        println!();
     }
     println!(
         "{:<24} {:>8} {:>16} {:>9} {:>12} {:>16}  last error",
