@@ -306,8 +306,6 @@ def test_a_replica_of_a_write_never_acknowledged_is_dropped(tmp_path, prefix):
     `sync` up), nor upload a write nobody was told succeeded."""
     c = Cluster(tmp_path, 3, chunk=256 * 1024, more_sections=WB)
     try:
-        for n in c.nodes:
-            n.start()
         wid = "ab" * 16
         chunk = payload(256 * 1024, seed=77)
         peer = f"http://{c.ips[0]}:{c.peer_ports[0]}"

@@ -221,7 +221,8 @@ where
     table: Table<T>,
     cell: u64,
     /// Rumors to push and the pushes each has left.
-    backlog: Vec<(Record<T>, u8)>,
+    backlog: std::collections::VecDeque<(Record<T>, u8)>,
+    next_forget_ms: u64,
     heard: HashMap<T::Addr, u64>,
     own_incarnation: u16,
     next_sync_ms: u64,
@@ -297,7 +298,8 @@ where
             stats: Stats::default(),
             table: Table::default(),
             cell,
-            backlog: Vec::new(),
+            backlog: std::collections::VecDeque::new(),
+            next_forget_ms: 0,
             heard: HashMap::new(),
             own_incarnation: 0,
             next_sync_ms: 0,
@@ -425,26 +427,19 @@ where
             });
             if !self.dead.is_empty() {
                 let m = self.dead[self.rng.random_range(0..self.dead.len())].clone();
-                let from = self.foca.identity().clone();
-                let digests = self.table.digests();
-                for part in digests.chunks(((self.cfg.max_packet - 200) / 18).max(1)) {
-                    self.send_table(m.clone(), &TableMsg::Digests { from: from.clone(), cells: part.to_vec() });
-                }
+                self.send_digests(m);
             }
         }
         if now_ms >= self.next_sync_ms {
             let jitter = self.rng.random_range(0..=self.cfg.sync_every.as_millis() as u64 / 4);
             self.next_sync_ms = now_ms + self.cfg.sync_every.as_millis() as u64 + jitter;
             if let Some(peer) = self.random_member() {
-                let from = self.foca.identity().clone();
-                let digests = self.table.digests();
-                // One digest per cell: 16 bytes each, so a few packets at most.
-                for part in digests.chunks(((self.cfg.max_packet - 200) / 18).max(1)) {
-                    self.send_table(peer.clone(), &TableMsg::Digests { from: from.clone(), cells: part.to_vec() });
-                }
+                self.send_digests(peer);
             }
+        }
+        if now_ms >= self.next_forget_ms {
+            self.next_forget_ms = now_ms + 60_000;
             let forget = self.cfg.map.remove_after + self.cfg.tombstone_for;
-            self.cross_suspects.retain(|_, (m, _, _)| m.generation() > 0);
             if self.table.forget_dead(now_ms.saturating_sub(forget.as_millis() as u64)) > 0 {
                 self.epoch += 1;
             }
@@ -475,6 +470,15 @@ where
         for r in records {
             self.learn_record(r, false);
         }
+        // This node's SWIM probes its cell's members, whether or not the table knew them.
+        let me = self.foca.identity().addr();
+        let cell: Vec<foca::Member<T>> = self
+            .table
+            .cell_records(self.cell)
+            .filter(|r| r.status == Status::Alive && r.member.addr() != me)
+            .map(|r| foca::Member::alive(r.member.clone()))
+            .collect();
+        let _ = self.foca.apply_many(cell.into_iter(), false, &mut self.rt);
         self.flush(now_ms, out);
     }
 
@@ -563,11 +567,13 @@ where
         let me = self.foca.identity().clone();
         if rec.member.node_id() == me.node_id() && rec.member.cell() == self.cell {
             // About this node: a death at its generation or later is refuted with a new one.
-            if rec.status == Status::Dead && !me.leaving() && rec.member.generation() >= me.generation() {
-                if let Some(renewed) = foca::Identity::renew(&rec.member) {
-                    let _ = self.foca.change_identity(renewed.clone(), &mut self.rt);
-                    self.rt.notes.push(Note::Rejoined(renewed));
-                }
+            if rec.status == Status::Dead
+                && !me.leaving()
+                && rec.member.generation() >= me.generation()
+                && let Some(renewed) = foca::Identity::renew(&rec.member)
+            {
+                let _ = self.foca.change_identity(renewed.clone(), &mut self.rt);
+                self.rt.notes.push(Note::Rejoined(renewed));
             }
             return false;
         }
@@ -585,9 +591,9 @@ where
         }
         if spread {
             if self.backlog.len() >= MAX_BACKLOG {
-                self.backlog.remove(0);
+                self.backlog.pop_front();
             }
-            self.backlog.push((rec, self.cfg.rumor_transmissions.max(1)));
+            self.backlog.push_back((rec, self.cfg.rumor_transmissions.max(1)));
         }
         true
     }
@@ -597,12 +603,10 @@ where
             TableMsg::Hello { from } => {
                 self.note_heard(&from, now_ms);
                 self.learn_record(Record { member: from.clone(), status: Status::Alive, changed_ms: now_ms }, true);
-                let me = self.foca.identity().clone();
                 let records: Vec<Record<T>> =
                     self.table.cell_records(from.cell()).take(HELLO_RECORDS).cloned().collect();
                 self.send_records(&from, from.cell(), 0, records, false);
-                let digests = self.table.digests();
-                self.send_table(from, &TableMsg::Digests { from: me, cells: digests });
+                self.send_digests(from);
             }
             TableMsg::Rumors { records } => {
                 for r in records {
@@ -718,6 +722,16 @@ where
         self.cross_probe = Some((target, nonce, now_ms));
     }
 
+    /// One digest per cell (16 bytes each), in as many packets as they need.
+    fn send_digests(&mut self, to: T) {
+        let from = self.foca.identity().clone();
+        let digests = self.table.digests();
+        let per_packet = (self.cfg.max_packet.saturating_sub(wire::HEADER + 1 + 8 + postcard_len(&from)) / 18).max(1);
+        for part in digests.chunks(per_packet) {
+            self.send_table(to.clone(), &TableMsg::Digests { from: from.clone(), cells: part.to_vec() });
+        }
+    }
+
     fn note_heard(&mut self, from: &T, now_ms: u64) {
         if self.heard.len() >= MAX_HEARD && !self.heard.contains_key(&from.addr()) {
             self.heard.clear();
@@ -808,7 +822,7 @@ where
                     let rec = Record { member: m.clone(), status: Status::Alive, changed_ms: now };
                     if self.table.merge(rec.clone()) == table::Merged::Changed {
                         self.epoch += 1;
-                        self.backlog.push((rec, self.cfg.rumor_transmissions.max(1)));
+                        self.backlog.push_back((rec, self.cfg.rumor_transmissions.max(1)));
                     }
                     out.changes.push(Change::Rejoined(m));
                 }

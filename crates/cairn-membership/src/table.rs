@@ -69,11 +69,13 @@ pub struct Cell<T> {
     pub buckets: Vec<Arc<Bucket<T>>>,
     pub digest: u64,
     pub len: usize,
+    /// Dead records (tombstones) in the cell.
+    pub dead: usize,
 }
 
 impl<T> Default for Cell<T> {
     fn default() -> Self {
-        Self { buckets: (0..BUCKETS).map(|_| Arc::new(Bucket::default())).collect(), digest: 0, len: 0 }
+        Self { buckets: (0..BUCKETS).map(|_| Arc::new(Bucket::default())).collect(), digest: 0, len: 0, dead: 0 }
     }
 }
 
@@ -135,11 +137,14 @@ impl<T: Member> Table<T> {
                 let old = bucket.records[i].hash();
                 bucket.digest = bucket.digest.wrapping_sub(old).wrapping_add(h);
                 cell.digest = cell.digest.wrapping_sub(old).wrapping_add(h);
+                cell.dead -= usize::from(bucket.records[i].status == Status::Dead);
+                cell.dead += usize::from(rec.status == Status::Dead);
                 bucket.records[i] = rec;
             }
             Err(i) => {
                 bucket.digest = bucket.digest.wrapping_add(h);
                 cell.digest = cell.digest.wrapping_add(h);
+                cell.dead += usize::from(rec.status == Status::Dead);
                 bucket.records.insert(i, rec);
                 cell.len += 1;
                 self.len += 1;
@@ -204,11 +209,10 @@ impl<T: Member> Table<T> {
     pub fn forget_dead(&mut self, before_ms: u64) -> usize {
         let mut dropped = 0;
         for cell in self.cells.values_mut() {
-            let stale = cell
-                .buckets
-                .iter()
-                .any(|b| b.records.iter().any(|r| r.status == Status::Dead && r.changed_ms < before_ms));
-            if !stale {
+            // Only cells holding tombstones are looked through.
+            if cell.dead == 0
+                || !cell.buckets.iter().any(|b| b.records.iter().any(|r| r.status == Status::Dead && r.changed_ms < before_ms))
+            {
                 continue;
             }
             let cell = Arc::make_mut(cell);
@@ -228,6 +232,7 @@ impl<T: Member> Table<T> {
                 });
             }
             cell.len = cell.buckets.iter().map(|b| b.records.len()).sum();
+            cell.dead = cell.buckets.iter().flat_map(|b| b.records.iter()).filter(|r| r.status == Status::Dead).count();
         }
         self.len -= dropped;
         dropped
