@@ -3,15 +3,19 @@
 //! ```text
 //! cargo run --release -p cairn-sim -- placement [--sizes 1000,10000,100000] [--lookups 500000]
 //!                                               [--weights equal|mixed]
-//! cargo run --release -p cairn-sim -- membership [--sizes 1000,10000] [--latency-us 500]
+//! cargo run --release -p cairn-sim -- membership [--sizes 1000,10000,100000] [--cell-size 1000]
+//!                                                [--form snapshot|preformed] [--latency-us 500]
 //!                                                [--jitter-us 200] [--loss 0.0] [--spread 5]
 //!                                                [--steady 30] [--crash 3] [--loss-test 0.01]
-//!                                                [--budget 240] [--seed 1]
+//!                                                [--loss-secs 60] [--budget 240] [--seed 1]
 //! ```
 //!
-//! `membership` drives the real `cairn_membership::Membership` over a simulated network (latency,
-//! jitter, loss, partitions, stalls): forming, steady-state traffic, crash detection, false
-//! positives under loss and stalls, 1,000 joins at once, a rack of 40 dying, memory per node.
+//! `membership` drives the real `cairn_membership::Membership` (SWIM within cells of
+//! `--cell-size` nodes, 0 = one flat cell; the cluster-wide table by rumor and anti-entropy) over a
+//! simulated network (latency, jitter, loss, stalls): forming, steady-state traffic, crash
+//! detection, false positives under loss and stalls, a rack of 40 dying, 1,000 joins at once,
+//! memory per node. `--form preformed` starts every node with the full table (a formed cluster)
+//! instead of each taking a seed's snapshot as it starts.
 //! `--budget` is the wall-clock seconds a convergence phase may take before it is reported as not
 //! converged.
 
@@ -38,5 +42,6 @@ fn main() -> ExitCode {
 }
 
 const USAGE: &str = "usage: cairn-sim placement [--sizes 1000,10000,100000] [--lookups N] [--weights equal|mixed]
-       cairn-sim membership [--sizes 1000,10000] [--latency-us N] [--jitter-us N] [--loss P] [--spread S]
-                            [--steady S] [--crash K] [--loss-test P] [--budget S] [--seed N]";
+       cairn-sim membership [--sizes 1000,10000,100000] [--cell-size N] [--form snapshot|preformed]
+                            [--latency-us N] [--jitter-us N] [--loss P] [--spread S] [--steady S] [--crash K]
+                            [--loss-test P] [--loss-secs S] [--budget S] [--seed N]";

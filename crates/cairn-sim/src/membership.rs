@@ -1,55 +1,102 @@
-//! `cairn-sim membership`: the real `cairn_membership::Membership` (SWIM via foca, sealed packets,
-//! the derived cluster map) driven over a simulated network in one process.
+//! `cairn-sim membership`: the real `cairn_membership::Membership` (SWIM via foca within cells,
+//! the cluster-wide table spread by rumors and repaired by anti-entropy, sealed packets, the
+//! derived cluster map) driven over a simulated network in one process.
 //!
-//! The network is a discrete-event loop (a priority queue of packets and timers, in microseconds)
-//! with per-packet latency and jitter, packet loss, partitions (nodes in different groups cannot
-//! reach each other) and stalls (a stalled node handles nothing until it resumes; packets and
-//! timers due meanwhile are kept and handled when it resumes, like a SIGSTOPped process whose
-//! socket buffer keeps them). Crashed nodes drop everything.
+//! The network is a discrete-event loop (a binary heap of packets, foca timers and each node's
+//! periodic `Membership::tick` every `Config::gossip_every`, in microseconds) with per-packet
+//! latency and jitter, packet loss and stalls (a stalled node handles nothing until it resumes;
+//! packets and timers due meanwhile are kept and handled when it resumes, like a SIGSTOPped
+//! process whose socket buffer keeps them). Crashed nodes drop everything.
 //!
 //! Members use a compact identity ([`SimId`]: index, generation, join second, leaving flag;
-//! 16 bytes) whose node id, zone and rack come from the index: racks of 40 consecutive indices,
-//! rack `r` in zone `r % 3`. Its gossip address is its index.
+//! 16 bytes) whose node id, rack and cell come from the index: racks of 40 consecutive indices,
+//! racks dealt round-robin to `ceil(N / --cell-size)` cells (so nodes that join later land in the
+//! existing cells), zone = cell. `--cell-size 0` puts every node in one cell (a flat SWIM pool:
+//! the reference the cells are compared against). Its gossip address is its index.
+//!
+//! What is modelled rather than simulated packet by packet:
+//! - the snapshot a joiner fetches once over HTTP (`Membership::snapshot` / `learn`) is one
+//!   direct transfer: the joiner's table becomes a copy of the seed's table (plus its own record),
+//!   which is what `learn` yields on a fresh node (its own cell's members reach its SWIM through
+//!   the seeds' answer to its hello); its bytes are counted as the postcard-encoded size of the
+//!   seed's snapshot (computed exactly for a sample of joiners);
+//! - nodes holding equal table buckets share one copy (`Table::share` with an interner keyed by
+//!   (cell, bucket index, bucket digest)), done every simulated second for the nodes whose table
+//!   changed; it is what lets 100,000 full tables fit in one process. The digest covers node id,
+//!   generation, status and leaving, not `changed_ms`, which nodes stamp with their own clocks:
+//!   converged nodes' buckets are equal but for those times, so sharing makes a node adopt the
+//!   interned copy's `changed_ms` (counted in the report as "replaced records"). `changed_ms`
+//!   only decides which of two equal records' time is kept, whether a record learned through
+//!   anti-entropy is re-spread (younger than 30 s) and when a dead member is removed from the map
+//!   (10 min) and forgotten.
 //!
 //! Scenarios, run one after the other on one cluster per size:
-//! 1. form: N nodes start over `--spread` seconds and join through 3 seeds (`Membership::join`,
-//!    gossip only); time until every node has N-1 active members;
+//! 1. form: N nodes start over `--spread` seconds, each says hello to 3 seeds and takes a seed's
+//!    snapshot; time until every node's table holds exactly the true member set (length and every
+//!    cell digest equal to the digests computed from the simulator's ground truth). With
+//!    `--form preformed` every node starts with the full table instead (a cluster that has formed,
+//!    as after a restart of all nodes with their snapshots): forming a large cluster from nothing
+//!    costs every node O(N) rumored records, O(N²) in one process;
 //! 2. steady state: packets and bytes sent per node per second over `--steady` seconds;
-//! 3. crash: `--crash` random nodes stop; time until each live node has seen each of them down;
-//! 4. false positives: (a) `--loss-test` loss for 60 s, (b) 3 nodes stalled 5 s each; live nodes
-//!    declared down by anyone, suspicions and refutations;
-//! 5. `min(1000, N/2)` nodes join at once (each through the seeds plus a snapshot of a seed's
-//!    members, `Membership::learn`); convergence time; keys moved in one node's map per ramp step;
-//! 6. a rack of 40 dies at once; time until all live nodes see all 40 down; keys moved;
-//! 7. memory: process RSS delta over the formed cluster divided by N.
+//! 3. crash: `--crash` random nodes stop; time until each live node's table shows each of them
+//!    `Dead` (from the `Change::Down` a cell member reports, exact; for other cells, from the
+//!    node's table record, checked every 250 ms);
+//! 4. false positives: (a) `--loss-test` loss for `--loss-secs`, (b) 3 nodes stalled 5 s each;
+//!    live nodes declared down by anyone (a `Change::Down`, or a `Dead` record of a live node in a
+//!    sample of tables), suspicions and refutations;
+//! 5. a rack of 40 dies at once; time until all live nodes' tables show all 40 dead; keys moved;
+//! 6. `min(1000, N/2)` nodes join at once (hello + a seed's snapshot), into the existing cells;
+//!    convergence; keys moved in one node's map per ramp step;
+//! 7. memory: process RSS growth while forming, and the table's bytes with and without sharing.
 //!
-//! "Seen down" is taken from the `Change::Down` a node's `Outbox` reports (foca's Down, which the
-//! map derives as `down`); at the end of scenarios 3 and 6 the derived map of a sample of live
-//! nodes is checked to show the victims as down.
+//! At the end of scenarios 3 and 5 the derived map (`Membership::map`) of a sample of live nodes is
+//! checked to show the victims as down.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, HashSet};
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicU32, Ordering as AtOrd};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use cairn_core::cluster::{ClusterMap, NodeEntry, NodeState};
 use cairn_core::placement::Placement;
-use cairn_membership::{Change, Config, Member, Membership, Outbox, Stats};
+use cairn_membership::table::{BUCKETS, Bucket, Cell};
+use cairn_membership::{Change, Config, Member, Membership, NodeIdentity, Outbox, Record, Stats, Status, Table};
 use foca::Timer;
 use serde::{Deserialize, Serialize};
 
-const ZONES: [&str; 3] = ["zone-a", "zone-b", "zone-c"];
-const RACK_SIZE: u32 = 40;
 /// Unix milliseconds at simulated time zero.
 const BASE_MS: u64 = 1_700_000_000_000;
 const SECRET: &[u8] = b"cairn-sim membership secret";
 const SEEDS: [u32; 3] = [0, 1, 2];
 const KEYS: u64 = 200_000;
+/// How often the watchers check tables (simulated µs).
+const CHECK_US: u64 = 250_000;
+/// How often tables are shared (simulated µs).
+const SHARE_US: u64 = 1_000_000;
 
 // ---------------------------------------------------------------------------------------------
-// Compact identity
+// Compact identity and layout
 
-/// A member of the simulated cluster: 16 bytes instead of `NodeIdentity`'s ~100 plus strings.
+/// Nodes per rack and number of cells (racks are dealt round-robin to cells).
+static RACK_SIZE: AtomicU32 = AtomicU32::new(40);
+static CELLS: AtomicU32 = AtomicU32::new(1);
+
+/// Sets the layout for the identities that follow.
+pub fn set_layout(rack_size: u32, cells: u32) {
+    RACK_SIZE.store(rack_size.max(1), AtOrd::Relaxed);
+    CELLS.store(cells.max(1), AtOrd::Relaxed);
+}
+
+fn rack_of(idx: u32) -> u32 {
+    idx / RACK_SIZE.load(AtOrd::Relaxed)
+}
+
+fn cell_of(idx: u32) -> u64 {
+    u64::from(rack_of(idx) % CELLS.load(AtOrd::Relaxed))
+}
+
+/// A member of the simulated cluster: 16 bytes instead of `NodeIdentity`'s ~180 plus strings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SimId {
     idx: u32,
@@ -66,24 +113,16 @@ impl SimId {
     }
 }
 
-static NAMES: RwLock<Vec<&'static str>> = RwLock::new(Vec::new());
+static NAMES: OnceLock<Vec<&'static str>> = OnceLock::new();
 
-/// The node id of index `idx` ("n000123"), leaked once and shared by all simulations.
-fn name(idx: u32) -> &'static str {
-    let i = idx as usize;
-    if let Some(n) = NAMES.read().unwrap_or_else(|e| e.into_inner()).get(i) {
-        return n;
-    }
-    let mut names = NAMES.write().unwrap_or_else(|e| e.into_inner());
-    while names.len() <= i {
-        let s: &'static str = Box::leak(format!("n{:06}", names.len()).into_boxed_str());
-        names.push(s);
-    }
-    names[i]
+/// Creates the node ids of indices below `n` (once per process; later calls cannot grow it).
+fn init_names(n: usize) {
+    NAMES.get_or_init(|| (0..n).map(|i| &*Box::leak(format!("n{i:06}").into_boxed_str())).collect());
 }
 
-fn rack_of(idx: u32) -> u32 {
-    idx / RACK_SIZE
+/// The node id of index `idx` ("n000123").
+fn name(idx: u32) -> &'static str {
+    NAMES.get().and_then(|v| v.get(idx as usize)).copied().expect("node ids created for this index")
 }
 
 impl foca::Identity for SimId {
@@ -107,6 +146,10 @@ impl Member for SimId {
         if self.generation == 0 { "" } else { name(self.idx) }
     }
 
+    fn cell(&self) -> u64 {
+        cell_of(self.idx)
+    }
+
     fn generation(&self) -> u64 {
         u64::from(self.generation)
     }
@@ -124,12 +167,11 @@ impl Member for SimId {
     }
 
     fn entry(&self) -> NodeEntry {
-        let rack = rack_of(self.idx);
         NodeEntry {
             id: name(self.idx).to_string(),
             addr: format!("10.{}.{}.{}:7100", self.idx >> 16, (self.idx >> 8) & 0xff, self.idx & 0xff),
-            zone: ZONES[(rack % 3) as usize].to_string(),
-            rack: format!("r{rack}"),
+            zone: format!("cell-{}", cell_of(self.idx)),
+            rack: format!("r{}", rack_of(self.idx)),
             weight: 100,
             state: NodeState::Up,
         }
@@ -138,6 +180,45 @@ impl Member for SimId {
     fn joined_ms(&self) -> u64 {
         if self.joined_s == 0 { 0 } else { BASE_MS + u64::from(self.joined_s) * 1000 }
     }
+}
+
+/// Bytes of an unsigned varint (postcard's encoding of integers wider than a byte).
+fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+/// Postcard-encoded size of a snapshot (`Vec<Record<SimId>>`): length, then per record the
+/// identity's fields, the status variant and `changed_ms`.
+fn snapshot_bytes(records: &[Record<SimId>]) -> usize {
+    varint_len(records.len() as u64)
+        + records
+            .iter()
+            .map(|r| {
+                let m = &r.member;
+                varint_len(m.idx.into())
+                    + varint_len(m.generation.into())
+                    + varint_len(m.joined_s.into())
+                    + 1
+                    + 1
+                    + varint_len(r.changed_ms)
+            })
+            .sum::<usize>()
+}
+
+/// What `Membership::learn(snapshot)` does on a fresh node, without merging the snapshot record
+/// by record: the node's own cell's records are learned (which tells its SWIM about them), then
+/// its table becomes a copy of `table` (sharing its cells) plus its own record.
+fn adopt(m: &mut Membership<SimId>, mut table: Table<SimId>, now_ms: u64, out: &mut Outbox<SimId>) {
+    let me = *m.identity();
+    let cell: Vec<Record<SimId>> = table.cell_records(me.cell()).filter(|r| r.member.idx != me.idx).cloned().collect();
+    m.learn(cell, now_ms, out);
+    table.merge(Record { member: me, status: Status::Alive, changed_ms: now_ms });
+    *m.table_mut() = table;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -159,6 +240,7 @@ impl Default for NetConfig {
 enum Kind {
     Packet(Vec<u8>),
     Timer(Timer<SimId>),
+    Tick,
 }
 
 struct Ev {
@@ -186,14 +268,24 @@ impl Ord for Ev {
     }
 }
 
-/// Watches a set of victims: when each live node first saw each of them down.
-struct Watch {
-    slot: HashMap<u32, usize>,
-    start_us: u64,
-    /// [victim slot][observer] = µs after start, or u64::MAX.
-    seen: Vec<Vec<u64>>,
-    missing: usize,
+/// One watched victim: when each live node first held it `Dead`.
+struct Victim {
+    id: SimId,
+    /// µs after the watch started, per observer, or u64::MAX.
+    seen: Vec<u64>,
+    /// Live observers that have not seen it yet (compacted at each check).
+    unseen: Vec<u32>,
+    /// Observers in the victim's cell (they learn it from their SWIM).
+    same_cell: Vec<bool>,
 }
+
+struct Watch {
+    start_us: u64,
+    victims: Vec<Victim>,
+    slot: HashMap<u32, usize>,
+}
+
+type Interner = HashMap<(u64, usize, u64), Vec<Arc<Bucket<SimId>>>>;
 
 pub struct Sim {
     now: u64,
@@ -202,15 +294,28 @@ pub struct Sim {
     pub nodes: Vec<Option<Membership<SimId>>>,
     dead: Vec<bool>,
     stalled_until: Vec<u64>,
-    group: Vec<u8>,
     pub net: NetConfig,
     cfg: Config,
     rng: u64,
     watch: Option<Watch>,
-    /// Down changes about members that were not crashed (any generation ≥ 1).
+    /// Down changes about members that were not crashed.
     pub false_downs: u64,
     pub falsely_downed: HashSet<u32>,
     pub packets_dropped: u64,
+    interner: Interner,
+    shared_epoch: Vec<u64>,
+    next_share_us: u64,
+    share_passes: u64,
+    /// Buckets replaced by an interned one with the same digest whose records differed (only
+    /// in `changed_ms`, which the digest does not cover).
+    pub retimed: u64,
+    /// Snapshots transferred, and their postcard bytes (sampled: sum over the sample, count).
+    pub snapshots: u64,
+    snapshot_sample: (u64, u64),
+    /// Wall time spent in sharing and in checks (profiling counters).
+    pub wall_share: Duration,
+    pub wall_check: Duration,
+    pub events: u64,
 }
 
 impl Sim {
@@ -222,7 +327,6 @@ impl Sim {
             nodes: (0..capacity).map(|_| None).collect(),
             dead: vec![false; capacity],
             stalled_until: vec![0; capacity],
-            group: vec![0; capacity],
             net,
             cfg,
             rng: seed | 1,
@@ -230,6 +334,16 @@ impl Sim {
             false_downs: 0,
             falsely_downed: HashSet::new(),
             packets_dropped: 0,
+            interner: HashMap::new(),
+            shared_epoch: vec![0; capacity],
+            next_share_us: SHARE_US,
+            share_passes: 0,
+            retimed: 0,
+            snapshots: 0,
+            snapshot_sample: (0, 0),
+            wall_share: Duration::ZERO,
+            wall_check: Duration::ZERO,
+            events: 0,
         }
     }
 
@@ -262,7 +376,7 @@ impl Sim {
     fn absorb(&mut self, from: u32, out: Outbox<SimId>) {
         for (to, p) in out.sends {
             let t = to.idx as usize;
-            if t >= self.nodes.len() || self.group[t] != self.group[from as usize] {
+            if t >= self.nodes.len() {
                 self.packets_dropped += 1;
                 continue;
             }
@@ -284,10 +398,11 @@ impl Sim {
                 }
                 if let Some(w) = &mut self.watch
                     && let Some(&s) = w.slot.get(&m.idx)
-                    && w.seen[s][from as usize] == u64::MAX
                 {
-                    w.seen[s][from as usize] = self.now - w.start_us;
-                    w.missing -= 1;
+                    let v = &mut w.victims[s];
+                    if v.seen[from as usize] == u64::MAX && m.generation >= v.id.generation {
+                        v.seen[from as usize] = self.now - w.start_us;
+                    }
                 }
                 if !self.dead[m.idx as usize] {
                     self.false_downs += 1;
@@ -297,29 +412,62 @@ impl Sim {
         }
     }
 
-    /// Starts node `idx` and has it join through the seeds (none for the first seed).
+    /// Starts node `id`: hello to the seeds (none for the first seed) and, if given, the snapshot
+    /// of that seed's table, modelled as one transfer.
     pub fn start(&mut self, id: SimId, snapshot_from: Option<u32>) {
         let i = id.idx as usize;
         let mut m = Membership::new(id, self.cfg.clone(), SECRET, 0x5eed ^ u64::from(id.idx));
         let mut out = Outbox::default();
         let now = self.now_ms();
         let seeds: Vec<u32> = SEEDS.iter().copied().filter(|&s| s != id.idx && self.nodes[s as usize].is_some()).collect();
-        if !seeds.is_empty() {
-            m.join(&seeds, now, &mut out);
-        } else {
-            // Alone: announcing to nobody still arms foca's periodic timers once it has members;
-            // the first seed just waits to be announced to.
-            m.join(&[], now, &mut out);
-        }
-        if let Some(s) = snapshot_from
+        m.join(&seeds, now, &mut out);
+        if let Some(s) = snapshot_from.filter(|&s| s != id.idx)
             && let Some(seed) = self.nodes[s as usize].as_ref()
         {
-            let snap = seed.snapshot();
-            m.learn(snap, now, &mut out);
+            let sample_every = (self.nodes.len() as u64 / 200).max(1);
+            if self.snapshots.is_multiple_of(sample_every) {
+                self.snapshot_sample.0 += snapshot_bytes(&seed.snapshot()) as u64;
+                self.snapshot_sample.1 += 1;
+            }
+            self.snapshots += 1;
+            let table = seed.table().clone();
+            adopt(&mut m, table, now, &mut out);
         }
         self.nodes[i] = Some(m);
         self.dead[i] = false;
+        self.shared_epoch[i] = 0;
         self.absorb(id.idx, out);
+        let phase = self.rand() % (self.cfg.gossip_every.as_micros() as u64).max(1);
+        self.push(self.now + phase, id.idx, Kind::Tick);
+    }
+
+    /// Starts node `id` with `table` as its snapshot (a formed cluster: "preformed" forming) and a
+    /// hello to the first seed only.
+    pub fn start_preformed(&mut self, id: SimId, table: &Table<SimId>) {
+        let i = id.idx as usize;
+        let mut m = Membership::new(id, self.cfg.clone(), SECRET, 0x5eed ^ u64::from(id.idx));
+        let mut out = Outbox::default();
+        let now = self.now_ms();
+        if id.idx != SEEDS[0] {
+            m.join(&[SEEDS[0]], now, &mut out);
+        }
+        if self.snapshot_sample.1 == 0 {
+            let all: Vec<Record<SimId>> = table.iter().cloned().collect();
+            self.snapshot_sample = (snapshot_bytes(&all) as u64, 1);
+        }
+        adopt(&mut m, table.clone(), now, &mut out);
+        self.snapshots += 1;
+        self.nodes[i] = Some(m);
+        self.dead[i] = false;
+        self.shared_epoch[i] = 0;
+        self.absorb(id.idx, out);
+        let phase = self.rand() % (self.cfg.gossip_every.as_micros() as u64).max(1);
+        self.push(self.now + phase, id.idx, Kind::Tick);
+    }
+
+    /// Mean postcard bytes of a snapshot (over the sampled ones).
+    pub fn snapshot_mean_bytes(&self) -> f64 {
+        self.snapshot_sample.0 as f64 / self.snapshot_sample.1.max(1) as f64
     }
 
     pub fn crash(&mut self, idx: u32) {
@@ -338,7 +486,13 @@ impl Sim {
             .filter_map(|(i, m)| m.as_ref().map(|m| (i as u32, m)))
     }
 
-    pub fn run_until(&mut self, until_us: u64) {
+    fn live_count(&self) -> usize {
+        self.live().count()
+    }
+
+    /// Handles every event due up to `until_us`.
+    fn run_events(&mut self, until_us: u64) {
+        let tick_us = self.cfg.gossip_every.as_micros() as u64;
         while let Some(top) = self.queue.peek() {
             if top.at > until_us {
                 break;
@@ -354,6 +508,7 @@ impl Sim {
                 self.push(resume, ev.node, ev.kind);
                 continue;
             }
+            self.events += 1;
             let now_ms = self.now_ms();
             let Some(m) = self.nodes[i].as_mut() else { continue };
             let mut out = Outbox::default();
@@ -362,43 +517,149 @@ impl Sim {
                     let _ = m.handle_packet(&p, now_ms, &mut out);
                 }
                 Kind::Timer(t) => m.handle_timer(t, now_ms, &mut out),
+                Kind::Tick => {
+                    m.tick(now_ms, &mut out);
+                    self.push(ev.at + tick_us, ev.node, Kind::Tick);
+                }
             }
             self.absorb(ev.node, out);
         }
         self.now = self.now.max(until_us);
     }
 
+    /// Advances simulated time in steps of 250 ms, checking the watch after each and sharing
+    /// tables every simulated second.
+    pub fn run_until(&mut self, until_us: u64) {
+        while self.now < until_us {
+            let next = (self.now / CHECK_US + 1) * CHECK_US;
+            self.run_events(next.min(until_us));
+            if self.now.is_multiple_of(CHECK_US) {
+                self.check_watch();
+            }
+            if self.now >= self.next_share_us {
+                self.next_share_us = self.now + SHARE_US;
+                self.share_all(false);
+            }
+        }
+    }
+
+    /// Shares equal buckets among nodes (those whose table changed since, or all with `full`).
+    fn share_all(&mut self, full: bool) {
+        let t = Instant::now();
+        let interner = &mut self.interner;
+        let retimed = &mut self.retimed;
+        for (i, slot) in self.nodes.iter_mut().enumerate() {
+            let Some(m) = slot else { continue };
+            let e = m.epoch();
+            if !full && self.shared_epoch[i] == e {
+                continue;
+            }
+            self.shared_epoch[i] = e;
+            m.table_mut().share(|cell, b, arc| {
+                let v = interner.entry((cell, b, arc.digest)).or_default();
+                let Some(s) = v.first() else {
+                    v.push(arc.clone());
+                    return None;
+                };
+                if Arc::ptr_eq(s, arc) {
+                    return None;
+                }
+                if s.records != arc.records {
+                    // Equal digests, records that differ only in `changed_ms`: this node's times
+                    // are replaced by the interned copy's.
+                    *retimed += 1;
+                }
+                Some(s.clone())
+            });
+        }
+        self.share_passes += 1;
+        if full || self.share_passes.is_multiple_of(10) {
+            // Drop buckets no node holds any more.
+            self.interner.retain(|_, v| {
+                v.retain(|a| Arc::strong_count(a) > 1);
+                !v.is_empty()
+            });
+        }
+        self.wall_share += t.elapsed();
+    }
+
     fn watch(&mut self, victims: &[u32]) {
         let n = self.nodes.len();
-        let live = self.live().filter(|(i, _)| !victims.contains(i)).count();
+        let observers: Vec<u32> = self.live().map(|(i, _)| i).filter(|i| !victims.contains(i)).collect();
+        let victims: Vec<Victim> = victims
+            .iter()
+            .map(|&v| {
+                let id = *self.nodes[v as usize].as_ref().expect("victim started").identity();
+                let mut same_cell = vec![false; n];
+                for &o in &observers {
+                    same_cell[o as usize] = cell_of(o) == cell_of(v);
+                }
+                Victim { id, seen: vec![u64::MAX; n], unseen: observers.clone(), same_cell }
+            })
+            .collect();
         self.watch = Some(Watch {
-            slot: victims.iter().enumerate().map(|(s, &v)| (v, s)).collect(),
             start_us: self.now,
-            seen: victims.iter().map(|_| vec![u64::MAX; n]).collect(),
-            missing: victims.len() * live,
+            slot: victims.iter().enumerate().map(|(s, v)| (v.id.idx, s)).collect(),
+            victims,
         });
     }
 
-    /// Per (live observer, victim): seconds until seen down (missing ones excluded), and the count
-    /// of pairs not seen.
-    fn watch_result(&mut self) -> (Vec<f64>, usize) {
-        let Some(w) = self.watch.take() else { return (Vec::new(), 0) };
-        let mut times = Vec::new();
-        let mut missing = 0;
-        for (i, m) in self.nodes.iter().enumerate() {
-            if m.is_none() || self.dead[i] {
-                continue;
-            }
-            for s in &w.seen {
-                if s[i] == u64::MAX {
-                    missing += 1;
-                } else {
-                    times.push(s[i] as f64 / 1e6);
+    /// Marks observers whose table now holds a victim `Dead` (O(observers not yet seeing it)).
+    fn check_watch(&mut self) {
+        let t = Instant::now();
+        let Some(w) = &mut self.watch else { return };
+        let elapsed = self.now - w.start_us;
+        for v in &mut w.victims {
+            let (cell, id) = (v.id.cell(), name(v.id.idx));
+            let gen_ = v.id.generation();
+            v.unseen.retain(|&o| {
+                let o = o as usize;
+                if self.dead[o] {
+                    return false;
                 }
+                if v.seen[o] != u64::MAX {
+                    return false;
+                }
+                let Some(m) = self.nodes[o].as_ref() else { return false };
+                let down = m.table().get(cell, id).is_some_and(|r| r.status == Status::Dead && r.member.generation() >= gen_);
+                if down {
+                    v.seen[o] = elapsed;
+                }
+                !down
+            });
+        }
+        self.wall_check += t.elapsed();
+    }
+
+    fn watch_missing(&self) -> usize {
+        self.watch.as_ref().map_or(0, |w| w.victims.iter().map(|v| v.unseen.len()).sum())
+    }
+
+    /// Per (live observer, victim): seconds until seen `Dead` (all, same cell, other cells), and
+    /// the count of pairs not seen.
+    fn watch_result(&mut self) -> WatchResult {
+        let mut r = WatchResult::default();
+        let Some(w) = self.watch.take() else { return r };
+        for v in &w.victims {
+            for (o, &s) in v.seen.iter().enumerate() {
+                if self.dead[o] || self.nodes[o].is_none() || o as u32 == v.id.idx {
+                    continue;
+                }
+                if s == u64::MAX {
+                    if v.unseen.contains(&(o as u32)) {
+                        r.missing += 1;
+                    }
+                    continue;
+                }
+                let t = s as f64 / 1e6;
+                r.all.push(t);
+                if v.same_cell[o] { r.cell.push(t) } else { r.other.push(t) }
             }
         }
-        times.sort_by(f64::total_cmp);
-        (times, missing)
+        for x in [&mut r.all, &mut r.cell, &mut r.other] {
+            x.sort_by(f64::total_cmp);
+        }
+        r
     }
 
     fn stats_sum(&self) -> Stats {
@@ -411,15 +672,123 @@ impl Sim {
             s.refutations += x.refutations;
             s.confirmations += x.confirmations;
             s.rejected += x.rejected;
+            s.repaired_records += x.repaired_records;
         }
         s
     }
 
-    /// Whether every live node has all other live nodes active, and how many do.
-    fn converged(&self, expected_active: usize) -> (bool, usize) {
-        let ok = self.live().filter(|(_, m)| m.active() >= expected_active).count();
-        (ok == self.live().count(), ok)
+    /// The true table: its length and one digest per cell, from the simulator's ground truth
+    /// (every node ever started, `Dead` if crashed, under its current identity).
+    fn truth(&self) -> (usize, Vec<(u64, u64)>) {
+        let mut cells: HashMap<u64, u64> = HashMap::new();
+        let mut len = 0;
+        for (i, m) in self.nodes.iter().enumerate() {
+            let Some(m) = m else { continue };
+            let rec = Record {
+                member: *m.identity(),
+                status: if self.dead[i] { Status::Dead } else { Status::Alive },
+                changed_ms: 0,
+            };
+            let d = cells.entry(rec.member.cell()).or_default();
+            *d = d.wrapping_add(rec.hash());
+            len += 1;
+        }
+        (len, cells.into_iter().collect())
     }
+
+    /// How many live nodes hold exactly the true table, and how many live nodes there are.
+    fn converged(&self) -> (usize, usize) {
+        let (len, cells) = self.truth();
+        let (mut ok, mut live) = (0, 0);
+        for (_, m) in self.live() {
+            live += 1;
+            let t = m.table();
+            if t.len() == len && cells.iter().all(|(c, d)| t.cell_digest(*c) == *d) {
+                ok += 1;
+            }
+        }
+        (ok, live)
+    }
+
+    /// Live nodes that a sample of live tables (every `step`-th) holds `Dead`.
+    fn dead_in_tables(&self, step: usize) -> HashSet<u32> {
+        let mut out = HashSet::new();
+        for (_, m) in self.live().step_by(step.max(1)) {
+            for r in m.table().iter() {
+                if r.status == Status::Dead && !self.dead[r.member.idx as usize] {
+                    out.insert(r.member.idx);
+                }
+            }
+        }
+        out
+    }
+
+    /// Table memory: bytes of the distinct shared buckets, and per node (over a sample of
+    /// `sample` nodes) what is not shared, its cell/bucket overhead, and its table as if unshared.
+    fn table_memory(&mut self, sample: usize) -> TableMemory {
+        self.share_all(true);
+        let rec = size_of::<Record<SimId>>();
+        let arc_bucket = 16 + size_of::<Bucket<SimId>>();
+        let mut shared_ptrs: HashSet<usize> = HashSet::new();
+        let mut shared_bytes = 0usize;
+        let mut distinct = 0usize;
+        for v in self.interner.values() {
+            for b in v {
+                if shared_ptrs.insert(b.records.as_ptr() as usize) {
+                    distinct += 1;
+                    shared_bytes += arc_bucket + b.records.capacity() * rec;
+                }
+            }
+        }
+        // Per cell a node holds: the Arc<Cell> allocation, its Vec of bucket pointers and a BTreeMap
+        // slot (key + value pointer, ~1.5x for node slack).
+        let per_cell = 16 + size_of::<Cell<SimId>>() + BUCKETS * size_of::<Arc<Bucket<SimId>>>() + 24;
+        let live: Vec<u32> = self.live().map(|(i, _)| i).collect();
+        let step = (live.len() / sample.max(1)).max(1);
+        let (mut own, mut overhead, mut unshared, mut k) = (0usize, 0usize, 0usize, 0usize);
+        for &i in live.iter().step_by(step) {
+            let Some(m) = self.nodes[i as usize].as_ref() else { continue };
+            let t = m.table();
+            for (cell, _) in t.digests() {
+                overhead += per_cell;
+                for b in 0..BUCKETS {
+                    let s = t.bucket(cell, b);
+                    if !s.is_empty() && !shared_ptrs.contains(&(s.as_ptr() as usize)) {
+                        own += arc_bucket + size_of_val(s);
+                    }
+                }
+            }
+            unshared += t.memory_bytes();
+            k += 1;
+        }
+        let k = k.max(1) as f64;
+        TableMemory {
+            distinct_buckets: distinct,
+            shared_bytes,
+            own_per_node: own as f64 / k,
+            overhead_per_node: overhead as f64 / k,
+            unshared_per_node: unshared as f64 / k,
+            records: self.nodes[0].as_ref().map_or(0, |m| m.table().len()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct WatchResult {
+    all: Vec<f64>,
+    cell: Vec<f64>,
+    other: Vec<f64>,
+    missing: usize,
+}
+
+#[derive(Default, Clone)]
+pub struct TableMemory {
+    distinct_buckets: usize,
+    shared_bytes: usize,
+    own_per_node: f64,
+    overhead_per_node: f64,
+    unshared_per_node: f64,
+    records: usize,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -427,6 +796,7 @@ impl Sim {
 
 pub struct Options {
     pub sizes: Vec<usize>,
+    pub cell_size: usize,
     pub latency_us: u64,
     pub jitter_us: u64,
     pub loss: f64,
@@ -434,17 +804,20 @@ pub struct Options {
     pub steady_s: u64,
     pub crash: usize,
     pub loss_test: f64,
+    pub loss_s: u64,
     /// Wall-clock seconds a convergence phase may take before it is reported as not converged.
     pub budget_s: u64,
     pub seed: u64,
-    /// Forming joins also learn a seed's snapshot (`Membership::learn`), not only gossip.
-    pub form_snapshot: bool,
+    /// Forming: every node takes a seed's snapshot as it starts (`snapshot`), or every node starts
+    /// with the full table of all N (`preformed`: a cluster that formed already, e.g. restarted).
+    pub preformed: bool,
 }
 
 impl Options {
     pub fn parse(args: &[String]) -> Result<Self, String> {
         let mut o = Options {
-            sizes: vec![1_000, 10_000],
+            sizes: vec![1_000, 10_000, 100_000],
+            cell_size: 1_000,
             latency_us: 500,
             jitter_us: 200,
             loss: 0.0,
@@ -452,9 +825,10 @@ impl Options {
             steady_s: 30,
             crash: 3,
             loss_test: 0.01,
+            loss_s: 60,
             budget_s: 240,
             seed: 1,
-            form_snapshot: true,
+            preformed: false,
         };
         let mut args = args.iter();
         while let Some(flag) = args.next() {
@@ -468,6 +842,7 @@ impl Options {
                         .map(|s| s.trim().parse().map_err(|e| format!("bad size {s:?}: {e}")))
                         .collect::<Result<_, _>>()?;
                 }
+                "--cell-size" => o.cell_size = num(value)? as usize,
                 "--latency-us" => o.latency_us = num(value)?,
                 "--jitter-us" => o.jitter_us = num(value)?,
                 "--loss" => o.loss = frac(value)?,
@@ -475,13 +850,14 @@ impl Options {
                 "--steady" => o.steady_s = num(value)?,
                 "--crash" => o.crash = num(value)? as usize,
                 "--loss-test" => o.loss_test = frac(value)?,
+                "--loss-secs" => o.loss_s = num(value)?,
                 "--budget" => o.budget_s = num(value)?,
                 "--seed" => o.seed = num(value)?,
                 "--form" => {
-                    o.form_snapshot = match value.as_str() {
-                        "snapshot" => true,
-                        "gossip" => false,
-                        _ => return Err(format!("--form is snapshot or gossip, not {value:?}")),
+                    o.preformed = match value.as_str() {
+                        "snapshot" => false,
+                        "preformed" => true,
+                        _ => return Err(format!("--form is snapshot or preformed, not {value:?}")),
                     }
                 }
                 _ => return Err(format!("unknown flag {flag:?}")),
@@ -495,27 +871,36 @@ impl Options {
         }
         Ok(o)
     }
+
+    /// Cells for `n` nodes: `ceil(n / cell_size)`, or one (flat) with `--cell-size 0`.
+    fn cells(&self, n: usize) -> u32 {
+        if self.cell_size == 0 { 1 } else { n.div_ceil(self.cell_size).max(1) as u32 }
+    }
 }
 
 /// One size's results.
 #[derive(Default)]
 pub struct Report {
     pub n: usize,
+    pub cells: u32,
     pub form_s: Option<f64>,
-    pub form_note: String,
     pub form_99: Option<f64>,
+    pub form_note: String,
+    pub snapshot_bytes: f64,
     pub pps_mean: f64,
     pub pps_max: f64,
     pub bps_mean: f64,
     pub bps_max: f64,
-    pub crash: Option<(f64, f64, f64, usize)>,
-    pub crash_map_ok: bool,
-    pub loss_false: (u64, usize, u64, u64),
-    pub stall_false: (u64, usize, u64, u64),
+    pub crash: Option<(String, bool)>,
+    pub loss_false: (u64, usize, usize, u64, u64),
+    pub stall_false: (u64, usize, usize, u64, u64),
     pub join: Option<JoinReport>,
     pub rack: Option<RackReport>,
     pub rss_per_node: Option<f64>,
+    pub mem: TableMemory,
+    pub peak_rss: Option<u64>,
     pub wall_s: f64,
+    pub phases: Vec<(String, f64, f64)>,
     pub notes: Vec<String>,
 }
 
@@ -527,8 +912,7 @@ pub struct JoinReport {
 }
 
 pub struct RackReport {
-    pub converge: Option<(f64, f64, f64)>,
-    pub missing: usize,
+    pub converge: String,
     pub moved: u64,
     pub minimum: u64,
     pub only_rack_keys: bool,
@@ -542,10 +926,31 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+fn dist(x: &[f64]) -> String {
+    if x.is_empty() {
+        return "—".into();
+    }
+    format!("p50 {:.1} s, p99 {:.1} s, max {:.1} s", pct(x, 0.5), pct(x, 0.99), x[x.len() - 1])
+}
+
+fn describe(w: &WatchResult) -> String {
+    format!(
+        "all: {}{}; own cell: {}; other cells: {}",
+        dist(&w.all),
+        if w.missing > 0 { format!(", {} pairs never", w.missing) } else { String::new() },
+        dist(&w.cell),
+        dist(&w.other)
+    )
+}
+
+fn proc_status_kib(field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn rss_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    proc_status_kib("VmRSS:").map(|k| k * 1024)
 }
 
 fn key_of(i: u64) -> u64 {
@@ -571,22 +976,22 @@ fn run_until_done(
     label: &str,
     max_sim_us: u64,
     budget: Duration,
-    mut done: impl FnMut(&Sim) -> (bool, String),
+    mut done: impl FnMut(&mut Sim) -> (bool, String),
 ) -> Option<f64> {
     let start = sim.now;
     let wall = Instant::now();
-    let step = 250_000;
     let mut last_print = Instant::now();
     loop {
         let (ok, progress) = done(sim);
         if ok {
             return Some((sim.now - start) as f64 / 1e6);
         }
-        if last_print.elapsed() > Duration::from_secs(5) {
+        if last_print.elapsed() > Duration::from_secs(10) {
             eprintln!(
-                "  {label}: +{:.1} s simulated, {progress}, {:.0} s wall",
+                "  {label}: +{:.1} s simulated, {progress}, {:.0} s wall, RSS {} MiB",
                 (sim.now - start) as f64 / 1e6,
-                wall.elapsed().as_secs_f64()
+                wall.elapsed().as_secs_f64(),
+                rss_bytes().unwrap_or(0) >> 20
             );
             last_print = Instant::now();
         }
@@ -594,7 +999,7 @@ fn run_until_done(
             eprintln!("  {label}: gave up after +{:.1} s simulated ({progress})", (sim.now - start) as f64 / 1e6);
             return None;
         }
-        let next = sim.now + step;
+        let next = sim.now + CHECK_US;
         sim.run_until(next);
     }
 }
@@ -609,71 +1014,136 @@ fn shuffle_pick(sim: &mut Sim, from: &[u32], k: usize) -> Vec<u32> {
     v
 }
 
+/// Whether the derived map of up to 20 live nodes shows every victim down.
+fn check_down_in_maps(sim: &Sim, victims: &[u32]) -> bool {
+    let now = sim.now_ms();
+    let names: HashSet<&str> = victims.iter().map(|&v| name(v)).collect();
+    let step = (sim.live_count() / 20).max(1);
+    sim.live().step_by(step).all(|(_, m)| {
+        let map = m.map(now);
+        let down = map.nodes.iter().filter(|e| names.contains(e.id.as_str()) && e.state == NodeState::Down).count();
+        down == names.len()
+    })
+}
+
+struct Phase {
+    wall: Instant,
+    sim_us: u64,
+    events: u64,
+}
+
+fn phase_start(sim: &Sim) -> Phase {
+    Phase { wall: Instant::now(), sim_us: sim.now, events: sim.events }
+}
+
+fn phase_end(sim: &Sim, r: &mut Report, label: &str, p: Phase) {
+    let wall = p.wall.elapsed().as_secs_f64();
+    let simulated = (sim.now - p.sim_us) as f64 / 1e6;
+    eprintln!(
+        "[{}] {label}: {simulated:.1} s simulated in {wall:.1} s wall, {} events, RSS {} MiB",
+        r.n,
+        sim.events - p.events,
+        rss_bytes().unwrap_or(0) >> 20
+    );
+    r.phases.push((label.to_string(), simulated, wall));
+}
+
 pub fn run_size(n: usize, o: &Options) -> Report {
     let wall = Instant::now();
     let budget = Duration::from_secs(o.budget_s);
     let joiners = (n / 2).min(1_000);
     let capacity = n + joiners;
+    let cells = o.cells(n);
+    set_layout(40, cells);
     let net = NetConfig { latency_us: o.latency_us, jitter_us: o.jitter_us, loss: o.loss };
-    let mut r = Report { n, ..Default::default() };
+    let mut r = Report { n, cells, ..Default::default() };
     let rss0 = rss_bytes();
     let mut sim = Sim::new(capacity, net, Config::default(), o.seed ^ (n as u64) << 20);
-    eprintln!("[{n}] 1. form: {n} nodes start over {} s, join through seeds {:?}", o.spread_s, SEEDS);
+    eprintln!(
+        "[{n}] 1. form: {n} nodes in {cells} cells start over {} s, hello to seeds {SEEDS:?} + a seed's snapshot",
+        o.spread_s
+    );
 
     // 1. Form.
+    let p = phase_start(&sim);
     let spread_us = o.spread_s * 1_000_000;
+    let full = o.preformed.then(|| {
+        let mut t = Table::default();
+        for i in 0..n as u32 {
+            t.merge(Record { member: SimId::new(i, 0), status: Status::Alive, changed_ms: BASE_MS });
+        }
+        t
+    });
     for i in 0..n as u32 {
         let at = spread_us * u64::from(i) / n as u64;
-        sim.run_until(at);
-        let snap = o.form_snapshot.then_some(SEEDS[i as usize % SEEDS.len()]).filter(|&s| s < i);
-        sim.start(SimId::new(i, 0), snap);
-    }
-    let mut at99 = None;
-    let t_start = sim.now;
-    let formed_at = run_until_done(&mut sim, "form", 120_000_000, budget, |s| {
-        let (ok, c) = s.converged(n - 1);
-        if at99.is_none() && c * 100 >= n * 99 {
-            at99 = Some((s.now - t_start) as f64 / 1e6 + o.spread_s as f64);
+        if at > sim.now {
+            sim.run_until(at);
         }
-        let min = s.live().map(|(_, m)| m.active()).min().unwrap_or(0);
-        (ok, format!("{c}/{n} nodes see all, fewest seen {min}"))
+        match &full {
+            Some(t) => sim.start_preformed(SimId::new(i, 0), t),
+            None => sim.start(SimId::new(i, 0), Some(SEEDS[i as usize % SEEDS.len()])),
+        }
+    }
+    drop(full);
+    let mut at99 = None;
+    let formed_at = run_until_done(&mut sim, "form", 180_000_000, budget, |s| {
+        let (c, live) = s.converged();
+        if at99.is_none() && c * 100 >= live * 99 {
+            at99 = Some(s.now_s());
+        }
+        (c == live, format!("{c}/{live} nodes hold the true table"))
     });
     r.form_99 = at99;
-    r.form_s = formed_at.map(|t| t + o.spread_s as f64);
+    r.form_s = formed_at.map(|_| sim.now_s());
+    r.snapshot_bytes = sim.snapshot_mean_bytes();
     r.form_note = format!(
-        "from the first start; starts spread over {} s; join = {}; 99% of nodes saw all at {}",
+        "{}from the first start; starts spread over {} s; {} snapshots of mean {:.0} B; 99% held it at {}",
+        if o.preformed { "PREFORMED: every node started with the full table of all N, hello to seed 0 only; " } else { "" },
         o.spread_s,
-        if o.form_snapshot { "seeds + snapshot of a seed (Membership::learn)" } else { "seeds only, gossip" },
+        sim.snapshots,
+        r.snapshot_bytes,
         opt(r.form_99)
     );
+    phase_end(&sim, &mut r, "1. form", p);
+    if formed_at.is_none() {
+        // Give the nodes that still miss records a converged node's table, so that the later
+        // scenarios start from a formed cluster.
+        let (len, cells_t) = sim.truth();
+        let good = sim.live().find(|(_, m)| m.table().len() == len && cells_t.iter().all(|(c, d)| m.table().cell_digest(*c) == *d)).map(|(i, _)| i);
+        let laggards: Vec<u32> = sim
+            .live()
+            .filter(|(_, m)| !(m.table().len() == len && cells_t.iter().all(|(c, d)| m.table().cell_digest(*c) == *d)))
+            .map(|(i, _)| i)
+            .collect();
+        if let Some(g) = good {
+            let t = sim.nodes[g as usize].as_ref().map(|m| m.table().clone()).expect("good node");
+            let now = sim.now_ms();
+            for &i in &laggards {
+                if let Some(m) = sim.nodes[i as usize].as_mut() {
+                    let me = *m.identity();
+                    let mut t = t.clone();
+                    t.merge(Record { member: me, status: Status::Alive, changed_ms: now });
+                    *m.table_mut() = t;
+                }
+            }
+        }
+        sim.run_until(sim.now + 1_000_000);
+        let (c, live) = sim.converged();
+        r.notes.push(format!(
+            "form: not every node held the true table within 180 s simulated / {} s wall; the {} that did not were then given a converged node's table{} (after which {c}/{live} held it)",
+            o.budget_s,
+            laggards.len(),
+            if good.is_none() { " — none had converged, so nothing was given" } else { "" }
+        ));
+    }
     if let (Some(a), Some(b)) = (rss0, rss_bytes()) {
         r.rss_per_node = Some(b.saturating_sub(a) as f64 / n as f64);
     }
-    if formed_at.is_none() {
-        // Top up the nodes that still miss members with a seed's snapshot, so that the later
-        // scenarios start from a formed cluster.
-        let laggards: Vec<u32> = sim.live().filter(|(_, m)| m.active() < n - 1).map(|(i, _)| i).collect();
-        let snap = sim.nodes[0].as_ref().map(|m| m.snapshot()).unwrap_or_default();
-        let now = sim.now_ms();
-        for &i in &laggards {
-            let mut out = Outbox::default();
-            if let Some(m) = sim.nodes[i as usize].as_mut() {
-                m.learn(snap.clone(), now, &mut out);
-            }
-            sim.absorb(i, out);
-        }
-        sim.run_until(sim.now + 1_000_000);
-        let (ok, c) = sim.converged(n - 1);
-        r.notes.push(format!(
-            "form: not every node saw all {n} within 120 s simulated ({} s wall budget); the {} that did not then learned seed 0's snapshot (after which {c}/{n} saw all{})",
-            o.budget_s,
-            laggards.len(),
-            if ok { "" } else { ": later scenarios start from a partly formed cluster" }
-        ));
-    }
+    r.mem = sim.table_memory(1000);
     eprintln!("[{n}] formed at {:.1} s simulated, {:.0} s wall", sim.now_s(), wall.elapsed().as_secs_f64());
 
     // 2. Steady state: let the join backlog drain, then measure.
+    let p = phase_start(&sim);
     sim.run_until(sim.now + 15_000_000);
     let before: Vec<(u64, u64)> =
         (0..n).map(|i| sim.nodes[i].as_ref().map(|m| (m.stats().packets_out, m.stats().bytes_out)).unwrap_or((0, 0))).collect();
@@ -688,8 +1158,10 @@ pub fn run_size(n: usize, o: &Options) -> Report {
     r.pps_max = rates.iter().map(|x| x.0).fold(0.0, f64::max);
     r.bps_mean = rates.iter().map(|x| x.1).sum::<f64>() / rates.len() as f64;
     r.bps_max = rates.iter().map(|x| x.1).fold(0.0, f64::max);
+    phase_end(&sim, &mut r, "2. steady", p);
 
     // 3. Crash.
+    let p = phase_start(&sim);
     let candidates: Vec<u32> = (SEEDS.len() as u32..n as u32).collect();
     let victims = shuffle_pick(&mut sim, &candidates, o.crash);
     eprintln!("[{n}] 3. crash {victims:?}");
@@ -699,34 +1171,37 @@ pub fn run_size(n: usize, o: &Options) -> Report {
     for &v in &victims {
         sim.crash(v);
     }
-    let conv = run_until_done(&mut sim, "crash", 120_000_000, budget, |s| {
-        let m = s.watch.as_ref().map_or(0, |w| w.missing);
+    run_until_done(&mut sim, "crash", 120_000_000, budget, |s| {
+        let m = s.watch_missing();
         (m == 0, format!("{m} (node, victim) pairs left"))
     });
-    let (times, missing) = sim.watch_result();
-    if conv.is_some() || !times.is_empty() {
-        r.crash = Some((pct(&times, 0.5), pct(&times, 0.99), times.last().copied().unwrap_or(f64::NAN), missing));
-    }
-    r.crash_map_ok = check_down_in_maps(&sim, &victims);
+    let w = sim.watch_result();
+    r.crash = Some((describe(&w), check_down_in_maps(&sim, &victims)));
     if sim.false_downs > 0 {
         r.notes.push(format!("crash phase: {} live nodes declared down by someone", sim.falsely_downed.len()));
     }
     sim.run_until(sim.now + 5_000_000);
+    phase_end(&sim, &mut r, "3. crash", p);
 
     // 4a. Loss.
-    eprintln!("[{n}] 4a. {:.1}% loss for 60 s", o.loss_test * 100.0);
+    let p = phase_start(&sim);
+    eprintln!("[{n}] 4a. {:.1}% loss for {} s", o.loss_test * 100.0, o.loss_s);
     let s0 = sim.stats_sum();
     sim.false_downs = 0;
     sim.falsely_downed.clear();
     let saved_loss = sim.net.loss;
     sim.net.loss = o.loss_test;
-    sim.run_until(sim.now + 60_000_000);
+    sim.run_until(sim.now + o.loss_s * 1_000_000);
     sim.net.loss = saved_loss;
     sim.run_until(sim.now + 15_000_000);
     let s1 = sim.stats_sum();
-    r.loss_false = (sim.false_downs, sim.falsely_downed.len(), s1.suspicions - s0.suspicions, s1.refutations - s0.refutations);
+    let sample = (sim.live_count() / 200).max(1);
+    let in_tables = sim.dead_in_tables(sample).len();
+    r.loss_false = (sim.false_downs, sim.falsely_downed.len(), in_tables, s1.suspicions - s0.suspicions, s1.refutations - s0.refutations);
+    phase_end(&sim, &mut r, "4a. loss", p);
 
     // 4b. Stalls.
+    let p = phase_start(&sim);
     let live: Vec<u32> = sim.live().map(|(i, _)| i).filter(|i| !SEEDS.contains(i)).collect();
     let stalled = shuffle_pick(&mut sim, &live, 3);
     eprintln!("[{n}] 4b. stall {stalled:?} for 5 s each");
@@ -737,40 +1212,44 @@ pub fn run_size(n: usize, o: &Options) -> Report {
     }
     sim.run_until(sim.now + 30_000_000);
     let s2 = sim.stats_sum();
-    r.stall_false = (sim.false_downs, sim.falsely_downed.len(), s2.suspicions - s1.suspicions, s2.refutations - s1.refutations);
+    let in_tables = sim.dead_in_tables(sample).len();
+    r.stall_false = (sim.false_downs, sim.falsely_downed.len(), in_tables, s2.suspicions - s1.suspicions, s2.refutations - s1.refutations);
+    phase_end(&sim, &mut r, "4b. stall", p);
 
-    // 6. A rack of 40 dies (before the joins, so that the ramp does not move keys meanwhile).
+    // 5. A rack of 40 dies (before the joins, so that the ramp does not move keys meanwhile).
+    let p = phase_start(&sim);
     r.rack = Some(rack_scenario(&mut sim, n, budget, &mut r.notes));
+    phase_end(&sim, &mut r, "5. rack", p);
 
-    // 5. Joins.
+    // 6. Joins.
+    let p = phase_start(&sim);
     r.join = Some(join_scenario(&mut sim, n, joiners, budget, &mut r.notes));
+    phase_end(&sim, &mut r, "6. join", p);
 
+    r.peak_rss = proc_status_kib("VmHWM:").map(|k| k * 1024);
+    r.notes.push(format!(
+        "profile: {} events; wall in bucket sharing {:.1} s, in watch checks {:.1} s; {} packets dropped; {} bucket shares replaced records differing only in changed_ms",
+        sim.events,
+        sim.wall_share.as_secs_f64(),
+        sim.wall_check.as_secs_f64(),
+        sim.packets_dropped,
+        sim.retimed
+    ));
     r.wall_s = wall.elapsed().as_secs_f64();
     r
 }
 
-/// Whether the derived map of up to 20 live nodes shows every victim down.
-fn check_down_in_maps(sim: &Sim, victims: &[u32]) -> bool {
-    let now = sim.now_ms();
-    let names: HashSet<&str> = victims.iter().map(|&v| name(v)).collect();
-    let step = (sim.live().count() / 20).max(1);
-    sim.live().step_by(step).all(|(_, m)| {
-        let map = m.map(now);
-        let down = map.nodes.iter().filter(|e| names.contains(e.id.as_str()) && e.state == NodeState::Down).count();
-        down == names.len()
-    })
-}
-
 fn rack_scenario(sim: &mut Sim, n: usize, budget: Duration, notes: &mut Vec<String>) -> RackReport {
-    // The first rack with no seed and no node already dead or stalled.
-    let racks = n as u32 / RACK_SIZE;
+    // The last rack with no seed and no node already dead or stalled.
+    let rs = RACK_SIZE.load(AtOrd::Relaxed);
+    let racks = n as u32 / rs;
     let rack = (1..racks)
         .rev()
-        .find(|&k| (k * RACK_SIZE..(k + 1) * RACK_SIZE).all(|i| !sim.dead[i as usize] && !SEEDS.contains(&i)))
+        .find(|&k| (k * rs..(k + 1) * rs).all(|i| !sim.dead[i as usize] && !SEEDS.contains(&i) && sim.stalled_until[i as usize] == 0))
         .unwrap_or(racks.saturating_sub(1));
-    let victims: Vec<u32> = (rack * RACK_SIZE..(rack + 1) * RACK_SIZE).filter(|&i| !sim.dead[i as usize]).collect();
+    let victims: Vec<u32> = (rack * rs..(rack + 1) * rs).filter(|&i| !sim.dead[i as usize]).collect();
     let observer = 1u32;
-    eprintln!("[{n}] 6. rack r{rack} ({} nodes) dies", victims.len());
+    eprintln!("[{n}] 5. rack r{rack} ({} nodes, cell {}) dies", victims.len(), cell_of(rack * rs));
     let before = sim.nodes[observer as usize].as_ref().map(|m| m.map(sim.now_ms()));
     sim.false_downs = 0;
     sim.falsely_downed.clear();
@@ -779,10 +1258,10 @@ fn rack_scenario(sim: &mut Sim, n: usize, budget: Duration, notes: &mut Vec<Stri
         sim.crash(v);
     }
     let conv = run_until_done(sim, "rack", 120_000_000, budget, |s| {
-        let m = s.watch.as_ref().map_or(0, |w| w.missing);
+        let m = s.watch_missing();
         (m == 0, format!("{m} (node, victim) pairs left"))
     });
-    let (times, missing) = sim.watch_result();
+    let w = sim.watch_result();
     if sim.false_downs > 0 {
         notes.push(format!("rack phase: {} live nodes declared down by someone", sim.falsely_downed.len()));
     }
@@ -804,8 +1283,8 @@ fn rack_scenario(sim: &mut Sim, n: usize, budget: Duration, notes: &mut Vec<Stri
             }
         }
     }
-    let converge = conv.map(|_| (pct(&times, 0.5), pct(&times, 0.99), times.last().copied().unwrap_or(f64::NAN)));
-    RackReport { converge, missing, moved, minimum, only_rack_keys: only }
+    let converge = format!("{}{}", if conv.is_none() { "NOT converged; " } else { "" }, describe(&w));
+    RackReport { converge, moved, minimum, only_rack_keys: only }
 }
 
 fn join_scenario(sim: &mut Sim, n: usize, joiners: usize, budget: Duration, notes: &mut Vec<String>) -> JoinReport {
@@ -815,24 +1294,23 @@ fn join_scenario(sim: &mut Sim, n: usize, joiners: usize, budget: Duration, note
     // Join on a whole second so every joiner has the same ramp instants.
     let join_s = sim.now / 1_000_000 + 1;
     sim.run_until(join_s * 1_000_000);
-    eprintln!("[{n}] 5. {joiners} nodes join at once (seeds + snapshot of seed 0)");
+    eprintln!("[{n}] 6. {joiners} nodes join at once (hello to the seeds + a seed's snapshot)");
     sim.false_downs = 0;
     sim.falsely_downed.clear();
     for j in 0..joiners as u32 {
         let idx = n as u32 + j;
         sim.start(SimId::new(idx, join_s as u32), Some(SEEDS[(j % 3) as usize]));
     }
-    let live_total = sim.live().count();
     let t_start = sim.now;
     let mut at99 = None;
     let conv = run_until_done(sim, "join", 120_000_000, budget, |s| {
-        let (ok, c) = s.converged(live_total - 1);
-        if at99.is_none() && c * 100 >= live_total * 99 {
+        let (c, live) = s.converged();
+        if at99.is_none() && c * 100 >= live * 99 {
             at99 = Some((s.now - t_start) as f64 / 1e6);
         }
-        (ok, format!("{c}/{live_total} nodes see all"))
+        (c == live, format!("{c}/{live} nodes hold the true table"))
     });
-    notes.push(format!("join: 99% of the {live_total} live nodes saw all at {}", opt(at99)));
+    notes.push(format!("join: 99% of the live nodes held the true table at {}", opt(at99)));
     if sim.false_downs > 0 {
         notes.push(format!("join phase: {} live nodes declared down by someone", sim.falsely_downed.len()));
     }
@@ -879,110 +1357,161 @@ fn join_scenario(sim: &mut Sim, n: usize, joiners: usize, budget: Duration, note
 }
 
 pub fn run(o: &Options) {
+    init_names(o.sizes.iter().map(|&n| n + (n / 2).min(1_000)).max().unwrap_or(0) + 1);
     let mut reports = Vec::new();
     for &n in &o.sizes {
         let r = run_size(n, o);
         eprintln!("[{n}] done in {:.0} s wall", r.wall_s);
-        print_one(&r);
+        print_one(&r, o);
         reports.push(r);
     }
-    print_memory(&reports);
+    print_memory(&reports, o);
 }
 
 fn opt(x: Option<f64>) -> String {
     x.map_or("not converged".into(), |v| format!("{v:.1} s"))
 }
 
-fn print_one(r: &Report) {
+fn print_one(r: &Report, o: &Options) {
     let n = r.n;
-    println!("\n### {n} nodes (simulated in full; wall {:.0} s)\n", r.wall_s);
+    let layout = if r.cells == 1 { "one cell (flat SWIM pool)".to_string() } else { format!("{} cells of ~{}", r.cells, n / r.cells as usize) };
+    println!(
+        "\n### {n} nodes, {layout} (simulated in full; wall {:.0} s, peak RSS {} MiB)\n",
+        r.wall_s,
+        r.peak_rss.unwrap_or(0) >> 20
+    );
     println!("| scenario | result |");
     println!("|---|---|");
-    println!("| 1. form: every node sees all {n} | {} ({}) |", opt(r.form_s), r.form_note);
+    println!("| 1. form: every node holds all {n} | {} ({}) |", opt(r.form_s), r.form_note);
     println!(
         "| 2. steady state, sent per node | {:.1} packets/s mean, {:.0} max; {:.0} B/s mean, {:.0} max |",
         r.pps_mean, r.pps_max, r.bps_mean, r.bps_max
     );
-    match r.crash {
-        Some((p50, p99, max, missing)) => println!(
-            "| 3. crash: until each live node sees each crashed node down | p50 {p50:.1} s, p99 {p99:.1} s, max {max:.1} s{}; derived maps checked: {} |",
-            if missing > 0 { format!(", {missing} pairs never") } else { String::new() },
-            if r.crash_map_ok { "down" } else { "NOT all down" }
-        ),
-        None => println!("| 3. crash | not converged |"),
+    if let Some((d, maps)) = &r.crash {
+        println!(
+            "| 3. crash of {}: until each live node holds each one dead | {d}; derived maps checked: {} |",
+            o.crash,
+            if *maps { "down" } else { "NOT all down" }
+        );
     }
-    let (d, nodes, sus, refu) = r.loss_false;
-    println!("| 4a. 1% loss 60 s: live nodes declared down | {nodes} ({d} down notices); {sus} suspicions, {refu} refutations |");
-    let (d, nodes, sus, refu) = r.stall_false;
-    println!("| 4b. 3 nodes stalled 5 s: declared down | {nodes} ({d} down notices); {sus} suspicions, {refu} refutations |");
+    let (d, nodes, tab, sus, refu) = r.loss_false;
+    println!(
+        "| 4a. {:.0}% loss {} s: live nodes declared dead | {nodes} ({d} down notices; {tab} dead in sampled tables); {sus} suspicions, {refu} refutations |",
+        o.loss_test * 100.0,
+        o.loss_s
+    );
+    let (d, nodes, tab, sus, refu) = r.stall_false;
+    println!("| 4b. 3 nodes stalled 5 s: declared dead | {nodes} ({d} down notices; {tab} dead in sampled tables); {sus} suspicions, {refu} refutations |");
+    if let Some(k) = &r.rack {
+        println!("| 5. rack of 40 dies: all live hold all 40 dead | {} |", k.converge);
+        println!(
+            "| 5. keys moved (of {KEYS}, r=1) | {} (minimum {}, only the rack's keys: {}) |",
+            k.moved,
+            k.minimum,
+            if k.only_rack_keys { "yes" } else { "no" }
+        );
+    }
     if let Some(j) = &r.join {
-        println!("| 5. {} join at once: every node sees all | {} |", j.joiners, opt(j.converge_s));
+        println!("| 6. {} join at once: every node holds all | {} |", j.joiners, opt(j.converge_s));
         for (label, moved, min) in &j.steps {
             println!(
-                "| 5. keys moved, {label} (of {KEYS}, r=1) | {moved} (minimum {min}, ratio {:.2}) |",
+                "| 6. keys moved, {label} (of {KEYS}, r=1) | {moved} (minimum {min}, ratio {:.2}) |",
                 *moved as f64 / (*min).max(1) as f64
             );
         }
     }
-    if let Some(k) = &r.rack {
-        let c = k.converge.map_or("not converged".into(), |(p50, p99, max)| format!("p50 {p50:.1} s, p99 {p99:.1} s, max {max:.1} s"));
-        println!("| 6. rack of 40 dies: all live see all 40 down | {c}{} |", if k.missing > 0 { format!(", {} pairs never", k.missing) } else { String::new() });
-        println!(
-            "| 6. keys moved (of {KEYS}, r=1) | {} (minimum {}, only the rack's keys: {}) |",
-            k.moved, k.minimum, if k.only_rack_keys { "yes" } else { "no" }
-        );
-    }
     if let Some(b) = r.rss_per_node {
-        println!("| 7. memory: RSS growth while forming / N | {:.0} KiB per node ({:.0} B per member entry) |", b / 1024.0, b / n as f64);
+        println!("| 7. memory: RSS growth while forming / N | {:.1} KiB per node |", b / 1024.0);
+    }
+    let m = &r.mem;
+    println!(
+        "| 7. table, one node, unshared (`Table::memory_bytes`) | {:.0} KiB ({} records) |",
+        m.unshared_per_node / 1024.0,
+        m.records
+    );
+    println!(
+        "| 7. tables, shared: distinct buckets / N + own buckets + cell overhead | {:.0} B + {:.0} B + {:.0} B = {:.1} KiB per node ({} distinct buckets, {:.1} MiB) |",
+        m.shared_bytes as f64 / n as f64,
+        m.own_per_node,
+        m.overhead_per_node,
+        (m.shared_bytes as f64 / n as f64 + m.own_per_node + m.overhead_per_node) / 1024.0,
+        m.distinct_buckets,
+        m.shared_bytes as f64 / (1 << 20) as f64
+    );
+    for (label, s, w) in &r.phases {
+        println!("| wall | {label}: {s:.1} s simulated in {w:.1} s |");
     }
     for note in &r.notes {
         println!("| note | {note} |");
     }
 }
 
-fn print_memory(reports: &[Report]) {
-    let m_sim = size_of::<foca::Member<SimId>>();
-    let m_real = size_of::<foca::Member<cairn_membership::NodeIdentity>>();
-    // Heap strings of a NodeIdentity: id, peer, zone, rack of ~20 bytes, each a 32-byte malloc block.
-    let strings = 4 * 32;
-    // `heard` (and, for down members, `down_since`): SocketAddr -> u64 in a hashbrown map at ~7/8 load.
+fn print_memory(reports: &[Report], o: &Options) {
+    let rec_sim = size_of::<Record<SimId>>();
+    let rec_real = size_of::<Record<NodeIdentity>>();
+    // Heap strings of a NodeIdentity: id, peer, zone, rack, cell of ~20 bytes, each a 32-byte malloc block.
+    let strings = 5 * 32;
+    let per_record_real = rec_real + strings;
+    let cells = 100;
+    let per_cell = 16 + size_of::<Cell<NodeIdentity>>() + BUCKETS * (8 + 16 + size_of::<Bucket<NodeIdentity>>()) + 24;
+    let cell_size = if o.cell_size == 0 { 1000 } else { o.cell_size };
+    let foca_member = size_of::<foca::Member<NodeIdentity>>() + strings;
+    // `heard`: SocketAddr -> u64 in a hashbrown map at ~7/8 load, at most 8192 entries.
     let heard = (size_of::<std::net::SocketAddr>() + 8 + 1) * 8 / 7;
-    let per_entry_real = m_real + strings + heard;
+    let table = 100_000 * per_record_real + cells * per_cell;
+    let swim = cell_size * foca_member;
+    let heard_max = 8192 * heard;
     println!("\n### Memory per node for the member list\n");
     println!("| | bytes |");
     println!("|---|---|");
-    println!("| foca::Member<SimId> (simulated identity) | {m_sim} |");
-    println!("| foca::Member<NodeIdentity> (real identity) | {m_real} |");
-    println!("| + 4 heap strings of ~20 B (id, peer, zone, rack) | {strings} |");
-    println!("| + `heard` map entry (SocketAddr → u64) | {heard} |");
-    println!("| real identity, per member entry (computed) | {per_entry_real} |");
+    println!("| Record<SimId> (simulated identity) | {rec_sim} |");
+    println!("| Record<NodeIdentity> (real identity) | {rec_real} |");
+    println!("| + 5 heap strings of ~20 B (id, peer, zone, rack, cell) | {strings} |");
+    println!("| real identity, per table record | {per_record_real} |");
     for r in reports {
-        if let Some(b) = r.rss_per_node {
-            println!("| measured at N={}: RSS growth / N / N (simulated identity, everything) | {:.0} |", r.n, b / r.n as f64);
-        }
+        let m = &r.mem;
+        println!(
+            "| measured at N={}: one node's table unshared / records | {:.0} |",
+            r.n,
+            m.unshared_per_node / m.records.max(1) as f64
+        );
     }
-    let ext = 100_000f64 * per_entry_real as f64;
     println!(
-        "| EXTRAPOLATED, not simulated: one node's member list at 100,000 members, real identity | {:.1} MiB |",
-        ext / (1024.0 * 1024.0)
+        "| EXTRAPOLATED, not simulated: one node at 100,000 members, real identity: table ({} cells) | {:.1} MiB |",
+        cells,
+        table as f64 / (1 << 20) as f64
     );
+    println!(
+        "| + its cell's SWIM list ({cell_size} × foca::Member<NodeIdentity> + strings, {foca_member} B) | {:.2} MiB |",
+        swim as f64 / (1 << 20) as f64
+    );
+    println!("| + `heard` (at most 8,192 × {heard} B) | {:.2} MiB |", heard_max as f64 / (1 << 20) as f64);
+    println!("| = total | {:.1} MiB |", (table + swim + heard_max) as f64 / (1 << 20) as f64);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// 50 nodes form, one crashes under 1% loss: every live node sees it down within 15 simulated
-    /// seconds and no live node is declared down.
+    /// 50 nodes in 3 cells form, one crashes under 1% loss: every live node's table holds it dead
+    /// within 15 simulated seconds and no live node is declared dead.
     #[test]
     fn a_crash_is_seen_by_all_within_15_s_under_loss_without_false_downs() {
         let n = 50u32;
+        // Racks of 10 dealt to 3 cells: cells of 20, 20 and 10.
+        set_layout(10, 3);
+        init_names(64);
         let mut sim = Sim::new(n as usize, NetConfig { loss: 0.01, ..Default::default() }, Config::default(), 7);
         for i in 0..n {
             sim.run_until(u64::from(i) * 40_000);
-            sim.start(SimId::new(i, 0), None);
+            sim.start(SimId::new(i, 0), Some(SEEDS[i as usize % 3]));
         }
-        let formed = run_until_done(&mut sim, "form", 60_000_000, Duration::from_secs(60), |s| (s.converged(n as usize - 1).0, String::new()));
+        let cells: HashSet<u64> = (0..n).map(cell_of).collect();
+        assert_eq!(cells.len(), 3);
+        let formed = run_until_done(&mut sim, "form", 60_000_000, Duration::from_secs(60), |s| {
+            let (c, live) = s.converged();
+            (c == live, String::new())
+        });
         assert!(formed.is_some(), "50 nodes did not form in 60 s");
         sim.run_until(sim.now + 10_000_000);
         sim.false_downs = 0;
@@ -990,13 +1519,19 @@ mod tests {
         sim.watch(&[victim]);
         sim.crash(victim);
         sim.run_until(sim.now + 15_000_000);
-        let (times, missing) = sim.watch_result();
-        assert_eq!(missing, 0, "live nodes that did not see the crash within 15 s (seen: {times:?})");
-        assert!(times.iter().all(|&t| t <= 15.0));
+        assert_eq!(sim.watch_missing(), 0, "live nodes whose table does not hold the crashed node dead after 15 s");
+        let w = sim.watch_result();
+        assert_eq!(w.all.len(), n as usize - 1);
+        assert!(w.all.iter().all(|&t| t <= 15.0));
+        assert!(!w.cell.is_empty() && !w.other.is_empty());
+        for (_, m) in sim.live() {
+            let r = m.table().get(cell_of(victim), name(victim)).expect("victim's record");
+            assert_eq!(r.status, Status::Dead);
+        }
         assert!(check_down_in_maps(&sim, &[victim]));
-        // And longer under loss: nobody alive is declared down.
+        // And longer under loss: nobody alive is declared dead.
         sim.run_until(sim.now + 30_000_000);
         assert_eq!(sim.false_downs, 0, "live nodes declared down: {:?}", sim.falsely_downed);
+        assert!(sim.dead_in_tables(1).is_empty());
     }
 }
-
