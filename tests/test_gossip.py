@@ -316,12 +316,14 @@ def partition_net():
     partition_cleanup()
 
 
-def test_partitioned_node_and_the_rest_keep_serving_and_heal(gossip_cluster, partition_net, prefix):
+def test_partitioned_node_and_the_rest_keep_serving_and_heal(partition_net, gossip_cluster, prefix):
+    # (partition_net first: the nodes are killed before their namespace is deleted.)
     ips, wraps = partition_net
     c = gossip_cluster(4, ips=ips, wraps=wraps, racks=["r0", "r1", "r0", "r1"])
     cut = c.nodes[3]
     version = wait_for("4 alive across the bridge", lambda: all_alive(c.nodes, ids(c)), 15)
-    objs = put_objects(c.origin, prefix, [3 * MIB + 3, 4 * MIB + 1, 2 * MIB - 5], seed=20)
+    # 30 chunks: n3 owns some of them (all but certainly) and not all.
+    objs = put_objects(c.origin, prefix, [2 * MIB + 1000 * i + 1 for i in range(10)], seed=20)
     read_all(c.nodes[0], objs)
     assert cut.metric("cairn_peer_served_total") > 0, "n3 owns nothing: the partition would test nothing"
     owned = cut.metric(GET_RANGE)
