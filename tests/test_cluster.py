@@ -19,35 +19,58 @@ MIB = 1024 * 1024
 
 class Cluster:
     """N cairn processes, each on its own loopback address, sharing one origin folder. Each node
-    reads its own copy of the map file, so a test can leave one node on an old version."""
+    reads its own copy of the map file, so a test can leave one node on an old version.
+
+    With `gossip=True` there is no map file: each node is given `seeds` (by default node 0's peer
+    address only) and the same zone, rack and weight the map file would list, and the membership
+    forms by gossip with short probe and suspicion times; new nodes own their full share at once
+    (join_ramp 0s). `secrets` gives a node another cluster secret."""
 
     def __init__(self, tmp_path, n, replicas=1, racks=None, chunk=8 * MIB, ips=None, wraps=None, origin=None,
-                 more_sections="", origin_extra="", limits="", metadata="immutable"):
+                 more_sections="", origin_extra="", limits="", metadata="immutable", gossip=False, seeds=None,
+                 probe_period="500ms", suspect_timeout="3s", secrets=None, more_seeds=(), name=""):
         self.origin = origin or LocalOrigin(tmp_path / "origin")
         self.tmp = tmp_path
+        self.gossip = gossip
         self.ips = ips or [f"127.0.0.{11 + i}" for i in range(n)]
         wraps = wraps or [()] * n
         self.peer_ports = [free_port(ip) if not wraps[i] else free_port() for i, ip in enumerate(self.ips)]
         self.racks = racks or [f"r{i % 2}" for i in range(n)]
-        self.map_paths = [tmp_path / f"map-n{i}.toml" for i in range(n)]
-        self.write_map(1)
+        self.secrets = secrets or [SECRET] * n
+        self.map_paths = [tmp_path / f"{name}map-n{i}.toml" for i in range(n)]
+        self.seeds = (seeds if seeds is not None else [self.peer_addr(0)]) + list(more_seeds)
+        if not gossip:
+            self.write_map(1)
         self.nodes = []
         for i, ip in enumerate(self.ips):
+            if gossip:
+                membership = f"""seeds = [{", ".join(f'"{s}"' for s in self.seeds)}]
+zone = "z1"
+rack = "{self.racks[i]}"
+weight = 100
+probe_period = "{probe_period}"
+suspect_timeout = "{suspect_timeout}"
+join_ramp = "0s"
+"""
+            else:
+                membership = f'map = "{self.map_paths[i]}"\nmap_poll = "200ms"\n'
             sections = f"""
 [cluster]
-map = "{self.map_paths[i]}"
+{membership}
 node_id = "n{i}"
 peer_listen = "{ip}:{self.peer_ports[i]}"
-secret = "{SECRET}"
+secret = "{self.secrets[i]}"
 replicas = {replicas}
 peer_timeout = "1s"
-map_poll = "200ms"
 {more_sections}
 """
-            node = Node(tmp_path / f"n{i}", self.origin.toml() + origin_extra, host=ip, chunk=chunk,
+            node = Node(tmp_path / f"{name}n{i}", self.origin.toml() + origin_extra, host=ip, chunk=chunk,
                         metadata=metadata, extra="allow_anonymous = true", sections=sections, wrap=wraps[i],
                         env=self.origin.env, limits=limits)
             self.nodes.append(node)
+
+    def peer_addr(self, i):
+        return f"{self.ips[i]}:{self.peer_ports[i]}"
 
     def map_text(self, version, down=()):
         lines = [f"version = {version}"]
@@ -67,9 +90,9 @@ map_poll = "200ms"
     def total(self, metric):
         return sum(n.metric(metric) for n in self.nodes if n.alive())
 
-    def stop(self):
+    def stop(self, sig=signal.SIGTERM):
         for n in self.nodes:
-            n.stop()
+            n.stop(sig)
 
 
 @pytest.fixture
