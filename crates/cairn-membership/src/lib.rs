@@ -468,7 +468,7 @@ where
     /// Records learned out of band (a snapshot from a peer when joining a large cluster).
     pub fn learn(&mut self, records: Vec<Record<T>>, now_ms: u64, out: &mut Outbox<T>) {
         for r in records {
-            self.learn_record(r, false);
+            self.learn_hearsay(r, false, now_ms);
         }
         // This node's SWIM probes its cell's members, whether or not the table knew them.
         let me = self.foca.identity().addr();
@@ -562,6 +562,26 @@ where
         None
     }
 
+    /// A record another node passed on. A death is not taken on hearsay for a member this node
+    /// heard from itself within the suspicion timeout: after a partition heals, the side that was
+    /// cut off passes on its verdicts about the others, which would otherwise flap their owners'
+    /// keys away for the moment it takes them to refute.
+    fn learn_hearsay(&mut self, rec: Record<T>, spread: bool, now_ms: u64) -> bool {
+        if rec.status == Status::Dead
+            && !rec.member.leaving()
+            && self.heard.get(&rec.member.addr()).is_some_and(|&h| {
+                now_ms.saturating_sub(h) < self.cfg.suspect_to_down_after.as_millis() as u64
+            })
+            && self
+                .table
+                .get(rec.member.cell(), rec.member.node_id())
+                .is_some_and(|r| r.status == Status::Alive && r.member == rec.member)
+        {
+            return false;
+        }
+        self.learn_record(rec, spread)
+    }
+
     /// Merges a record; on news, tells this node's SWIM (same cell) and queues it as a rumor.
     fn learn_record(&mut self, rec: Record<T>, spread: bool) -> bool {
         let me = self.foca.identity().clone();
@@ -610,7 +630,7 @@ where
             }
             TableMsg::Rumors { records } => {
                 for r in records {
-                    self.learn_record(r, true);
+                    self.learn_hearsay(r, true, now_ms);
                 }
             }
             TableMsg::Digests { from, cells } => {
@@ -641,7 +661,7 @@ where
                 self.note_heard(&from, now_ms);
                 for r in records {
                     let fresh = now_ms.saturating_sub(r.changed_ms) < FRESH_MS;
-                    self.learn_record(r, fresh);
+                    self.learn_hearsay(r, fresh, now_ms);
                 }
                 if want {
                     let mine = self.table.bucket(cell, bucket as usize).to_vec();
