@@ -162,6 +162,8 @@ pub struct Stats {
     pub refutations: u64,
     /// Records sent in anti-entropy repairs.
     pub repaired_records: u64,
+    /// Membership changes this node's SWIM reported (members up, down, renamed).
+    pub changes: u64,
 }
 
 /// One member as this node sees it.
@@ -822,6 +824,9 @@ where
     fn flush(&mut self, now: u64, out: &mut Outbox<T>) {
         let notes = std::mem::take(&mut self.rt.notes);
         for note in notes {
+            if matches!(note, Note::Up(_) | Note::Down(_) | Note::Renamed(..)) {
+                self.stats.changes += 1;
+            }
             match note {
                 Note::Up(m) => {
                     self.learn_record(Record { member: m.clone(), status: Status::Alive, changed_ms: now }, true);

@@ -23,7 +23,7 @@ pub enum Status {
 }
 
 /// What one node says about a member. Between two records of one (cell, node id), the newer
-/// generation wins, then `Dead` over `Alive`; between equal ones the earlier `changed_ms` is kept.
+/// generation wins, then `Dead` over `Alive`; of two equal ones, the one a node had first stays.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record<T> {
     pub member: T,
@@ -113,19 +113,15 @@ impl<T: Member> Table<T> {
     pub fn merge(&mut self, rec: Record<T>) -> Merged {
         let cell_key = rec.member.cell();
         let b = bucket_of(rec.member.node_id());
-        let found = self.get(cell_key, rec.member.node_id()).map(|e| (e.rank(), e.changed_ms, e.member == rec.member));
-        if let Some((old, old_changed, same_member)) = found {
+        let found = self.get(cell_key, rec.member.node_id()).map(|e| e.rank());
+        if let Some(old) = found {
             let new = rec.rank();
-            if new < old || (new == old && (old_changed <= rec.changed_ms || !same_member)) {
+            if new < old {
                 return Merged::Same;
             }
             if new == old {
-                // The same state, seen earlier elsewhere: keep the earliest time, tell no one.
-                let cell = Arc::make_mut(self.cells.get_mut(&cell_key).expect("found above"));
-                let bucket = Arc::make_mut(&mut cell.buckets[b]);
-                if let Ok(i) = bucket.records.binary_search_by(|r| r.member.node_id().cmp(rec.member.node_id())) {
-                    bucket.records[i].changed_ms = rec.changed_ms;
-                }
+                // The same state: the time first seen here stands (nodes may differ on it by the
+                // time news takes to spread; it only times removal from the map).
                 return Merged::Same;
             }
         }

@@ -216,9 +216,11 @@ fn snapshot_bytes(records: &[Record<SimId>]) -> usize {
 fn adopt(m: &mut Membership<SimId>, mut table: Table<SimId>, now_ms: u64, out: &mut Outbox<SimId>) {
     let me = *m.identity();
     let cell: Vec<Record<SimId>> = table.cell_records(me.cell()).filter(|r| r.member.idx != me.idx).cloned().collect();
-    m.learn(cell, now_ms, out);
     table.merge(Record { member: me, status: Status::Alive, changed_ms: now_ms });
+    // The table first, as `learn` of the whole snapshot would leave it; then the cell's records,
+    // which reach the node's SWIM (the members it learns are no news to its table).
     *m.table_mut() = table;
+    m.learn(cell, now_ms, out);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1141,6 +1143,15 @@ pub fn run_size(n: usize, o: &Options) -> Report {
     }
     r.mem = sim.table_memory(1000);
     eprintln!("[{n}] formed at {:.1} s simulated, {:.0} s wall", sim.now_s(), wall.elapsed().as_secs_f64());
+    if std::env::var_os("CAIRN_SIM_DEBUG").is_some() {
+        for _ in 0..5 {
+            let backlog: usize = sim.live().map(|(_, m)| m.backlog()).sum();
+            let repaired: u64 = sim.live().map(|(_, m)| m.stats().repaired_records).sum();
+            let conf: u64 = sim.live().map(|(_, m)| m.stats().changes).sum();
+            eprintln!("[{n}] debug: backlog {backlog}, repaired {repaired}, confirmations {conf}, t {:.1}", sim.now_s());
+            sim.run_until(sim.now + 1_000_000);
+        }
+    }
 
     // 2. Steady state: let the join backlog drain, then measure.
     let p = phase_start(&sim);
