@@ -115,13 +115,9 @@ impl<T: Member> Table<T> {
         let b = bucket_of(rec.member.node_id());
         let found = self.get(cell_key, rec.member.node_id()).map(|e| e.rank());
         if let Some(old) = found {
-            let new = rec.rank();
-            if new < old {
-                return Merged::Same;
-            }
-            if new == old {
-                // The same state: the time first seen here stands (nodes may differ on it by the
-                // time news takes to spread; it only times removal from the map).
+            // Of two equal records the one this node had first stands (nodes may differ on its
+            // time by the time news takes to spread; it only times removal from the map).
+            if rec.rank() <= old {
                 return Merged::Same;
             }
         }
