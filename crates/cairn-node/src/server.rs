@@ -485,23 +485,34 @@ fn write_back_metrics(out: &mut String, state: &NodeState) {
     );
 }
 
+/// `GET /v1/members`: the members this node knows.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct MembersAnswer {
+    pub node: String,
+    /// `gossip` or `map`.
+    pub mode: String,
+    /// The map in use: its version (map file) or digest (gossip), hex.
+    pub map_version: String,
+    pub members: Vec<MemberRow>,
+}
+
 /// One member as `GET /v1/members` shows it.
-#[derive(serde::Serialize)]
-struct MemberRow {
-    id: String,
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct MemberRow {
+    pub id: String,
     /// `alive`, `suspect`, `dead` or `left` (gossip); `up` or `down` (map file).
-    state: &'static str,
+    pub state: String,
     /// The state the derived map gives it: `up`, `down`, or `removed`.
-    map: &'static str,
-    addr: String,
-    zone: String,
-    rack: String,
-    weight: u32,
-    incarnation: u16,
-    generation: u64,
-    /// Milliseconds since this node last received gossip from it (null: never directly).
-    heard_ms_ago: Option<u64>,
-    this_node: bool,
+    pub map: String,
+    pub addr: String,
+    pub zone: String,
+    pub rack: String,
+    pub weight: u32,
+    pub incarnation: u16,
+    pub generation: u64,
+    /// Milliseconds since this node last received gossip from it (null: not recently).
+    pub heard_ms_ago: Option<u64>,
+    pub this_node: bool,
 }
 
 fn members_json(c: &crate::cluster::Cluster) -> String {
@@ -520,8 +531,8 @@ fn members_json(c: &crate::cluster::Cluster) -> String {
         let (me, members) = g.members();
         rows.push(MemberRow {
             id: me.id.clone(),
-            state: "alive",
-            map: map_state(&me.id),
+            state: "alive".into(),
+            map: map_state(&me.id).into(),
             addr: me.peer.clone(),
             zone: me.zone.clone(),
             rack: me.rack.clone(),
@@ -544,8 +555,8 @@ fn members_json(c: &crate::cluster::Cluster) -> String {
             };
             rows.push(MemberRow {
                 id: i.id.clone(),
-                state,
-                map: map_state(&i.id),
+                state: state.into(),
+                map: map_state(&i.id).into(),
                 addr: i.peer.clone(),
                 zone: i.zone.clone(),
                 rack: i.rack.clone(),
@@ -561,8 +572,8 @@ fn members_json(c: &crate::cluster::Cluster) -> String {
         for n in p.nodes() {
             rows.push(MemberRow {
                 id: n.id.clone(),
-                state: if n.state == NodeState::Up { "up" } else { "down" },
-                map: map_state(&n.id),
+                state: if n.state == NodeState::Up { "up" } else { "down" }.into(),
+                map: map_state(&n.id).into(),
                 addr: n.addr.clone(),
                 zone: n.zone.clone(),
                 rack: n.rack.clone(),
@@ -575,13 +586,13 @@ fn members_json(c: &crate::cluster::Cluster) -> String {
         }
     }
     rows.sort_by(|a, b| a.id.cmp(&b.id).then(b.generation.cmp(&a.generation)));
-    serde_json::json!({
-        "node": c.node_id,
-        "mode": mode,
-        "map_version": format!("{:016x}", p.version()),
-        "members": rows,
-    })
-    .to_string()
+    let answer = MembersAnswer {
+        node: c.node_id.clone(),
+        mode: mode.into(),
+        map_version: format!("{:016x}", p.version()),
+        members: rows,
+    };
+    serde_json::to_string(&answer).unwrap_or_default()
 }
 
 fn gossip_metrics(out: &mut String, g: &crate::gossip::Gossip) {

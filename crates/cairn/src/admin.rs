@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
+use cairn_node::server::{MemberRow, MembersAnswer as Members};
 use cairn_node::writeback::ClusterSummary;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -126,30 +127,6 @@ pub async fn sync(a: SyncArgs) -> Result<()> {
         tokio::time::sleep(POLL).await;
         s = get(&a.admin, &format!("/v1/pending?{}", query(bucket, prefix, Some(mark)))).await?;
     }
-}
-
-/// Members as `GET /v1/members` lists them.
-#[derive(serde::Deserialize, serde::Serialize)]
-struct Members {
-    node: String,
-    mode: String,
-    map_version: String,
-    members: Vec<MemberRow>,
-}
-
-#[derive(serde::Deserialize, serde::Serialize)]
-struct MemberRow {
-    id: String,
-    state: String,
-    map: String,
-    addr: String,
-    zone: String,
-    rack: String,
-    weight: u32,
-    incarnation: u16,
-    generation: u64,
-    heard_ms_ago: Option<u64>,
-    this_node: bool,
 }
 
 fn print_members(m: &Members) {
