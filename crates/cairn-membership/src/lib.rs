@@ -497,6 +497,23 @@ where
         Ok(n)
     }
 
+    /// Members by state, this node included: alive, suspect (in this node's cell), dead, left.
+    /// Counts without copying the table.
+    pub fn counts(&self) -> [u64; 4] {
+        let suspects = self.foca.iter_membership_state().filter(|m| m.state() == State::Suspect).count() as u64;
+        let mut c = [0u64; 4];
+        for r in self.table.iter().filter(|r| !r.member.node_id().is_empty()) {
+            c[match (r.status, r.member.leaving()) {
+                (Status::Alive, _) => 0,
+                (Status::Dead, false) => 2,
+                (Status::Dead, true) => 3,
+            }] += 1;
+        }
+        c[0] = c[0].saturating_sub(suspects);
+        c[1] = suspects;
+        c
+    }
+
     pub fn members(&self) -> Vec<MemberView<T>> {
         let suspects: HashMap<&str, u16> = self
             .foca

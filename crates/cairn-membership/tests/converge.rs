@@ -234,6 +234,9 @@ fn cells_detect_their_own_failures_and_every_cell_learns_them() {
         assert_eq!(v.iter().find(|(i, _)| i == "n5").map(|x| x.1), Some(NodeState::Down), "{v:?}");
         assert_eq!(v.iter().filter(|(_, s)| *s == NodeState::Down).count(), 1, "{v:?}");
     }
+    for (a, m) in net.nodes.iter().filter(|(a, _)| !net.dead.contains(a)) {
+        assert_eq!(m.counts(), [11, 0, 1, 0], "{a}");
+    }
     // Every node derives the same map.
     let digests: std::collections::HashSet<u64> =
         net.nodes.iter().filter(|(a, _)| !net.dead.contains(a)).map(|(_, m)| m.map(net.now).version).collect();

@@ -17,8 +17,9 @@ use tokio::sync::mpsc;
 
 use crate::cluster::Cluster;
 
-/// How often the derived map is recomputed even without a change (removals and ramps are timed).
-const MAP_REFRESH: Duration = Duration::from_secs(1);
+/// How often the derived map is recomputed without a change (removals and weight ramps are timed;
+/// a change of members is followed within 100 ms).
+const MAP_REFRESH: Duration = Duration::from_secs(5);
 /// Seeds are asked this often while no other member is known.
 const ALONE_RETRY: Duration = Duration::from_secs(2);
 /// Longest wait at start-up for a first answer from the seeds.
@@ -148,6 +149,11 @@ impl Gossip {
     pub fn members(&self) -> (NodeIdentity, Vec<cairn_membership::MemberView<NodeIdentity>>) {
         let m = self.membership.lock();
         (m.identity().clone(), m.members())
+    }
+
+    /// Members by state (alive, suspect, dead, left), this node included.
+    pub fn counts(&self) -> [u64; 4] {
+        self.membership.lock().counts()
     }
 
     pub fn stats(&self) -> cairn_membership::Stats {

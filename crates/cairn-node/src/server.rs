@@ -597,17 +597,7 @@ fn members_json(c: &crate::cluster::Cluster) -> String {
 
 fn gossip_metrics(out: &mut String, g: &crate::gossip::Gossip) {
     let s = g.stats();
-    let (_, members) = g.members();
-    let mut by_state = [0u64; 4];
-    for m in members.iter().filter(|m| !m.identity.id.is_empty()) {
-        by_state[match m.standing {
-            cairn_membership::Standing::Alive => 0,
-            cairn_membership::Standing::Suspect => 1,
-            cairn_membership::Standing::Down { .. } if m.identity.leaving => 3,
-            cairn_membership::Standing::Down { .. } => 2,
-        }] += 1;
-    }
-    by_state[0] += 1; // this node
+    let by_state = g.counts();
     let states = ["alive", "suspect", "dead", "left"];
     let labelled: Vec<(String, u64)> = states.iter().zip(by_state).map(|(st, n)| (format!("state=\"{st}\""), n)).collect();
     crate::metrics::series(out, "gauge", "cairn_members", "Members this node knows, by gossip state (itself included).", &rows(&labelled));
