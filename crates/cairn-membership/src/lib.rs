@@ -107,6 +107,8 @@ const REPAIR_CELLS: usize = 4;
 const REPAIR_BUCKETS: usize = 4;
 /// Records of its cell sent to a node that says hello, at most.
 const HELLO_RECORDS: usize = 4096;
+/// Largest member table accepted from a peer, decompressed (about a million members).
+const MAX_SNAPSHOT: usize = 256 << 20;
 /// Dead members remembered for contact after a partition heals.
 const MAX_DEAD_CONTACTS: usize = 1024;
 /// Members whose last packet time is remembered.
@@ -484,14 +486,21 @@ where
         self.flush(now_ms, out);
     }
 
-    /// [`Membership::snapshot`], encoded.
+    /// [`Membership::snapshot`], encoded (postcard) and compressed (LZ4; zones, racks and cells
+    /// repeat from record to record).
     pub fn snapshot_bytes(&self) -> Vec<u8> {
-        postcard::to_allocvec(&self.snapshot()).unwrap_or_default()
+        lz4_flex::compress_prepend_size(&postcard::to_allocvec(&self.snapshot()).unwrap_or_default())
     }
 
     /// [`Membership::learn`] from [`Membership::snapshot_bytes`]; the number of records.
     pub fn learn_bytes(&mut self, bytes: &[u8], now_ms: u64, out: &mut Outbox<T>) -> Result<usize, Reject> {
-        let records: Vec<Record<T>> = postcard::from_bytes(bytes).map_err(|_| Reject::Malformed)?;
+        // The size prefix is checked before anything is allocated for it.
+        let size = bytes.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+        if size.is_none_or(|n| n > MAX_SNAPSHOT) {
+            return Err(Reject::Malformed);
+        }
+        let raw = lz4_flex::decompress_size_prepended(bytes).map_err(|_| Reject::Malformed)?;
+        let records: Vec<Record<T>> = postcard::from_bytes(&raw).map_err(|_| Reject::Malformed)?;
         let n = records.len();
         self.learn(records, now_ms, out);
         Ok(n)

@@ -295,3 +295,56 @@ fn two_cells_cut_apart_serve_on_and_become_one_view_again_when_healed() {
     let digests: std::collections::HashSet<u64> = net.nodes.values().map(|m| m.map(net.now).version).collect();
     assert_eq!(digests.len(), 1);
 }
+
+#[test]
+fn a_snapshot_round_trips_compressed_and_a_bad_one_is_refused() {
+    let mut net = net(5, b"secret-one");
+    net.run_until(net.now + 8_000);
+    let a0 = ident(0, 1).gossip;
+    let snap = net.nodes[&a0].snapshot_bytes();
+    let raw = postcard_len(&net.nodes[&a0].snapshot());
+    assert!(snap.len() < raw, "compressed {} >= raw {raw}", snap.len());
+    let mut fresh = Membership::new(ident(9, 1), Config::default(), b"secret-one", 9);
+    let mut out = Outbox::default();
+    assert_eq!(fresh.learn_bytes(&snap, net.now, &mut out), Ok(5));
+    assert_eq!(fresh.map(net.now).nodes.len(), 6);
+    let mut huge = snap.clone();
+    huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(fresh.learn_bytes(&huge, net.now, &mut out).is_err());
+    assert!(fresh.learn_bytes(&snap[..snap.len() / 2], net.now, &mut out).is_err());
+}
+
+fn postcard_len<S: serde::Serialize>(v: &S) -> usize {
+    postcard::to_allocvec(v).expect("encodes").len()
+}
+
+/// Bytes of the member table a joiner fetches, for 10,000 members with realistic names
+/// (printed; `cargo test --release -p cairn-membership --test converge -- --nocapture snapshot_size`).
+#[test]
+fn snapshot_size_at_ten_thousand_members() {
+    let mut m = Membership::new(ident(0, 1), Config::default(), b"secret-one", 1);
+    let records: Vec<cairn_membership::Record<NodeIdentity>> = (1..10_000u32)
+        .map(|i| cairn_membership::Record {
+            member: NodeIdentity {
+                id: format!("aks-gpu-{:05}-vmss{:06}", i / 100, i),
+                gossip: format!("10.{}.{}.{}:9100", i >> 16, (i >> 8) & 255, i & 255).parse().expect("addr"),
+                peer: format!("10.{}.{}.{}:9100", i >> 16, (i >> 8) & 255, i & 255),
+                zone: format!("eastus2-{}", i % 3 + 1),
+                rack: format!("rack-{:04}", i / 40),
+                cell: format!("eastus2-{}", i % 3 + 1),
+                weight: 100,
+                generation: 1_790_000_000_000 + u64::from(i) * 7,
+                joined: 1_780_000_000_000 + u64::from(i) * 13,
+                leaving: false,
+            },
+            status: cairn_membership::Status::Alive,
+            changed_ms: 1_790_000_000_000 + u64::from(i),
+        })
+        .collect();
+    let mut out = Outbox::default();
+    m.learn(records, 1_790_000_100_000, &mut out);
+    let raw = postcard_len(&m.snapshot());
+    let packed = m.snapshot_bytes().len();
+    println!("10,000 members: {raw} bytes encoded, {packed} compressed ({:.0} / {:.0} per member)", raw as f64 / 1e4, packed as f64 / 1e4);
+    assert!(packed < raw);
+}
