@@ -24,11 +24,11 @@ class Cluster:
     With `gossip=True` there is no map file: each node is given `seeds` (by default node 0's peer
     address only) and the same zone, rack and weight the map file would list, and the membership
     forms by gossip with short probe and suspicion times; new nodes own their full share at once
-    (join_ramp 0s). `secrets` gives a node another cluster secret."""
+    (join_ramp 0s). `secrets` gives a node another cluster secret, `cells` each node's cell."""
 
     def __init__(self, tmp_path, n, replicas=1, racks=None, chunk=8 * MIB, ips=None, wraps=None, origin=None,
                  more_sections="", origin_extra="", limits="", metadata="immutable", gossip=False, seeds=None,
-                 probe_period="500ms", suspect_timeout="3s", secrets=None, more_seeds=(), name=""):
+                 probe_period="500ms", suspect_timeout="3s", secrets=None, more_seeds=(), name="", cells=None):
         self.origin = origin or LocalOrigin(tmp_path / "origin")
         self.tmp = tmp_path
         self.gossip = gossip
@@ -47,6 +47,7 @@ class Cluster:
                 membership = f"""seeds = [{", ".join(f'"{s}"' for s in self.seeds)}]
 zone = "z1"
 rack = "{self.racks[i]}"
+cell = "{cells[i] if cells else 'z1'}"
 weight = 100
 probe_period = "{probe_period}"
 suspect_timeout = "{suspect_timeout}"

@@ -557,3 +557,43 @@ def test_gossip_and_map_file_place_chunks_on_the_same_nodes(tmp_path, gossip_clu
     by_gossip = owners(g)
     assert sum(1 for files in by_map.values() if files) >= 3
     assert by_gossip == by_map
+
+
+def test_a_node_frozen_for_less_than_the_suspect_timeout_is_not_declared_dead(gossip_cluster):
+    c = gossip_cluster(3, suspect_timeout="4s")
+    wait_for("all 3 alive", lambda: all_alive(c.nodes, ids(c)), 10)
+    before = {r["id"]: r["generation"] for r in members(c.nodes[0])["members"]}
+    # A GC pause or a frozen VM: the process stops answering anything for 2 s.
+    c.nodes[2].proc.send_signal(signal.SIGSTOP)
+    time.sleep(2.0)
+    c.nodes[2].proc.send_signal(signal.SIGCONT)
+    time.sleep(6.0)
+    assert all_alive(c.nodes, ids(c)), [view(n) for n in c.nodes]
+    assert {r["id"]: r["generation"] for r in members(c.nodes[0])["members"]} == before, "n2 had to rejoin"
+    for n in c.nodes:
+        assert n.metric("cairn_gossip_confirmations_total") == 0
+        assert not log_lines(n, "member declared dead")
+    # The freeze was noticed: probes of n2 failed while it was stopped.
+    assert sum(n.metric("cairn_gossip_suspicions_total") for n in c.nodes[:2]) >= 1
+
+
+def test_a_cell_that_dies_whole_is_declared_dead_by_the_other_cell(gossip_cluster, prefix):
+    c = gossip_cluster(4, cells=["a", "a", "b", "b"])
+    wait_for("all 4 alive", lambda: all_alive(c.nodes, ids(c)), 10)
+    objs = put_objects(c.origin, prefix, [3 * MIB + 5, 2 * MIB], seed=90)
+    read_all(c.nodes[0], objs)
+    # Cell b loses power: nobody is left in it to run its probes.
+    c.nodes[2].stop(signal.SIGKILL)
+    c.nodes[3].stop(signal.SIGKILL)
+    started = time.time()
+
+    def cell_b_dead():
+        return all(view(n)[1].get(i) == ("dead", "down") for n in c.nodes[:2] for i in ("n2", "n3"))
+
+    wait_for("n2 and n3 dead on n0 and n1", cell_b_dead, 25)
+    took = time.time() - started
+    # Cross-cell probes run every 5 s; a failed one is then given the suspect timeout (3 s).
+    assert took < 20, took
+    assert view(c.nodes[0])[0] == view(c.nodes[1])[0]
+    read_all(c.nodes[0], objs)
+    read_all(c.nodes[1], objs)

@@ -125,7 +125,12 @@ impl Config {
             suspect_to_down_after: self.suspect_to_down_after,
             remove_down_after: Some(self.map.remove_after + Duration::from_secs(60)),
             max_packet_size: nz(self.max_packet.saturating_sub(wire::HEADER + SWIM_HEADER)),
-            notify_down_members: true,
+            // Off: foca 2.0.0 also sends its "you are down" notice when a suspicion timer expires
+            // for a member that has refuted meanwhile (the notice is sent whatever the outcome),
+            // which made a node that froze for less than the suspicion timeout rejoin for
+            // nothing. A member really declared dead learns it from the table (a dead record
+            // about itself) or from foca's piggybacked updates, and rejoins then.
+            notify_down_members: false,
             periodic_announce: Some(foca::PeriodicParams { frequency: Duration::from_secs(30), num_members: nz(1) }),
             periodic_announce_to_down_members: Some(foca::PeriodicParams {
                 frequency: Duration::from_secs(10),
