@@ -283,6 +283,9 @@ struct Victim {
 
 struct Watch {
     start_us: u64,
+    /// Per node, its table's epoch at the last check: a table that has not changed since cannot
+    /// have come to hold a victim dead, and is not looked up again.
+    checked_epoch: Vec<u64>,
     victims: Vec<Victim>,
     slot: HashMap<u32, usize>,
 }
@@ -675,16 +678,27 @@ impl Sim {
             .collect();
         self.watch = Some(Watch {
             start_us: self.now,
+            checked_epoch: vec![0; n],
             slot: victims.iter().enumerate().map(|(s, v)| (v.id.idx, s)).collect(),
             victims,
         });
     }
 
-    /// Marks observers whose table now holds a victim `Dead` (O(observers not yet seeing it)).
+    /// Marks observers whose table now holds a victim `Dead` (a lookup per observer not yet seeing
+    /// it whose table changed since the last check).
     fn check_watch(&mut self) {
         let t = Instant::now();
         let Some(w) = &mut self.watch else { return };
         let elapsed = self.now - w.start_us;
+        let mut changed = vec![false; self.nodes.len()];
+        for (i, m) in self.nodes.iter().enumerate() {
+            if let Some(m) = m
+                && m.epoch() != w.checked_epoch[i]
+            {
+                w.checked_epoch[i] = m.epoch();
+                changed[i] = true;
+            }
+        }
         for v in &mut w.victims {
             let (cell, id) = (v.id.cell(), name(v.id.idx));
             let gen_ = v.id.generation();
@@ -695,6 +709,9 @@ impl Sim {
                 }
                 if v.seen[o] != u64::MAX {
                     return false;
+                }
+                if !changed[o] {
+                    return true;
                 }
                 let Some(m) = self.nodes[o].as_ref() else { return false };
                 let down = m.table().get(cell, id).is_some_and(|r| r.status == Status::Dead && r.member.generation() >= gen_);
