@@ -215,12 +215,12 @@ fn snapshot_bytes(records: &[Record<SimId>]) -> usize {
 /// its table becomes a copy of `table` (sharing its cells) plus its own record.
 fn adopt(m: &mut Membership<SimId>, mut table: Table<SimId>, now_ms: u64, out: &mut Outbox<SimId>) {
     let me = *m.identity();
-    let cell: Vec<Record<SimId>> = table.cell_records(me.cell()).filter(|r| r.member.idx != me.idx).cloned().collect();
     table.merge(Record { member: me, status: Status::Alive, changed_ms: now_ms });
-    // The table first, as `learn` of the whole snapshot would leave it; then the cell's records,
-    // which reach the node's SWIM (the members it learns are no news to its table).
+    // The table first, as `learn` of the whole snapshot would leave it; then `learn` of nothing
+    // more, which hands the cell's members in the table to the node's SWIM (the records
+    // themselves would be no news to the table: merging them again only costs lookups).
     *m.table_mut() = table;
-    m.learn(cell, now_ms, out);
+    m.learn(Vec::new(), now_ms, out);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -283,11 +283,62 @@ struct Victim {
 
 struct Watch {
     start_us: u64,
+    /// Per node, its table's epoch at the last check: a table that has not changed since cannot
+    /// have come to hold a victim dead, and is not looked up again.
+    checked_epoch: Vec<u64>,
     victims: Vec<Victim>,
     slot: HashMap<u32, usize>,
 }
 
-type Interner = HashMap<(u64, usize, u64), Vec<Arc<Bucket<SimId>>>>;
+/// What the simulator shares tables with (see the module doc).
+#[derive(Default)]
+struct Interner {
+    /// One bucket per (cell, bucket index, digest).
+    buckets: HashMap<(u64, usize, u64), Arc<Bucket<SimId>>>,
+    /// The bucket last interned per (cell, bucket index), at `cell * BUCKETS + bucket`: most
+    /// buckets a node holds are this one already, found without hashing.
+    last: Vec<Option<Arc<Bucket<SimId>>>>,
+    /// Whole tables by (length, cell digests), with the share pass that interned them: a node
+    /// whose table is equal takes a clone (sharing every cell, not only the buckets).
+    tables: HashMap<u64, (Table<SimId>, u64)>,
+}
+
+/// Key of a table for the table interner: its length and cell digests (cells `0..cells`).
+fn table_key(t: &Table<SimId>, cells: u32) -> u64 {
+    let mut h = (t.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for c in 0..u64::from(cells) {
+        h = (h.rotate_left(23) ^ t.cell_digest(c)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    }
+    h
+}
+
+/// Replaces each bucket of `t` by the interned one of equal (cell, index, digest), or interns it.
+/// A bucket already shared costs one pointer comparison.
+fn share_buckets(t: &mut Table<SimId>, buckets: &mut HashMap<(u64, usize, u64), Arc<Bucket<SimId>>>, last: &mut [Option<Arc<Bucket<SimId>>>], retimed: &mut u64) {
+    t.share(|cell, b, arc| {
+        let slot = last.get_mut(cell as usize * BUCKETS + b)?;
+        if let Some(s) = slot.as_ref() {
+            if Arc::ptr_eq(s, arc) {
+                return None;
+            }
+            if s.digest == arc.digest {
+                *retimed += 1;
+                return Some(s.clone());
+            }
+        }
+        let s = buckets.entry((cell, b, arc.digest)).or_insert_with(|| arc.clone()).clone();
+        *slot = Some(s.clone());
+        if Arc::ptr_eq(&s, arc) {
+            return None;
+        }
+        *retimed += 1;
+        Some(s)
+    });
+}
+
+fn same_table(a: &Table<SimId>, b: &Table<SimId>, cells: u32) -> bool {
+    a.len() == b.len() && (0..u64::from(cells)).all(|c| a.cell_digest(c) == b.cell_digest(c))
+}
 
 pub struct Sim {
     now: u64,
@@ -305,12 +356,16 @@ pub struct Sim {
     pub falsely_downed: HashSet<u32>,
     pub packets_dropped: u64,
     interner: Interner,
+    /// Per node, the table epoch when its buckets were last shared (after every event that
+    /// changed its table), and when the per-second pass last looked at it.
     shared_epoch: Vec<u64>,
+    passed_epoch: Vec<u64>,
     next_share_us: u64,
     share_passes: u64,
-    /// Buckets replaced by an interned one with the same digest whose records differed (only
-    /// in `changed_ms`, which the digest does not cover).
+    /// Buckets replaced by an interned one with the same digest (the records may differ in
+    /// `changed_ms`, which the digest does not cover), and tables replaced by an equal one.
     pub retimed: u64,
+    pub tables_taken: u64,
     /// Snapshots transferred, and their postcard bytes (sampled: sum over the sample, count).
     pub snapshots: u64,
     snapshot_sample: (u64, u64),
@@ -336,11 +391,13 @@ impl Sim {
             false_downs: 0,
             falsely_downed: HashSet::new(),
             packets_dropped: 0,
-            interner: HashMap::new(),
+            interner: Interner { last: vec![None; CELLS.load(AtOrd::Relaxed) as usize * BUCKETS], ..Default::default() },
             shared_epoch: vec![0; capacity],
+            passed_epoch: vec![0; capacity],
             next_share_us: SHARE_US,
             share_passes: 0,
             retimed: 0,
+            tables_taken: 0,
             snapshots: 0,
             snapshot_sample: (0, 0),
             wall_share: Duration::ZERO,
@@ -438,21 +495,21 @@ impl Sim {
         self.nodes[i] = Some(m);
         self.dead[i] = false;
         self.shared_epoch[i] = 0;
+        self.passed_epoch[i] = 0;
         self.absorb(id.idx, out);
         let phase = self.rand() % (self.cfg.gossip_every.as_micros() as u64).max(1);
         self.push(self.now + phase, id.idx, Kind::Tick);
     }
 
-    /// Starts node `id` with `table` as its snapshot (a formed cluster: "preformed" forming) and a
-    /// hello to the first seed only.
+    /// Starts node `id` as a member of a formed cluster ("preformed" forming): its table is
+    /// `table` (every member, itself included) and its SWIM knows its cell's members. It says no
+    /// hello: a hello tells the seeds about a node they do not know and fetches its cell's
+    /// members, and in a formed cluster everyone knows everyone already.
     pub fn start_preformed(&mut self, id: SimId, table: &Table<SimId>) {
         let i = id.idx as usize;
         let mut m = Membership::new(id, self.cfg.clone(), SECRET, 0x5eed ^ u64::from(id.idx));
         let mut out = Outbox::default();
         let now = self.now_ms();
-        if id.idx != SEEDS[0] {
-            m.join(&[SEEDS[0]], now, &mut out);
-        }
         if self.snapshot_sample.1 == 0 {
             let all: Vec<Record<SimId>> = table.iter().cloned().collect();
             self.snapshot_sample = (snapshot_bytes(&all) as u64, 1);
@@ -462,6 +519,7 @@ impl Sim {
         self.nodes[i] = Some(m);
         self.dead[i] = false;
         self.shared_epoch[i] = 0;
+        self.passed_epoch[i] = 0;
         self.absorb(id.idx, out);
         let phase = self.rand() % (self.cfg.gossip_every.as_micros() as u64).max(1);
         self.push(self.now + phase, id.idx, Kind::Tick);
@@ -514,6 +572,7 @@ impl Sim {
             let now_ms = self.now_ms();
             let Some(m) = self.nodes[i].as_mut() else { continue };
             let mut out = Outbox::default();
+            let mut requeue = false;
             match ev.kind {
                 Kind::Packet(p) => {
                     let _ = m.handle_packet(&p, now_ms, &mut out);
@@ -521,8 +580,21 @@ impl Sim {
                 Kind::Timer(t) => m.handle_timer(t, now_ms, &mut out),
                 Kind::Tick => {
                     m.tick(now_ms, &mut out);
-                    self.push(ev.at + tick_us, ev.node, Kind::Tick);
+                    requeue = true;
                 }
+            }
+            // The buckets this event copied (on write) are shared again at once: otherwise, while
+            // news spreads (1,000 joins into 100,000 tables), every node would hold its own copy
+            // of every bucket that changed since the last pass.
+            if m.epoch() != self.shared_epoch[i] {
+                self.shared_epoch[i] = m.epoch();
+                let t = Instant::now();
+                let Interner { buckets, last, .. } = &mut self.interner;
+                share_buckets(m.table_mut(), buckets, last, &mut self.retimed);
+                self.wall_share += t.elapsed();
+            }
+            if requeue {
+                self.push(ev.at + tick_us, ev.node, Kind::Tick);
             }
             self.absorb(ev.node, out);
         }
@@ -545,41 +617,46 @@ impl Sim {
         }
     }
 
-    /// Shares equal buckets among nodes (those whose table changed since, or all with `full`).
+    /// Shares equal tables and buckets among nodes (those whose table changed since the last
+    /// pass, or all with `full`): a node whose table equals one interned within the last few
+    /// passes takes a clone of it; otherwise each of its buckets is replaced by the interned one
+    /// of equal (cell, index, digest), or interned. Nothing is allocated for a bucket already
+    /// shared.
     fn share_all(&mut self, full: bool) {
         let t = Instant::now();
-        let interner = &mut self.interner;
+        let cells = CELLS.load(AtOrd::Relaxed);
+        let Interner { buckets, last, tables } = &mut self.interner;
+        let pass = self.share_passes;
         let retimed = &mut self.retimed;
+        let mut tables_taken = 0u64;
         for (i, slot) in self.nodes.iter_mut().enumerate() {
             let Some(m) = slot else { continue };
             let e = m.epoch();
-            if !full && self.shared_epoch[i] == e {
+            if !full && self.passed_epoch[i] == e {
                 continue;
             }
+            self.passed_epoch[i] = e;
             self.shared_epoch[i] = e;
-            m.table_mut().share(|cell, b, arc| {
-                let v = interner.entry((cell, b, arc.digest)).or_default();
-                let Some(s) = v.first() else {
-                    v.push(arc.clone());
-                    return None;
-                };
-                if Arc::ptr_eq(s, arc) {
-                    return None;
-                }
-                if s.records != arc.records {
-                    // Equal digests, records that differ only in `changed_ms`: this node's times
-                    // are replaced by the interned copy's.
-                    *retimed += 1;
-                }
-                Some(s.clone())
-            });
+            let key = table_key(m.table(), cells);
+            if let Some((rep, _)) = tables.get(&key)
+                && same_table(rep, m.table(), cells)
+            {
+                *m.table_mut() = rep.clone();
+                tables_taken += 1;
+                continue;
+            }
+            share_buckets(m.table_mut(), buckets, last, retimed);
+            tables.insert(key, (m.table().clone(), pass));
         }
+        self.tables_taken += tables_taken;
         self.share_passes += 1;
+        // Tables interned more than 3 passes ago are dropped (nodes converge within a few).
+        tables.retain(|_, (_, p)| *p + 3 > pass);
         if full || self.share_passes.is_multiple_of(10) {
-            // Drop buckets no node holds any more.
-            self.interner.retain(|_, v| {
-                v.retain(|a| Arc::strong_count(a) > 1);
-                !v.is_empty()
+            // Drop buckets no node holds any more (the interner's own references aside).
+            buckets.retain(|(c, b, _), a| {
+                let in_last = last.get(*c as usize * BUCKETS + *b).and_then(|s| s.as_ref()).is_some_and(|s| Arc::ptr_eq(s, a));
+                Arc::strong_count(a) > 1 + usize::from(in_last)
             });
         }
         self.wall_share += t.elapsed();
@@ -601,16 +678,27 @@ impl Sim {
             .collect();
         self.watch = Some(Watch {
             start_us: self.now,
+            checked_epoch: vec![0; n],
             slot: victims.iter().enumerate().map(|(s, v)| (v.id.idx, s)).collect(),
             victims,
         });
     }
 
-    /// Marks observers whose table now holds a victim `Dead` (O(observers not yet seeing it)).
+    /// Marks observers whose table now holds a victim `Dead` (a lookup per observer not yet seeing
+    /// it whose table changed since the last check).
     fn check_watch(&mut self) {
         let t = Instant::now();
         let Some(w) = &mut self.watch else { return };
         let elapsed = self.now - w.start_us;
+        let mut changed = vec![false; self.nodes.len()];
+        for (i, m) in self.nodes.iter().enumerate() {
+            if let Some(m) = m
+                && m.epoch() != w.checked_epoch[i]
+            {
+                w.checked_epoch[i] = m.epoch();
+                changed[i] = true;
+            }
+        }
         for v in &mut w.victims {
             let (cell, id) = (v.id.cell(), name(v.id.idx));
             let gen_ = v.id.generation();
@@ -621,6 +709,9 @@ impl Sim {
                 }
                 if v.seen[o] != u64::MAX {
                     return false;
+                }
+                if !changed[o] {
+                    return true;
                 }
                 let Some(m) = self.nodes[o].as_ref() else { return false };
                 let down = m.table().get(cell, id).is_some_and(|r| r.status == Status::Dead && r.member.generation() >= gen_);
@@ -734,12 +825,10 @@ impl Sim {
         let mut shared_ptrs: HashSet<usize> = HashSet::new();
         let mut shared_bytes = 0usize;
         let mut distinct = 0usize;
-        for v in self.interner.values() {
-            for b in v {
-                if shared_ptrs.insert(b.records.as_ptr() as usize) {
-                    distinct += 1;
-                    shared_bytes += arc_bucket + b.records.capacity() * rec;
-                }
+        for b in self.interner.buckets.values() {
+            if shared_ptrs.insert(b.records.as_ptr() as usize) {
+                distinct += 1;
+                shared_bytes += arc_bucket + b.records.capacity() * rec;
             }
         }
         // Per cell a node holds: the Arc<Cell> allocation, its Vec of bucket pointers and a BTreeMap
@@ -990,9 +1079,10 @@ fn run_until_done(
         }
         if last_print.elapsed() > Duration::from_secs(10) {
             eprintln!(
-                "  {label}: +{:.1} s simulated, {progress}, {:.0} s wall, RSS {} MiB",
+                "  {label}: +{:.1} s simulated, {progress}, {:.0} s wall, {} events queued, RSS {} MiB",
                 (sim.now - start) as f64 / 1e6,
                 wall.elapsed().as_secs_f64(),
+                sim.queue.len(),
                 rss_bytes().unwrap_or(0) >> 20
             );
             last_print = Instant::now();
@@ -1062,13 +1152,16 @@ pub fn run_size(n: usize, o: &Options) -> Report {
     let rss0 = rss_bytes();
     let mut sim = Sim::new(capacity, net, Config::default(), o.seed ^ (n as u64) << 20);
     eprintln!(
-        "[{n}] 1. form: {n} nodes in {cells} cells start over {} s, hello to seeds {SEEDS:?} + a seed's snapshot",
-        o.spread_s
+        "[{n}] 1. form: {n} nodes in {cells} cells, {}",
+        if o.preformed { "preformed (all start at once with the full table)".to_string() } else { format!("start over {} s, hello to seeds {SEEDS:?} + a seed's snapshot", o.spread_s) }
     );
 
     // 1. Form.
     let p = phase_start(&sim);
-    let spread_us = o.spread_s * 1_000_000;
+    // A preformed cluster is running already: all its nodes start at once (staggered starts
+    // would have the early ones probe, across cells, members not started yet, and declare them
+    // dead: a start-up artefact, not a property of a formed cluster).
+    let spread_us = if o.preformed { 0 } else { o.spread_s * 1_000_000 };
     let full = o.preformed.then(|| {
         let mut t = Table::default();
         for i in 0..n as u32 {
@@ -1100,8 +1193,8 @@ pub fn run_size(n: usize, o: &Options) -> Report {
     r.snapshot_bytes = sim.snapshot_mean_bytes();
     r.form_note = format!(
         "{}from the first start; starts spread over {} s; {} snapshots of mean {:.0} B; 99% held it at {}",
-        if o.preformed { "PREFORMED: every node started with the full table of all N, hello to seed 0 only; " } else { "" },
-        o.spread_s,
+        if o.preformed { "PREFORMED: every node started at once with the full table of all N and its cell's members in its SWIM, no hellos; " } else { "" },
+        if o.preformed { 0 } else { o.spread_s },
         sim.snapshots,
         r.snapshot_bytes,
         opt(r.form_99)
@@ -1143,16 +1236,6 @@ pub fn run_size(n: usize, o: &Options) -> Report {
     }
     r.mem = sim.table_memory(1000);
     eprintln!("[{n}] formed at {:.1} s simulated, {:.0} s wall", sim.now_s(), wall.elapsed().as_secs_f64());
-    if std::env::var_os("CAIRN_SIM_DEBUG").is_some() {
-        for _ in 0..5 {
-            let backlog: usize = sim.live().map(|(_, m)| m.backlog()).sum();
-            let repaired: u64 = sim.live().map(|(_, m)| m.stats().repaired_records).sum();
-            let conf: u64 = sim.live().map(|(_, m)| m.stats().changes).sum();
-            eprintln!("[{n}] debug: backlog {backlog}, repaired {repaired}, confirmations {conf}, t {:.1}", sim.now_s());
-            sim.run_until(sim.now + 1_000_000);
-        }
-    }
-
     // 2. Steady state: let the join backlog drain, then measure.
     let p = phase_start(&sim);
     sim.run_until(sim.now + 15_000_000);
@@ -1239,11 +1322,12 @@ pub fn run_size(n: usize, o: &Options) -> Report {
 
     r.peak_rss = proc_status_kib("VmHWM:").map(|k| k * 1024);
     r.notes.push(format!(
-        "profile: {} events; wall in bucket sharing {:.1} s, in watch checks {:.1} s; {} packets dropped; {} bucket shares replaced records differing only in changed_ms",
+        "profile: {} events; wall in table sharing {:.1} s, in watch checks {:.1} s; {} packets dropped; {} tables replaced by an equal interned one and {} buckets by an interned one of equal digest (records possibly differing in changed_ms only)",
         sim.events,
         sim.wall_share.as_secs_f64(),
         sim.wall_check.as_secs_f64(),
         sim.packets_dropped,
+        sim.tables_taken,
         sim.retimed
     ));
     r.wall_s = wall.elapsed().as_secs_f64();
