@@ -137,6 +137,19 @@ struct ServeArgs {
     /// The cluster's shared secret.
     #[arg(long, env = "CAIRN_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
+    /// Gossip seeds instead of a map file: other nodes' peer addresses or DNS names, comma-separated.
+    #[arg(long, env = "CAIRN_SEEDS", value_delimiter = ',')]
+    seeds: Option<Vec<String>>,
+    /// This node's zone, rack and failure-detection cell (gossip mode).
+    #[arg(long, env = "CAIRN_ZONE")]
+    zone: Option<String>,
+    #[arg(long, env = "CAIRN_RACK")]
+    rack: Option<String>,
+    #[arg(long, env = "CAIRN_CELL")]
+    cell: Option<String>,
+    /// The address peers reach this node at, when --peer-listen is a wildcard address.
+    #[arg(long, env = "CAIRN_ADVERTISE")]
+    advertise: Option<String>,
     /// Address of the KV (Redis-protocol) endpoint; empty disables it.
     #[arg(long, env = "CAIRN_KV_LISTEN")]
     kv_listen: Option<String>,
@@ -229,6 +242,19 @@ impl ServeArgs {
         if let Some(v) = &self.cluster_secret {
             cfg.cluster.secret = v.clone();
         }
+        if let Some(v) = &self.seeds {
+            cfg.cluster.seeds = v.iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+        }
+        for (flag, field) in [
+            (&self.zone, &mut cfg.cluster.zone),
+            (&self.rack, &mut cfg.cluster.rack),
+            (&self.cell, &mut cfg.cluster.cell),
+            (&self.advertise, &mut cfg.cluster.advertise),
+        ] {
+            if let Some(v) = flag {
+                field.clone_from(v);
+            }
+        }
         if let Some(v) = &self.kv_listen {
             cfg.kv.listen = v.clone();
         }
@@ -317,9 +343,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
         eprintln!("  KV endpoint   redis://{kv} (RESP2/3; RAM {}, disk {}; {auth})", k.ram_capacity, k.disk_capacity);
     }
     if let Some(peer) = node.peer_addr {
+        let membership = if cfg.cluster.gossip() {
+            format!("gossip from seeds {} (cell {})", cfg.cluster.seeds.join(", "), if cfg.cluster.cell.is_empty() { &cfg.cluster.zone } else { &cfg.cluster.cell })
+        } else {
+            format!("map {}", cfg.cluster.map)
+        };
         eprintln!(
-            "  cluster       node {} of map {} (peer transport {peer}, {} owner(s) per chunk)",
-            cfg.cluster.node_id, cfg.cluster.map, cfg.cluster.replicas
+            "  cluster       node {} of {membership} (peer transport {peer}, {} owner(s) per chunk)",
+            cfg.cluster.node_id, cfg.cluster.replicas
         );
     }
     let stop = async {
