@@ -357,7 +357,7 @@ def test_partitioned_node_and_the_rest_keep_serving_and_heal(partition_net, goss
     sh("ip", "link", "set", VETH, "up")
     healed_at = time.time()
     healed = wait_for("after healing, all 4 alive on every node with one map version",
-                      lambda: all_alive(c.nodes, ids(c)), 30)
+                      lambda: all_alive(c.nodes, ids(c)) or print([members(n) for n in c.nodes]), 30, every=1)
     heal_time = time.time() - healed_at
     assert healed == version, "the healed cluster derives another map than before the partition"
     for n in c.nodes:

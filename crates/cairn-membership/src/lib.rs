@@ -243,6 +243,9 @@ where
     /// Members recently declared dead (not left): contacted now and then, so that the two sides
     /// of a healed partition find each other again.
     dead: Vec<T>,
+    /// Cell members this node's SWIM holds as suspect, and since when (checked every second).
+    suspect_since: HashMap<T::Addr, u64>,
+    next_suspect_check_ms: u64,
     next_dead_ms: u64,
     /// Bumped whenever the table changed (the map may have).
     epoch: u64,
@@ -316,6 +319,8 @@ where
             cross_probe: None,
             cross_suspects: HashMap::new(),
             dead: Vec::new(),
+            suspect_since: HashMap::new(),
+            next_suspect_check_ms: 0,
             next_dead_ms: 0,
             epoch: 1,
             pending: Vec::new(),
@@ -422,6 +427,10 @@ where
     /// a member of another cell.
     pub fn tick(&mut self, now_ms: u64, out: &mut Outbox<T>) {
         self.cross_cell(now_ms);
+        if now_ms >= self.next_suspect_check_ms {
+            self.next_suspect_check_ms = now_ms + 1000;
+            self.clear_stale_suspicions(now_ms);
+        }
         if !self.backlog.is_empty() {
             self.push_rumors();
         }
@@ -773,6 +782,36 @@ where
             }
         }
         self.cross_probe = Some((target, nonce, now_ms));
+    }
+
+    /// A suspicion foca can no longer settle: when this node changes identity (it rejoined), foca
+    /// drops its pending timers, so a member it suspected stays suspect with no timer to declare
+    /// it dead, and the member, whose own news of it was sent out already, never refutes. A member
+    /// suspected here for longer than the suspicion timeout that this node has heard from within
+    /// two probe periods is alive: the suspicion is cleared here (locally: a higher incarnation of
+    /// it, not spread). One that is not heard from is left to the others, whose verdict reaches
+    /// this node's table.
+    fn clear_stale_suspicions(&mut self, now_ms: u64) {
+        let suspects: Vec<(T, u16)> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() == State::Suspect)
+            .map(|m| (m.id().clone(), m.incarnation()))
+            .collect();
+        self.suspect_since.retain(|a, _| suspects.iter().any(|(m, _)| m.addr() == *a));
+        let (stale_ms, recent_ms) = (
+            (self.cfg.suspect_to_down_after + 2 * self.cfg.probe_period).as_millis() as u64,
+            (2 * self.cfg.probe_period).as_millis() as u64,
+        );
+        for (m, incarnation) in suspects {
+            let since = *self.suspect_since.entry(m.addr()).or_insert(now_ms);
+            let heard = self.heard.get(&m.addr()).is_some_and(|&h| now_ms.saturating_sub(h) < recent_ms);
+            if now_ms.saturating_sub(since) >= stale_ms && heard {
+                self.suspect_since.remove(&m.addr());
+                let alive = foca::Member::new(m, incarnation.wrapping_add(1), State::Alive);
+                let _ = self.foca.apply_many(std::iter::once(alive), false, &mut self.rt);
+            }
+        }
     }
 
     /// One digest per cell (16 bytes each), in as many packets as they need.
