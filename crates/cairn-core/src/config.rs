@@ -701,7 +701,9 @@ impl Config {
                     return bad("cluster.weight must be positive".into());
                 }
                 if c.probe_period.0 < Duration::from_millis(100) || c.suspect_timeout.0 < c.probe_period.0 {
-                    return bad("cluster.probe_period must be at least 100ms and suspect_timeout at least probe_period".into());
+                    return bad(
+                        "cluster.probe_period must be at least 100ms and suspect_timeout at least probe_period".into(),
+                    );
                 }
             }
             if !(1..=5).contains(&c.replicas) {

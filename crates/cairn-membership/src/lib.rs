@@ -136,7 +136,10 @@ impl Config {
                 frequency: Duration::from_secs(10),
                 num_members: nz(2),
             }),
-            periodic_gossip: Some(foca::PeriodicParams { frequency: self.gossip_every, num_members: nz(self.gossip_fanout + 1) }),
+            periodic_gossip: Some(foca::PeriodicParams {
+                frequency: self.gossip_every,
+                num_members: nz(self.gossip_fanout + 1),
+            }),
         }
     }
 }
@@ -202,19 +205,46 @@ impl<T> Default for Outbox<T> {
 #[serde(bound = "T: Member")]
 enum TableMsg<T> {
     /// A node joining: answered with its cell's records and a digest offer.
-    Hello { from: T },
-    Rumors { records: Vec<Record<T>> },
+    Hello {
+        from: T,
+    },
+    Rumors {
+        records: Vec<Record<T>>,
+    },
     /// Anti-entropy offer: one digest per cell.
-    Digests { from: T, cells: Vec<(u64, u64)> },
+    Digests {
+        from: T,
+        cells: Vec<(u64, u64)>,
+    },
     /// The bucket digests of a cell whose digest differed.
-    Buckets { from: T, cell: u64, digests: Vec<u64> },
+    Buckets {
+        from: T,
+        cell: u64,
+        digests: Vec<u64>,
+    },
     /// A bucket's records; `want`: send yours of it back.
-    Records { from: T, cell: u64, bucket: u16, records: Vec<Record<T>>, want: bool },
+    Records {
+        from: T,
+        cell: u64,
+        bucket: u16,
+        records: Vec<Record<T>>,
+        want: bool,
+    },
     /// Cross-cell liveness probe, answered with `Ack` to `from`.
-    Ping { from: T, nonce: u64 },
-    Ack { from: T, nonce: u64 },
+    Ping {
+        from: T,
+        nonce: u64,
+    },
+    Ack {
+        from: T,
+        nonce: u64,
+    },
     /// Asks a member of the sender's cell to ping `target` on the sender's behalf.
-    PingReq { from: T, target: T, nonce: u64 },
+    PingReq {
+        from: T,
+        target: T,
+        nonce: u64,
+    },
 }
 
 pub struct Membership<T: Member>
@@ -611,9 +641,10 @@ where
     fn learn_hearsay(&mut self, rec: Record<T>, spread: bool, now_ms: u64) -> bool {
         if rec.status == Status::Dead
             && !rec.member.leaving()
-            && self.heard.get(&rec.member.addr()).is_some_and(|&h| {
-                now_ms.saturating_sub(h) < self.cfg.suspect_to_down_after.as_millis() as u64
-            })
+            && self
+                .heard
+                .get(&rec.member.addr())
+                .is_some_and(|&h| now_ms.saturating_sub(h) < self.cfg.suspect_to_down_after.as_millis() as u64)
             && self
                 .table
                 .get(rec.member.cell(), rec.member.node_id())
@@ -843,7 +874,10 @@ where
             if !part.is_empty() && size + n > room {
                 let batch = std::mem::take(&mut part);
                 self.stats.repaired_records += batch.len() as u64;
-                self.send_table(to.clone(), &TableMsg::Records { from: me.clone(), cell, bucket, records: batch, want: false });
+                self.send_table(
+                    to.clone(),
+                    &TableMsg::Records { from: me.clone(), cell, bucket, records: batch, want: false },
+                );
                 size = 0;
             }
             size += n;

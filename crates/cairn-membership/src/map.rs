@@ -24,7 +24,9 @@ pub enum Standing {
     Alive,
     Suspect,
     /// Declared down at this unix millisecond (as first learned here).
-    Down { since_ms: u64 },
+    Down {
+        since_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug)]

@@ -203,7 +203,10 @@ impl<T: Member> Table<T> {
         for cell in self.cells.values_mut() {
             // Only cells holding tombstones are looked through.
             if cell.dead == 0
-                || !cell.buckets.iter().any(|b| b.records.iter().any(|r| r.status == Status::Dead && r.changed_ms < before_ms))
+                || !cell
+                    .buckets
+                    .iter()
+                    .any(|b| b.records.iter().any(|r| r.status == Status::Dead && r.changed_ms < before_ms))
             {
                 continue;
             }
@@ -256,7 +259,12 @@ impl<T: Member> Table<T> {
             .values()
             .map(|c| {
                 std::mem::size_of::<Cell<T>>()
-                    + c.buckets.iter().map(|b| std::mem::size_of::<Bucket<T>>() + b.records.capacity() * std::mem::size_of::<Record<T>>()).sum::<usize>()
+                    + c.buckets
+                        .iter()
+                        .map(|b| {
+                            std::mem::size_of::<Bucket<T>>() + b.records.capacity() * std::mem::size_of::<Record<T>>()
+                        })
+                        .sum::<usize>()
             })
             .sum()
     }

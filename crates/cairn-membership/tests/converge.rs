@@ -96,9 +96,12 @@ impl Net {
             self.queue.pop();
             self.now = at;
             let Some(ev) = self.events.remove(&seq) else { continue };
-            let (addr, mut out) = (match &ev {
-                Ev::Packet(a, _) | Ev::Timer(a, _) | Ev::Tick(a) => *a,
-            }, Outbox::default());
+            let (addr, mut out) = (
+                match &ev {
+                    Ev::Packet(a, _) | Ev::Timer(a, _) | Ev::Tick(a) => *a,
+                },
+                Outbox::default(),
+            );
             if self.dead.contains(&addr) {
                 continue;
             }
@@ -273,7 +276,11 @@ fn two_cells_cut_apart_serve_on_and_become_one_view_again_when_healed() {
     for i in 0..8u16 {
         let mut id = ident(i, 1);
         id.cell = format!("cell-{}", i % 2);
-        if i % 2 == 0 { sides.0.push(id.gossip) } else { sides.1.push(id.gossip) }
+        if i % 2 == 0 {
+            sides.0.push(id.gossip)
+        } else {
+            sides.1.push(id.gossip)
+        }
         let m = Membership::new(id, Config::default(), b"secret-one", u64::from(i));
         net.add(m, if i == 0 { None } else { Some(seed) });
     }
@@ -345,6 +352,10 @@ fn snapshot_size_at_ten_thousand_members() {
     m.learn(records, 1_790_000_100_000, &mut out);
     let raw = postcard_len(&m.snapshot());
     let packed = m.snapshot_bytes().len();
-    println!("10,000 members: {raw} bytes encoded, {packed} compressed ({:.0} / {:.0} per member)", raw as f64 / 1e4, packed as f64 / 1e4);
+    println!(
+        "10,000 members: {raw} bytes encoded, {packed} compressed ({:.0} / {:.0} per member)",
+        raw as f64 / 1e4,
+        packed as f64 / 1e4
+    );
     assert!(packed < raw);
 }

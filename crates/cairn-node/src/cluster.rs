@@ -118,7 +118,11 @@ impl Cluster {
                 weight: cfg.weight,
                 state: cairn_core::cluster::NodeState::Up,
             };
-            (None, ClusterMap { version: cairn_membership::map::digest(std::slice::from_ref(&me)), nodes: vec![me] }, None)
+            (
+                None,
+                ClusterMap { version: cairn_membership::map::digest(std::slice::from_ref(&me)), nodes: vec![me] },
+                None,
+            )
         } else {
             let map_path = PathBuf::from(&cfg.map);
             let (map, mtime) = read_map(&map_path)?;
@@ -163,7 +167,12 @@ impl Cluster {
         }
         let up = map.nodes.iter().filter(|n| n.state == cairn_core::cluster::NodeState::Up).count();
         *self.placement.write() = Arc::new(Placement::new(map));
-        tracing::info!(digest = format_args!("{:016x}", map.version), nodes = map.nodes.len(), up, "adopted the map derived from membership");
+        tracing::info!(
+            digest = format_args!("{:016x}", map.version),
+            nodes = map.nodes.len(),
+            up,
+            "adopted the map derived from membership"
+        );
         true
     }
 
@@ -471,9 +480,9 @@ pub fn meta_query(origin: &str, bucket: &str, key: &str) -> String {
 pub fn advertised_peer_addr(cfg: &ClusterSection) -> Result<String, String> {
     let a = if cfg.advertise.is_empty() { &cfg.peer_listen } else { &cfg.advertise };
     match a.parse::<std::net::SocketAddr>() {
-        Ok(sa) if sa.ip().is_unspecified() => {
-            Err(format!("cluster.peer_listen {a} is a wildcard address: set cluster.advertise to the address peers reach this node at"))
-        }
+        Ok(sa) if sa.ip().is_unspecified() => Err(format!(
+            "cluster.peer_listen {a} is a wildcard address: set cluster.advertise to the address peers reach this node at"
+        )),
         _ => Ok(a.clone()),
     }
 }

@@ -44,7 +44,11 @@ fn rules(cfg: &ClusterSection) -> GossipConfig {
         probe_period: cfg.probe_period.0,
         probe_rtt: (cfg.probe_period.0 * 2 / 5).max(Duration::from_millis(50)),
         suspect_to_down_after: cfg.suspect_timeout.0,
-        map: MapRules { remove_after: cfg.remove_after.0, join_ramp: cfg.join_ramp.0, ramp_steps: cfg.join_steps.max(1) },
+        map: MapRules {
+            remove_after: cfg.remove_after.0,
+            join_ramp: cfg.join_ramp.0,
+            ramp_steps: cfg.join_steps.max(1),
+        },
         ..GossipConfig::default()
     }
 }
@@ -58,10 +62,11 @@ impl Gossip {
     ) -> Result<(Arc<Self>, Vec<tokio::task::JoinHandle<()>>), String> {
         let cfg = cluster.config().clone();
         let peer = crate::cluster::advertised_peer_addr(&cfg)?;
-        let gossip_addr: SocketAddr =
-            tokio::net::lookup_host(&peer).await.ok().and_then(|mut a| a.next()).ok_or_else(|| {
-                format!("cluster: cannot resolve this node's advertised address {peer}")
-            })?;
+        let gossip_addr: SocketAddr = tokio::net::lookup_host(&peer)
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| format!("cluster: cannot resolve this node's advertised address {peer}"))?;
         let bind: SocketAddr = match cfg.peer_listen.parse::<SocketAddr>() {
             Ok(a) => a,
             Err(_) => gossip_addr,
@@ -294,11 +299,17 @@ async fn resolve(seeds: &[String]) -> Vec<SocketAddr> {
 
 fn log_change(c: &Change<NodeIdentity>) {
     match c {
-        Change::Up(m) => tracing::info!(node = %m.id, addr = %m.peer, zone = %m.zone, rack = %m.rack, generation = m.generation, "member up"),
+        Change::Up(m) => {
+            tracing::info!(node = %m.id, addr = %m.peer, zone = %m.zone, rack = %m.rack, generation = m.generation, "member up")
+        }
         Change::Down(m) if m.leaving => tracing::info!(node = %m.id, addr = %m.peer, "member left"),
         Change::Down(m) => tracing::info!(node = %m.id, addr = %m.peer, "member declared dead"),
         Change::Renamed(a, b) if b.leaving => tracing::info!(node = %b.id, from = a.generation, "member leaving"),
-        Change::Renamed(a, b) => tracing::info!(node = %b.id, addr = %b.peer, from = a.generation, to = b.generation, "member restarted"),
-        Change::Rejoined(m) => tracing::warn!(node = %m.id, generation = m.generation, "this node was declared dead and rejoined"),
+        Change::Renamed(a, b) => {
+            tracing::info!(node = %b.id, addr = %b.peer, from = a.generation, to = b.generation, "member restarted")
+        }
+        Change::Rejoined(m) => {
+            tracing::warn!(node = %m.id, generation = m.generation, "this node was declared dead and rejoined")
+        }
     }
 }

@@ -211,7 +211,8 @@ async fn handle(state: &NodeState, cluster: &Cluster, conn: &PeerConn, req: Requ
         (Method::GET, "/members") => match cluster.gossip.get() {
             Some(g) => {
                 let mut r = Response::new(Full::new(Bytes::from(g.snapshot())));
-                r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
+                r.headers_mut()
+                    .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/octet-stream"));
                 r
             }
             None => text(StatusCode::NOT_FOUND, "NotFound", "this node uses a map file, not gossip"),

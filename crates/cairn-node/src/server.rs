@@ -599,16 +599,39 @@ fn gossip_metrics(out: &mut String, g: &crate::gossip::Gossip) {
     let s = g.stats();
     let by_state = g.counts();
     let states = ["alive", "suspect", "dead", "left"];
-    let labelled: Vec<(String, u64)> = states.iter().zip(by_state).map(|(st, n)| (format!("state=\"{st}\""), n)).collect();
-    crate::metrics::series(out, "gauge", "cairn_members", "Members this node knows, by gossip state (itself included).", &rows(&labelled));
-    let mut one = |name: &str, kind: &str, help: &str, v: u64| crate::metrics::series(out, kind, name, help, &[("", v)]);
+    let labelled: Vec<(String, u64)> =
+        states.iter().zip(by_state).map(|(st, n)| (format!("state=\"{st}\""), n)).collect();
+    crate::metrics::series(
+        out,
+        "gauge",
+        "cairn_members",
+        "Members this node knows, by gossip state (itself included).",
+        &rows(&labelled),
+    );
+    let mut one =
+        |name: &str, kind: &str, help: &str, v: u64| crate::metrics::series(out, kind, name, help, &[("", v)]);
     one("cairn_gossip_packets_sent_total", "counter", "Gossip packets sent.", s.packets_out);
     one("cairn_gossip_bytes_sent_total", "counter", "Gossip bytes sent.", s.bytes_out);
     one("cairn_gossip_packets_received_total", "counter", "Gossip packets received.", s.packets_in);
     one("cairn_gossip_bytes_received_total", "counter", "Gossip bytes received.", s.bytes_in);
-    one("cairn_gossip_rejected_total", "counter", "Gossip packets dropped: not sealed with the cluster secret, stale, or malformed.", s.rejected);
-    one("cairn_gossip_suspicions_total", "counter", "Probes by this node that failed, making it suspect the member.", s.suspicions);
-    one("cairn_gossip_confirmations_total", "counter", "Members this node saw declared dead (or leave).", s.confirmations);
+    one(
+        "cairn_gossip_rejected_total",
+        "counter",
+        "Gossip packets dropped: not sealed with the cluster secret, stale, or malformed.",
+        s.rejected,
+    );
+    one(
+        "cairn_gossip_suspicions_total",
+        "counter",
+        "Probes by this node that failed, making it suspect the member.",
+        s.suspicions,
+    );
+    one(
+        "cairn_gossip_confirmations_total",
+        "counter",
+        "Members this node saw declared dead (or leave).",
+        s.confirmations,
+    );
     one("cairn_gossip_refutations_total", "counter", "Suspicions of this node it refuted.", s.refutations);
 }
 

@@ -1351,7 +1351,12 @@ pub async fn drain(state: &Arc<NodeState>, grace: Duration) {
             continue;
         }
         let mut r = (*rec).clone();
-        let handed = match tokio::time::timeout(grace.saturating_sub(started.elapsed()), replicate(state, &cluster, &mut r, copies)).await {
+        let handed = match tokio::time::timeout(
+            grace.saturating_sub(started.elapsed()),
+            replicate(state, &cluster, &mut r, copies),
+        )
+        .await
+        {
             Ok(Ok(())) => {
                 let j = journal.clone();
                 let holders = r.holders.clone();
@@ -1362,7 +1367,9 @@ pub async fn drain(state: &Arc<NodeState>, grace: Duration) {
         };
         match handed {
             Ok(holders) => tracing::info!(bucket = %rec.bucket, key = %rec.key, ?holders, "pending write handed over"),
-            Err(e) => tracing::warn!(bucket = %rec.bucket, key = %rec.key, error = %e, "could not hand over a pending write; it stays here and is uploaded when this node starts again"),
+            Err(e) => {
+                tracing::warn!(bucket = %rec.bucket, key = %rec.key, error = %e, "could not hand over a pending write; it stays here and is uploaded when this node starts again")
+            }
         }
     }
 }

@@ -314,7 +314,12 @@ fn table_key(t: &Table<SimId>, cells: u32) -> u64 {
 
 /// Replaces each bucket of `t` by the interned one of equal (cell, index, digest), or interns it.
 /// A bucket already shared costs one pointer comparison.
-fn share_buckets(t: &mut Table<SimId>, buckets: &mut HashMap<(u64, usize, u64), Arc<Bucket<SimId>>>, last: &mut [Option<Arc<Bucket<SimId>>>], retimed: &mut u64) {
+fn share_buckets(
+    t: &mut Table<SimId>,
+    buckets: &mut HashMap<(u64, usize, u64), Arc<Bucket<SimId>>>,
+    last: &mut [Option<Arc<Bucket<SimId>>>],
+    retimed: &mut u64,
+) {
     t.share(|cell, b, arc| {
         let slot = last.get_mut(cell as usize * BUCKETS + b)?;
         if let Some(s) = slot.as_ref() {
@@ -391,7 +396,10 @@ impl Sim {
             false_downs: 0,
             falsely_downed: HashSet::new(),
             packets_dropped: 0,
-            interner: Interner { last: vec![None; CELLS.load(AtOrd::Relaxed) as usize * BUCKETS], ..Default::default() },
+            interner: Interner {
+                last: vec![None; CELLS.load(AtOrd::Relaxed) as usize * BUCKETS],
+                ..Default::default()
+            },
             shared_epoch: vec![0; capacity],
             passed_epoch: vec![0; capacity],
             next_share_us: SHARE_US,
@@ -478,7 +486,8 @@ impl Sim {
         let mut m = Membership::new(id, self.cfg.clone(), SECRET, 0x5eed ^ u64::from(id.idx));
         let mut out = Outbox::default();
         let now = self.now_ms();
-        let seeds: Vec<u32> = SEEDS.iter().copied().filter(|&s| s != id.idx && self.nodes[s as usize].is_some()).collect();
+        let seeds: Vec<u32> =
+            SEEDS.iter().copied().filter(|&s| s != id.idx && self.nodes[s as usize].is_some()).collect();
         m.join(&seeds, now, &mut out);
         if let Some(s) = snapshot_from.filter(|&s| s != id.idx)
             && let Some(seed) = self.nodes[s as usize].as_ref()
@@ -655,7 +664,8 @@ impl Sim {
         if full || self.share_passes.is_multiple_of(10) {
             // Drop buckets no node holds any more (the interner's own references aside).
             buckets.retain(|(c, b, _), a| {
-                let in_last = last.get(*c as usize * BUCKETS + *b).and_then(|s| s.as_ref()).is_some_and(|s| Arc::ptr_eq(s, a));
+                let in_last =
+                    last.get(*c as usize * BUCKETS + *b).and_then(|s| s.as_ref()).is_some_and(|s| Arc::ptr_eq(s, a));
                 Arc::strong_count(a) > 1 + usize::from(in_last)
             });
         }
@@ -714,7 +724,8 @@ impl Sim {
                     return true;
                 }
                 let Some(m) = self.nodes[o].as_ref() else { return false };
-                let down = m.table().get(cell, id).is_some_and(|r| r.status == Status::Dead && r.member.generation() >= gen_);
+                let down =
+                    m.table().get(cell, id).is_some_and(|r| r.status == Status::Dead && r.member.generation() >= gen_);
                 if down {
                     v.seen[o] = elapsed;
                 }
@@ -1153,7 +1164,11 @@ pub fn run_size(n: usize, o: &Options) -> Report {
     let mut sim = Sim::new(capacity, net, Config::default(), o.seed ^ (n as u64) << 20);
     eprintln!(
         "[{n}] 1. form: {n} nodes in {cells} cells, {}",
-        if o.preformed { "preformed (all start at once with the full table)".to_string() } else { format!("start over {} s, hello to seeds {SEEDS:?} + a seed's snapshot", o.spread_s) }
+        if o.preformed {
+            "preformed (all start at once with the full table)".to_string()
+        } else {
+            format!("start over {} s, hello to seeds {SEEDS:?} + a seed's snapshot", o.spread_s)
+        }
     );
 
     // 1. Form.
@@ -1193,7 +1208,11 @@ pub fn run_size(n: usize, o: &Options) -> Report {
     r.snapshot_bytes = sim.snapshot_mean_bytes();
     r.form_note = format!(
         "{}from the first start; starts spread over {} s; {} snapshots of mean {:.0} B; 99% held it at {}",
-        if o.preformed { "PREFORMED: every node started at once with the full table of all N and its cell's members in its SWIM, no hellos; " } else { "" },
+        if o.preformed {
+            "PREFORMED: every node started at once with the full table of all N and its cell's members in its SWIM, no hellos; "
+        } else {
+            ""
+        },
         if o.preformed { 0 } else { o.spread_s },
         sim.snapshots,
         r.snapshot_bytes,
@@ -1204,7 +1223,10 @@ pub fn run_size(n: usize, o: &Options) -> Report {
         // Give the nodes that still miss records a converged node's table, so that the later
         // scenarios start from a formed cluster.
         let (len, cells_t) = sim.truth();
-        let good = sim.live().find(|(_, m)| m.table().len() == len && cells_t.iter().all(|(c, d)| m.table().cell_digest(*c) == *d)).map(|(i, _)| i);
+        let good = sim
+            .live()
+            .find(|(_, m)| m.table().len() == len && cells_t.iter().all(|(c, d)| m.table().cell_digest(*c) == *d))
+            .map(|(i, _)| i);
         let laggards: Vec<u32> = sim
             .live()
             .filter(|(_, m)| !(m.table().len() == len && cells_t.iter().all(|(c, d)| m.table().cell_digest(*c) == *d)))
@@ -1239,14 +1261,17 @@ pub fn run_size(n: usize, o: &Options) -> Report {
     // 2. Steady state: let the join backlog drain, then measure.
     let p = phase_start(&sim);
     sim.run_until(sim.now + 15_000_000);
-    let before: Vec<(u64, u64)> =
-        (0..n).map(|i| sim.nodes[i].as_ref().map(|m| (m.stats().packets_out, m.stats().bytes_out)).unwrap_or((0, 0))).collect();
+    let before: Vec<(u64, u64)> = (0..n)
+        .map(|i| sim.nodes[i].as_ref().map(|m| (m.stats().packets_out, m.stats().bytes_out)).unwrap_or((0, 0)))
+        .collect();
     eprintln!("[{n}] 2. steady state over {} s", o.steady_s);
     sim.run_until(sim.now + o.steady_s * 1_000_000);
     let secs = o.steady_s.max(1) as f64;
     let rates: Vec<(f64, f64)> = (0..n)
         .filter_map(|i| sim.nodes[i].as_ref().map(|m| (i, m)))
-        .map(|(i, m)| ((m.stats().packets_out - before[i].0) as f64 / secs, (m.stats().bytes_out - before[i].1) as f64 / secs))
+        .map(|(i, m)| {
+            ((m.stats().packets_out - before[i].0) as f64 / secs, (m.stats().bytes_out - before[i].1) as f64 / secs)
+        })
         .collect();
     r.pps_mean = rates.iter().map(|x| x.0).sum::<f64>() / rates.len() as f64;
     r.pps_max = rates.iter().map(|x| x.0).fold(0.0, f64::max);
@@ -1291,7 +1316,13 @@ pub fn run_size(n: usize, o: &Options) -> Report {
     let s1 = sim.stats_sum();
     let sample = (sim.live_count() / 200).max(1);
     let in_tables = sim.dead_in_tables(sample).len();
-    r.loss_false = (sim.false_downs, sim.falsely_downed.len(), in_tables, s1.suspicions - s0.suspicions, s1.refutations - s0.refutations);
+    r.loss_false = (
+        sim.false_downs,
+        sim.falsely_downed.len(),
+        in_tables,
+        s1.suspicions - s0.suspicions,
+        s1.refutations - s0.refutations,
+    );
     phase_end(&sim, &mut r, "4a. loss", p);
 
     // 4b. Stalls.
@@ -1307,7 +1338,13 @@ pub fn run_size(n: usize, o: &Options) -> Report {
     sim.run_until(sim.now + 30_000_000);
     let s2 = sim.stats_sum();
     let in_tables = sim.dead_in_tables(sample).len();
-    r.stall_false = (sim.false_downs, sim.falsely_downed.len(), in_tables, s2.suspicions - s1.suspicions, s2.refutations - s1.refutations);
+    r.stall_false = (
+        sim.false_downs,
+        sim.falsely_downed.len(),
+        in_tables,
+        s2.suspicions - s1.suspicions,
+        s2.refutations - s1.refutations,
+    );
     phase_end(&sim, &mut r, "4b. stall", p);
 
     // 5. A rack of 40 dies (before the joins, so that the ramp does not move keys meanwhile).
@@ -1340,7 +1377,10 @@ fn rack_scenario(sim: &mut Sim, n: usize, budget: Duration, notes: &mut Vec<Stri
     let racks = n as u32 / rs;
     let rack = (1..racks)
         .rev()
-        .find(|&k| (k * rs..(k + 1) * rs).all(|i| !sim.dead[i as usize] && !SEEDS.contains(&i) && sim.stalled_until[i as usize] == 0))
+        .find(|&k| {
+            (k * rs..(k + 1) * rs)
+                .all(|i| !sim.dead[i as usize] && !SEEDS.contains(&i) && sim.stalled_until[i as usize] == 0)
+        })
         .unwrap_or(racks.saturating_sub(1));
     let victims: Vec<u32> = (rack * rs..(rack + 1) * rs).filter(|&i| !sim.dead[i as usize]).collect();
     let observer = 1u32;
@@ -1469,7 +1509,11 @@ fn opt(x: Option<f64>) -> String {
 
 fn print_one(r: &Report, o: &Options) {
     let n = r.n;
-    let layout = if r.cells == 1 { "one cell (flat SWIM pool)".to_string() } else { format!("{} cells of ~{}", r.cells, n / r.cells as usize) };
+    let layout = if r.cells == 1 {
+        "one cell (flat SWIM pool)".to_string()
+    } else {
+        format!("{} cells of ~{}", r.cells, n / r.cells as usize)
+    };
     println!(
         "\n### {n} nodes, {layout} (simulated in full; wall {:.0} s, peak RSS {} MiB)\n",
         r.wall_s,
@@ -1496,7 +1540,9 @@ fn print_one(r: &Report, o: &Options) {
         o.loss_s
     );
     let (d, nodes, tab, sus, refu) = r.stall_false;
-    println!("| 4b. 3 nodes stalled 5 s: declared dead | {nodes} ({d} down notices; {tab} dead in sampled tables); {sus} suspicions, {refu} refutations |");
+    println!(
+        "| 4b. 3 nodes stalled 5 s: declared dead | {nodes} ({d} down notices; {tab} dead in sampled tables); {sus} suspicions, {refu} refutations |"
+    );
     if let Some(k) = &r.rack {
         println!("| 5. rack of 40 dies: all live hold all 40 dead | {} |", k.converge);
         println!(

@@ -344,7 +344,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     if let Some(peer) = node.peer_addr {
         let membership = if cfg.cluster.gossip() {
-            format!("gossip from seeds {} (cell {})", cfg.cluster.seeds.join(", "), if cfg.cluster.cell.is_empty() { &cfg.cluster.zone } else { &cfg.cluster.cell })
+            format!(
+                "gossip from seeds {} (cell {})",
+                cfg.cluster.seeds.join(", "),
+                if cfg.cluster.cell.is_empty() { &cfg.cluster.zone } else { &cfg.cluster.cell }
+            )
         } else {
             format!("map {}", cfg.cluster.map)
         };
