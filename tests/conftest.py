@@ -54,6 +54,20 @@ def wait_port(port, proc=None, timeout=30.0, host="127.0.0.1"):
     raise RuntimeError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
+def bridge_forward(bridge, allow):
+    """Lets traffic across a test bridge through iptables' FORWARD chain (or stops doing so).
+    Docker's daemon sets that chain's policy to DROP and loads br_netfilter, which otherwise
+    silently drops bridged traffic between network namespaces."""
+    if shutil.which("iptables") is None:
+        return
+    for rule in (["-i", bridge, "-j", "ACCEPT"], ["-o", bridge, "-j", "ACCEPT"]):
+        if allow:
+            subprocess.run(["iptables", "-I", "FORWARD", *rule], check=True, capture_output=True)
+        else:
+            while subprocess.run(["iptables", "-D", "FORWARD", *rule], capture_output=True).returncode == 0:
+                pass
+
+
 def stop(proc, sig=signal.SIGTERM):
     if proc.poll() is None:
         proc.send_signal(sig)

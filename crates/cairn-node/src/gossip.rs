@@ -33,6 +33,8 @@ pub struct Gossip {
     timers: mpsc::UnboundedSender<(Duration, Timer)>,
     started_ms: u64,
     gossip_addr: SocketAddr,
+    /// What the seeds resolved to last time (for readiness).
+    seed_addrs: Mutex<Vec<SocketAddr>>,
 }
 
 pub fn now_ms() -> u64 {
@@ -88,7 +90,14 @@ impl Gossip {
         let seed: u64 = rand::random();
         let membership = Membership::new(me, rules(&cfg), cfg.secret.as_bytes(), seed);
         let (timers, timer_rx) = mpsc::unbounded_channel();
-        let this = Arc::new(Self { membership: Mutex::new(membership), socket, timers, started_ms, gossip_addr });
+        let this = Arc::new(Self {
+            membership: Mutex::new(membership),
+            socket,
+            timers,
+            started_ms,
+            gossip_addr,
+            seed_addrs: Mutex::new(Vec::new()),
+        });
         let mut tasks = vec![
             tokio::spawn(this.clone().receive()),
             tokio::spawn(this.clone().fire_timers(timer_rx)),
@@ -96,7 +105,9 @@ impl Gossip {
         ];
         // Learn the cluster before serving: the whole table from a seed at once, then hello.
         let deadline = tokio::time::Instant::now() + JOIN_WAIT;
-        let others = resolve(&cfg.seeds).await.into_iter().any(|a| a != gossip_addr);
+        let seed_addrs = resolve(&cfg.seeds).await;
+        let others = seed_addrs.iter().any(|a| *a != gossip_addr);
+        *this.seed_addrs.lock() = seed_addrs;
         while others && !this.fetch_snapshot(&cluster, &cfg).await && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -105,6 +116,22 @@ impl Gossip {
         cluster.adopt(&this.map());
         tasks.shrink_to_fit();
         Ok((this, tasks))
+    }
+
+    /// Whether this node has joined: it knows another live member, or no seed resolves to an
+    /// address but its own (the first node of a pool). The error says why not.
+    pub fn joined(&self) -> Result<(), String> {
+        {
+            let m = self.membership.lock();
+            if m.cell_active() > 0 || m.active() > 0 {
+                return Ok(());
+            }
+        }
+        let others = self.seed_addrs.lock().iter().filter(|a| **a != self.gossip_addr).count();
+        match others {
+            0 => Ok(()),
+            n => Err(format!("no other member reached yet ({n} other seed address(es) known)")),
+        }
     }
 
     /// The member table, encoded, for a joining node (`GET /members` on the peer port).
@@ -246,6 +273,7 @@ impl Gossip {
                     self.fetch_snapshot(&cluster, &cfg).await;
                 }
                 let addrs = resolve(&cfg.seeds).await;
+                self.seed_addrs.lock().clone_from(&addrs);
                 let mut out = Outbox::default();
                 self.membership.lock().join(&addrs, now_ms(), &mut out);
                 self.dispatch(out).await;

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod gossip;
+pub mod kube;
 pub mod kv;
 pub mod kv_conn;
 pub mod kv_route;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod multipart;
 pub mod peer;
 pub mod reader;
+pub mod ready;
 pub mod s3;
 pub mod server;
 pub mod singleflight;
@@ -72,6 +74,7 @@ impl RunningNode {
     /// still pending then are handed to replica holders, who upload them once this node is gone;
     /// then the node leaves the membership so the others drop it from their maps at once.
     pub async fn leave(&self, grace: std::time::Duration) {
+        self.state.readiness.set_leaving();
         writeback::drain(&self.state, grace).await;
         if let Some(g) = self.state.cluster.as_ref().and_then(|c| c.gossip.get()) {
             g.leave().await;
@@ -92,7 +95,8 @@ impl Drop for RunningNode {
     }
 }
 
-pub async fn start(config: Config) -> Result<RunningNode, StartError> {
+pub async fn start(mut config: Config) -> Result<RunningNode, StartError> {
+    kube::apply_node_labels(&mut config).await.map_err(StartError::Config)?;
     let state = Arc::new(NodeState::new(config)?);
     let cfg = &state.config;
     let mut builder = S3ServiceBuilder::new(s3::CairnS3 { state: state.clone() });
@@ -113,7 +117,8 @@ pub async fn start(config: Config) -> Result<RunningNode, StartError> {
     let (admin_listener, admin_addr) = server::bind(&cfg.node.admin_listen)
         .await
         .map_err(|e| StartError::Io(format!("listen on {}", cfg.node.admin_listen), e))?;
-    let mut tasks = vec![tokio::spawn(server::serve_admin(admin_listener, state.clone()))];
+    let mut tasks =
+        vec![tokio::spawn(server::serve_admin(admin_listener, state.clone())), ready::Readiness::spawn_prober(&state)];
     let mut peer_addr = None;
     if let Some(cluster) = &state.cluster {
         let listen = &cfg.cluster.peer_listen;

@@ -352,11 +352,15 @@ fn admin(state: &NodeState, path: &str) -> Response<Full<Bytes>> {
             (StatusCode::OK, "text/plain; version=0.0.4", text)
         }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/readyz" => {
+            let (ready, text) = state.readiness.report(state);
+            (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, "text/plain", text)
+        }
         "/v1/members" => match &state.cluster {
             Some(c) => (StatusCode::OK, "application/json", members_json(c)),
             None => (StatusCode::NOT_FOUND, "application/json", "{\"error\":\"this node is not in a cluster\"}".into()),
         },
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics or /healthz\n".to_owned()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /healthz or /readyz\n".to_owned()),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;

@@ -41,6 +41,8 @@ pub struct NodeState {
     /// Random id of the cache directory's contents (`<cache dir>/incarnation`, 32 hex digits): the
     /// same after a restart on the same disk, new when the directory starts empty.
     pub incarnation: String,
+    /// What `/readyz` reports (`ready.rs`).
+    pub readiness: crate::ready::Readiness,
     /// The cache directory's lock, held (`flock`) for as long as the node runs.
     _dir_lock: File,
 }
@@ -112,6 +114,7 @@ impl NodeState {
             kv,
             listeners: Listeners::new(&config.limits, config.kv.max_connections),
             incarnation,
+            readiness: Default::default(),
             _dir_lock: dir_lock,
             meta: MetaCache::new(config.cache.metadata_entries, metrics.clone(), cluster.clone()),
             config,

@@ -70,6 +70,43 @@ enum Command {
     Sync(admin::SyncArgs),
     /// Show pending uploads (objects, bytes, oldest age) per node.
     Status(admin::StatusArgs),
+    /// Create a cache directory and give it (and what is in it) to a user, so a node can run as
+    /// that user on a host directory created by root (the image's init step in Kubernetes).
+    PrepareDir(PrepareDirArgs),
+}
+
+#[derive(Args)]
+struct PrepareDirArgs {
+    /// Owner as UID:GID.
+    #[arg(long, default_value = "65532:65532")]
+    owner: String,
+    dir: PathBuf,
+}
+
+/// Creates `dir` and hands it and everything under it (not following symlinks) to the owner.
+fn prepare_dir(a: &PrepareDirArgs) -> Result<()> {
+    let (uid, gid) = a
+        .owner
+        .split_once(':')
+        .and_then(|(u, g)| Some((u.parse::<u32>().ok()?, g.parse::<u32>().ok()?)))
+        .with_context(|| format!("--owner {:?}: expected UID:GID", a.owner))?;
+    std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
+    let mut todo = vec![a.dir.clone()];
+    let mut changed = 0u64;
+    while let Some(p) = todo.pop() {
+        let meta = std::fs::symlink_metadata(&p).with_context(|| format!("{}", p.display()))?;
+        if std::os::unix::fs::MetadataExt::uid(&meta) != uid || std::os::unix::fs::MetadataExt::gid(&meta) != gid {
+            std::os::unix::fs::lchown(&p, Some(uid), Some(gid)).with_context(|| format!("chown {}", p.display()))?;
+            changed += 1;
+        }
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&p).with_context(|| format!("listing {}", p.display()))? {
+                todo.push(e?.path());
+            }
+        }
+    }
+    eprintln!("{} owned by {uid}:{gid} ({changed} entries changed)", a.dir.display());
+    Ok(())
 }
 
 #[derive(Args)]
@@ -150,6 +187,15 @@ struct ServeArgs {
     /// The address peers reach this node at, when --peer-listen is a wildcard address.
     #[arg(long, env = "CAIRN_ADVERTISE")]
     advertise: Option<String>,
+    /// Kubernetes: the Node this pod runs on; zone and rack then come from its labels.
+    #[arg(long, env = "CAIRN_K8S_NODE_NAME")]
+    k8s_node_name: Option<String>,
+    /// Kubernetes: the Node label that names the zone (default topology.kubernetes.io/zone).
+    #[arg(long, env = "CAIRN_K8S_ZONE_LABEL")]
+    k8s_zone_label: Option<String>,
+    /// Kubernetes: the Node label that names the rack.
+    #[arg(long, env = "CAIRN_K8S_RACK_LABEL")]
+    k8s_rack_label: Option<String>,
     /// Address of the KV (Redis-protocol) endpoint; empty disables it.
     #[arg(long, env = "CAIRN_KV_LISTEN")]
     kv_listen: Option<String>,
@@ -250,6 +296,9 @@ impl ServeArgs {
             (&self.rack, &mut cfg.cluster.rack),
             (&self.cell, &mut cfg.cluster.cell),
             (&self.advertise, &mut cfg.cluster.advertise),
+            (&self.k8s_node_name, &mut cfg.kubernetes.node_name),
+            (&self.k8s_zone_label, &mut cfg.kubernetes.zone_label),
+            (&self.k8s_rack_label, &mut cfg.kubernetes.rack_label),
         ] {
             if let Some(v) = flag {
                 field.clone_from(v);
@@ -382,5 +431,6 @@ async fn main() -> Result<()> {
         Command::Stat(a) => client::stat(a).await,
         Command::Sync(a) => admin::sync(a).await,
         Command::Status(a) => admin::status(a).await,
+        Command::PrepareDir(a) => prepare_dir(&a),
     }
 }
