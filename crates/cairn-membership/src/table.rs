@@ -274,16 +274,39 @@ impl<T: Member> Table<T> {
     }
 
     /// Replaces shared parts by equal ones from `intern` (the simulator shares identical cells and
-    /// buckets among its nodes this way; a node has no use for it). Only cells this table holds
-    /// alone are looked at: a change copies the cell it is in, so a cell another table holds too
-    /// has not changed here since it was shared.
-    pub fn share(&mut self, mut intern: impl FnMut(u64, usize, &Arc<Bucket<T>>) -> Option<Arc<Bucket<T>>>) {
+    /// buckets among its nodes this way; a node has no use for it). Unless `all_cells`, only
+    /// cells this table holds alone are looked at: a change copies the cell it is in, so a cell
+    /// another table holds too has not changed here since it was shared.
+    pub fn share(
+        &mut self,
+        all_cells: bool,
+        mut intern: impl FnMut(u64, usize, &Arc<Bucket<T>>) -> Option<Arc<Bucket<T>>>,
+    ) {
         for (k, cell) in self.cells.iter_mut() {
-            let Some(cell) = Arc::get_mut(cell) else { continue };
-            for (i, b) in cell.buckets.iter_mut().enumerate() {
-                if let Some(s) = intern(*k, i, b).filter(|s| !Arc::ptr_eq(s, b)) {
-                    *b = s;
+            if let Some(cell) = Arc::get_mut(cell) {
+                for (i, b) in cell.buckets.iter_mut().enumerate() {
+                    if let Some(s) = intern(*k, i, b).filter(|s| !Arc::ptr_eq(s, b)) {
+                        *b = s;
+                    }
                 }
+                continue;
+            }
+            if !all_cells {
+                continue;
+            }
+            // A cell held by other tables too is copied only if a bucket of it is replaced.
+            let replace: Vec<(usize, Arc<Bucket<T>>)> = cell
+                .buckets
+                .iter()
+                .enumerate()
+                .filter_map(|(i, b)| intern(*k, i, b).filter(|s| !Arc::ptr_eq(s, b)).map(|s| (i, s)))
+                .collect();
+            if replace.is_empty() {
+                continue;
+            }
+            let cell = Arc::make_mut(cell);
+            for (i, s) in replace {
+                cell.buckets[i] = s;
             }
         }
     }

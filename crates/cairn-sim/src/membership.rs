@@ -402,14 +402,16 @@ fn table_key(t: &Table<SimId>, cells: u32) -> u64 {
 }
 
 /// Replaces each bucket of `t` by the interned one of equal (cell, index, digest), or interns it.
-/// A bucket already shared costs one pointer comparison.
+/// A bucket already shared costs one pointer comparison. Unless `all_cells`, only the cells `t`
+/// holds alone (changed since they were last shared) are looked at.
 fn share_buckets(
     t: &mut Table<SimId>,
+    all_cells: bool,
     buckets: &mut HashMap<(u64, usize, u64), Arc<Bucket<SimId>>>,
     last: &mut [Option<Arc<Bucket<SimId>>>],
     retimed: &mut u64,
 ) {
-    t.share(|cell, b, arc| {
+    t.share(all_cells, |cell, b, arc| {
         let slot = last.get_mut(cell as usize * BUCKETS + b)?;
         if let Some(s) = slot.as_ref() {
             if Arc::ptr_eq(s, arc) {
@@ -685,7 +687,7 @@ impl Sim {
                 self.shared_epoch[i] = m.epoch();
                 let t = Instant::now();
                 let Interner { buckets, last, .. } = &mut self.interner;
-                share_buckets(m.table_mut(), buckets, last, &mut self.retimed);
+                share_buckets(m.table_mut(), false, buckets, last, &mut self.retimed);
                 self.wall_share += t.elapsed();
             }
             if requeue {
@@ -740,7 +742,7 @@ impl Sim {
                 tables_taken += 1;
                 continue;
             }
-            share_buckets(m.table_mut(), buckets, last, retimed);
+            share_buckets(m.table_mut(), full, buckets, last, retimed);
             tables.insert(key, (m.table().clone(), pass));
         }
         self.tables_taken += tables_taken;
@@ -1693,7 +1695,9 @@ fn print_memory(reports: &[Report], o: &Options) {
     let rec_real = size_of::<Record<NodeIdentity>>();
     // Heap strings of a NodeIdentity: id, peer, zone, rack, cell of ~20 bytes, each a 32-byte malloc block.
     let strings = 5 * 32;
-    let per_record_real = rec_real + strings;
+    // Each record's node-id hash, kept next to it in its bucket (`table::id_hash`).
+    let id_hash = size_of::<u64>();
+    let per_record_real = rec_real + strings + id_hash;
     let cells = 100;
     let per_cell = 16 + size_of::<Cell<NodeIdentity>>() + BUCKETS * (8 + 16 + size_of::<Bucket<NodeIdentity>>()) + 24;
     let cell_size = if o.cell_size == 0 { 1000 } else { o.cell_size };
@@ -1709,6 +1713,7 @@ fn print_memory(reports: &[Report], o: &Options) {
     println!("| Record<SimId> (simulated identity) | {rec_sim} |");
     println!("| Record<NodeIdentity> (real identity) | {rec_real} |");
     println!("| + 5 heap strings of ~20 B (id, peer, zone, rack, cell) | {strings} |");
+    println!("| + the node id's hash in its bucket | {id_hash} |");
     println!("| real identity, per table record | {per_record_real} |");
     for r in reports {
         let m = &r.mem;
