@@ -2,8 +2,9 @@
 //! the cluster-wide table spread by rumors and repaired by anti-entropy, sealed packets, the
 //! derived cluster map) driven over a simulated network in one process.
 //!
-//! The network is a discrete-event loop (a binary heap of packets, foca timers and each node's
-//! periodic `Membership::tick` every `Config::gossip_every`, in microseconds) with per-packet
+//! The network is a discrete-event loop (packets, foca timers and each node's periodic
+//! `Membership::tick` every `Config::gossip_every`, in microseconds, taken in (time, push order)
+//! from a [`Queue`]) with per-packet
 //! latency and jitter, packet loss and stalls (a stalled node handles nothing until it resumes;
 //! packets and timers due meanwhile are kept and handled when it resumes, like a SIGSTOPped
 //! process whose socket buffer keeps them). Crashed nodes drop everything.
@@ -1380,6 +1381,10 @@ pub fn run_size(n: usize, o: &Options) -> Report {
     r.pps_max = rates.iter().map(|x| x.0).fold(0.0, f64::max);
     r.bps_mean = rates.iter().map(|x| x.1).sum::<f64>() / rates.len() as f64;
     r.bps_max = rates.iter().map(|x| x.1).fold(0.0, f64::max);
+    eprintln!(
+        "[{n}] 2. steady result: {:.1} packets/s mean, {:.0} max; {:.0} B/s mean, {:.0} max",
+        r.pps_mean, r.pps_max, r.bps_mean, r.bps_max
+    );
     phase_end(&sim, &mut r, "2. steady", p);
 
     // 3. Crash.
@@ -1399,6 +1404,8 @@ pub fn run_size(n: usize, o: &Options) -> Report {
     });
     let w = sim.watch_result();
     r.crash = Some((describe(&w), check_down_in_maps(&sim, &victims)));
+    // Each result goes to stderr as soon as it is known: a long run stopped early keeps them.
+    eprintln!("[{n}] 3. crash result: {}", describe(&w));
     if sim.false_downs > 0 {
         r.notes.push(format!("crash phase: {} live nodes declared down by someone", sim.falsely_downed.len()));
     }
@@ -1426,6 +1433,10 @@ pub fn run_size(n: usize, o: &Options) -> Report {
         s1.suspicions - s0.suspicions,
         s1.refutations - s0.refutations,
     );
+    eprintln!(
+        "[{n}] 4a. loss result (down notices, nodes, dead in tables, suspicions, refutations): {:?}",
+        r.loss_false
+    );
     phase_end(&sim, &mut r, "4a. loss", p);
 
     // 4b. Stalls.
@@ -1447,6 +1458,10 @@ pub fn run_size(n: usize, o: &Options) -> Report {
         in_tables,
         s2.suspicions - s1.suspicions,
         s2.refutations - s1.refutations,
+    );
+    eprintln!(
+        "[{n}] 4b. stall result (down notices, nodes, dead in tables, suspicions, refutations): {:?}",
+        r.stall_false
     );
     phase_end(&sim, &mut r, "4b. stall", p);
 
@@ -1522,6 +1537,7 @@ fn rack_scenario(sim: &mut Sim, n: usize, budget: Duration, notes: &mut Vec<Stri
         }
     }
     let converge = format!("{}{}", if conv.is_none() { "NOT converged; " } else { "" }, describe(&w));
+    eprintln!("[{n}] 5. rack result: {converge}; keys moved {moved} (minimum {minimum}, only the rack's keys: {only})");
     RackReport { converge, moved, minimum, only_rack_keys: only }
 }
 
