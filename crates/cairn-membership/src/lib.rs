@@ -355,7 +355,7 @@ where
             epoch: 1,
             pending: Vec::new(),
         };
-        m.table.merge(Record { member: me, status: Status::Alive, changed_ms: 0 });
+        m.table.merge(&Record { member: me, status: Status::Alive, changed_ms: 0 });
         m
     }
 
@@ -657,7 +657,7 @@ where
 
     /// Merges a record; on news, tells this node's SWIM (same cell) and queues it as a rumor.
     fn learn_record(&mut self, rec: Record<T>, spread: bool) -> bool {
-        let me = self.foca.identity().clone();
+        let me = self.foca.identity();
         if rec.member.node_id() == me.node_id() && rec.member.cell() == self.cell {
             // About this node: a death at its generation or later is refuted with a new one.
             if rec.status == Status::Dead
@@ -670,17 +670,17 @@ where
             }
             return false;
         }
-        let (cell, status) = (rec.member.cell(), rec.status);
-        let member = rec.member.clone();
-        if self.table.merge(rec.clone()) == table::Merged::Same {
+        // Most records a node is sent it holds already: nothing is copied for those.
+        if self.table.merge(&rec) == table::Merged::Same {
             return false;
         }
         self.epoch += 1;
-        if cell == self.cell && status == Status::Alive && member.addr() != me.addr() {
-            let _ = self.foca.apply_many(std::iter::once(foca::Member::alive(member.clone())), false, &mut self.rt);
+        let (cell, status) = (rec.member.cell(), rec.status);
+        if cell == self.cell && status == Status::Alive && rec.member.addr() != self.foca.identity().addr() {
+            let _ = self.foca.apply_many(std::iter::once(foca::Member::alive(rec.member.clone())), false, &mut self.rt);
         }
-        if status == Status::Dead && !member.leaving() && self.dead.len() < MAX_DEAD_CONTACTS {
-            self.dead.push(member);
+        if status == Status::Dead && !rec.member.leaving() && self.dead.len() < MAX_DEAD_CONTACTS {
+            self.dead.push(rec.member.clone());
         }
         if spread {
             if self.backlog.len() >= MAX_BACKLOG {
@@ -904,25 +904,29 @@ where
             records.push(r.clone());
             *left -= 1;
         }
-        self.backlog.retain(|(_, left)| *left > 0);
-        if records.is_empty() {
+        // Only the rumors just pushed can have run out of pushes: the rest of the backlog (up to
+        // `MAX_BACKLOG`) is not looked through.
+        let pushed = records.len();
+        if pushed == 0 {
             return;
         }
-        let msg = TableMsg::Rumors { records };
+        let kept: Vec<(Record<T>, u8)> = self.backlog.drain(..pushed).filter(|(_, left)| *left > 0).collect();
+        for r in kept.into_iter().rev() {
+            self.backlog.push_front(r);
+        }
+        // Encoded once for all the members it goes to.
+        let Some(payload) = table_payload(&TableMsg::Rumors { records }, self.cfg.max_packet) else { return };
         for _ in 0..self.cfg.gossip_fanout.max(1) {
             if let Some(to) = self.random_member() {
-                self.send_table(to, &msg);
+                self.pending.push((to, payload.clone()));
             }
         }
     }
 
     fn send_table(&mut self, to: T, msg: &TableMsg<T>) {
-        let mut payload = vec![KIND_TABLE];
-        match postcard::to_extend(msg, payload) {
-            Ok(p) => payload = p,
-            Err(_) => return,
+        if let Some(payload) = table_payload(msg, self.cfg.max_packet) {
+            self.pending.push((to, payload));
         }
-        self.pending.push((to, payload));
     }
 
     fn flush(&mut self, now: u64, out: &mut Outbox<T>) {
@@ -949,7 +953,7 @@ where
                 Note::Rejoined(m) => {
                     // This node under a new generation: its own record, spread.
                     let rec = Record { member: m.clone(), status: Status::Alive, changed_ms: now };
-                    if self.table.merge(rec.clone()) == table::Merged::Changed {
+                    if self.table.merge(&rec) == table::Merged::Changed {
                         self.epoch += 1;
                         self.backlog.push_back((rec, self.cfg.rumor_transmissions.max(1)));
                     }
@@ -983,6 +987,13 @@ where
     }
 }
 
+/// `msg` encoded after its kind byte, in a buffer sized for a packet (no regrowth while encoding).
+fn table_payload<T: Member>(msg: &TableMsg<T>, max_packet: usize) -> Option<Vec<u8>> {
+    let mut buf = Vec::with_capacity(max_packet);
+    buf.push(KIND_TABLE);
+    postcard::to_extend(msg, buf).ok()
+}
+
 fn postcard_len<S: Serialize>(v: &S) -> usize {
-    postcard::to_allocvec(v).map_or(64, |b| b.len())
+    postcard::serialize_with_flavor(v, postcard::ser_flavors::Size::default()).unwrap_or(64)
 }

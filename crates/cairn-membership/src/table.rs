@@ -47,20 +47,49 @@ impl<T: Member> Record<T> {
     }
 }
 
+/// 64-bit hash of a node id: picks its bucket and finds its record in the bucket.
+pub fn id_hash(node_id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(node_id.as_bytes(), 0xb0c4)
+}
+
 pub fn bucket_of(node_id: &str) -> usize {
-    (xxhash_rust::xxh3::xxh3_64_with_seed(node_id.as_bytes(), 0xb0c4) % BUCKETS as u64) as usize
+    bucket_index(id_hash(node_id))
+}
+
+fn bucket_index(id_hash: u64) -> usize {
+    (id_hash % BUCKETS as u64) as usize
 }
 
 #[derive(Clone, Debug)]
 pub struct Bucket<T> {
     /// Sorted by node id.
     pub records: Vec<Record<T>>,
+    /// `id_hash` of each record's node id, in the same order: a lookup compares these 64-bit
+    /// hashes and only the id of a record whose hash matches (most lookups are of records
+    /// already known: every rumor and anti-entropy record is looked up by every node it reaches).
+    ids: Vec<u64>,
     pub digest: u64,
 }
 
 impl<T> Default for Bucket<T> {
     fn default() -> Self {
-        Self { records: Vec::new(), digest: 0 }
+        Self { records: Vec::new(), ids: Vec::new(), digest: 0 }
+    }
+}
+
+impl<T: Member> Bucket<T> {
+    /// Index of the record of `node_id`, whose `id_hash` is `h`.
+    fn position(&self, h: u64, node_id: &str) -> Option<usize> {
+        debug_assert_eq!(self.ids.len(), self.records.len());
+        let mut from = 0;
+        while let Some(k) = self.ids[from..].iter().position(|&x| x == h) {
+            let i = from + k;
+            if self.records[i].member.node_id() == node_id {
+                return Some(i);
+            }
+            from = i + 1;
+        }
+        None
     }
 }
 
@@ -109,12 +138,17 @@ impl<T: Member> Table<T> {
         self.len == 0
     }
 
-    /// Merges one record; returns whether the table changed.
-    pub fn merge(&mut self, rec: Record<T>) -> Merged {
+    /// Merges a copy of `rec` if it is news; returns whether the table changed.
+    pub fn merge(&mut self, rec: &Record<T>) -> Merged {
         let cell_key = rec.member.cell();
-        let b = bucket_of(rec.member.node_id());
-        let found = self.get(cell_key, rec.member.node_id()).map(|e| e.rank());
-        if let Some(old) = found {
+        let node_id = rec.member.node_id();
+        let h = id_hash(node_id);
+        let b = bucket_index(h);
+        let found = self.cells.get(&cell_key).and_then(|c| {
+            let bucket = &c.buckets[b];
+            bucket.position(h, node_id).map(|i| (i, bucket.records[i].rank()))
+        });
+        if let Some((_, old)) = found {
             // Of two equal records the one this node had first stands (nodes may differ on its
             // time by the time news takes to spread; it only times removal from the map).
             if rec.rank() <= old {
@@ -123,21 +157,23 @@ impl<T: Member> Table<T> {
         }
         let cell = Arc::make_mut(self.cells.entry(cell_key).or_default());
         let bucket = Arc::make_mut(&mut cell.buckets[b]);
-        let h = rec.hash();
-        match bucket.records.binary_search_by(|r| r.member.node_id().cmp(rec.member.node_id())) {
-            Ok(i) => {
+        let new = rec.hash();
+        match found {
+            Some((i, _)) => {
                 let old = bucket.records[i].hash();
-                bucket.digest = bucket.digest.wrapping_sub(old).wrapping_add(h);
-                cell.digest = cell.digest.wrapping_sub(old).wrapping_add(h);
+                bucket.digest = bucket.digest.wrapping_sub(old).wrapping_add(new);
+                cell.digest = cell.digest.wrapping_sub(old).wrapping_add(new);
                 cell.dead -= usize::from(bucket.records[i].status == Status::Dead);
                 cell.dead += usize::from(rec.status == Status::Dead);
-                bucket.records[i] = rec;
+                bucket.records[i] = rec.clone();
             }
-            Err(i) => {
-                bucket.digest = bucket.digest.wrapping_add(h);
-                cell.digest = cell.digest.wrapping_add(h);
+            None => {
+                let i = bucket.records.binary_search_by(|r| r.member.node_id().cmp(node_id)).unwrap_or_else(|i| i);
+                bucket.digest = bucket.digest.wrapping_add(new);
+                cell.digest = cell.digest.wrapping_add(new);
                 cell.dead += usize::from(rec.status == Status::Dead);
-                bucket.records.insert(i, rec);
+                bucket.records.insert(i, rec.clone());
+                bucket.ids.insert(i, h);
                 cell.len += 1;
                 self.len += 1;
             }
@@ -147,8 +183,9 @@ impl<T: Member> Table<T> {
 
     /// The record of `node_id` in `cell`.
     pub fn get(&self, cell: u64, node_id: &str) -> Option<&Record<T>> {
-        let bucket = &self.cells.get(&cell)?.buckets[bucket_of(node_id)];
-        bucket.records.binary_search_by(|r| r.member.node_id().cmp(node_id)).ok().map(|i| &bucket.records[i])
+        let h = id_hash(node_id);
+        let bucket = &self.cells.get(&cell)?.buckets[bucket_index(h)];
+        bucket.position(h, node_id).map(|i| &bucket.records[i])
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Record<T>> {
@@ -216,15 +253,18 @@ impl<T: Member> Table<T> {
                     continue;
                 }
                 let b = Arc::make_mut(b);
-                b.records.retain(|r| {
-                    let keep = !(r.status == Status::Dead && r.changed_ms < before_ms);
-                    if !keep {
+                let (mut records, mut ids) = (Vec::with_capacity(b.records.len()), Vec::with_capacity(b.ids.len()));
+                for (r, h) in b.records.drain(..).zip(b.ids.drain(..)) {
+                    if r.status == Status::Dead && r.changed_ms < before_ms {
                         b.digest = b.digest.wrapping_sub(r.hash());
                         cell.digest = cell.digest.wrapping_sub(r.hash());
                         dropped += 1;
+                    } else {
+                        records.push(r);
+                        ids.push(h);
                     }
-                    keep
-                });
+                }
+                (b.records, b.ids) = (records, ids);
             }
             cell.len = cell.buckets.iter().map(|b| b.records.len()).sum();
             cell.dead = cell.buckets.iter().flat_map(|b| b.records.iter()).filter(|r| r.status == Status::Dead).count();
@@ -234,9 +274,27 @@ impl<T: Member> Table<T> {
     }
 
     /// Replaces shared parts by equal ones from `intern` (the simulator shares identical cells and
-    /// buckets among its nodes this way; a node has no use for it).
-    pub fn share(&mut self, mut intern: impl FnMut(u64, usize, &Arc<Bucket<T>>) -> Option<Arc<Bucket<T>>>) {
+    /// buckets among its nodes this way; a node has no use for it). Unless `all_cells`, only
+    /// cells this table holds alone are looked at: a change copies the cell it is in, so a cell
+    /// another table holds too has not changed here since it was shared.
+    pub fn share(
+        &mut self,
+        all_cells: bool,
+        mut intern: impl FnMut(u64, usize, &Arc<Bucket<T>>) -> Option<Arc<Bucket<T>>>,
+    ) {
         for (k, cell) in self.cells.iter_mut() {
+            if let Some(cell) = Arc::get_mut(cell) {
+                for (i, b) in cell.buckets.iter_mut().enumerate() {
+                    if let Some(s) = intern(*k, i, b).filter(|s| !Arc::ptr_eq(s, b)) {
+                        *b = s;
+                    }
+                }
+                continue;
+            }
+            if !all_cells {
+                continue;
+            }
+            // A cell held by other tables too is copied only if a bucket of it is replaced.
             let replace: Vec<(usize, Arc<Bucket<T>>)> = cell
                 .buckets
                 .iter()
@@ -262,10 +320,108 @@ impl<T: Member> Table<T> {
                     + c.buckets
                         .iter()
                         .map(|b| {
-                            std::mem::size_of::<Bucket<T>>() + b.records.capacity() * std::mem::size_of::<Record<T>>()
+                            std::mem::size_of::<Bucket<T>>()
+                                + b.records.capacity() * std::mem::size_of::<Record<T>>()
+                                + b.ids.capacity() * std::mem::size_of::<u64>()
                         })
                         .sum::<usize>()
             })
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::identity::{NodeIdentity, cell_key};
+
+    fn ident(i: u32, cell: u8, generation: u64, leaving: bool) -> NodeIdentity {
+        NodeIdentity {
+            id: format!("n{i}"),
+            gossip: format!("127.0.0.1:{}", 7000 + i).parse().expect("addr"),
+            peer: format!("127.0.0.1:{}", 9000 + i),
+            zone: "z".into(),
+            rack: "r".into(),
+            cell: format!("c{cell}"),
+            weight: 100,
+            generation,
+            joined: 1,
+            leaving,
+        }
+    }
+
+    /// What a table holds, by (cell, node id): the newer generation wins, then `Dead` over
+    /// `Alive`; of two equal ones the first stays.
+    type Model = BTreeMap<(u64, String), Record<NodeIdentity>>;
+
+    fn model_merge(m: &mut Model, r: &Record<NodeIdentity>) -> Merged {
+        let key = (r.member.cell(), r.member.id.clone());
+        match m.get(&key) {
+            Some(old) if (r.member.generation, r.status) <= (old.member.generation, old.status) => Merged::Same,
+            _ => {
+                m.insert(key, r.clone());
+                Merged::Changed
+            }
+        }
+    }
+
+    fn check(t: &Table<NodeIdentity>, m: &Model) {
+        assert_eq!(t.len(), m.len());
+        for ((cell, id), r) in m {
+            assert_eq!(t.get(*cell, id), Some(r));
+        }
+        assert_eq!(t.get(cell_key("c0"), "absent"), None);
+        // Records in (cell, bucket, node id) order; digests are the sums of the records' hashes.
+        let mut expected: Vec<&Record<NodeIdentity>> = m.values().collect();
+        expected.sort_by_key(|r| (r.member.cell(), bucket_of(&r.member.id), r.member.id.clone()));
+        assert_eq!(t.iter().collect::<Vec<_>>(), expected);
+        for (cell, digest) in t.digests() {
+            let recs: Vec<&Record<NodeIdentity>> =
+                expected.iter().copied().filter(|r| r.member.cell() == cell).collect();
+            assert_eq!(digest, recs.iter().fold(0u64, |d, r| d.wrapping_add(r.hash())));
+            let buckets = t.bucket_digests(cell);
+            for (b, d) in buckets.iter().enumerate() {
+                let sum =
+                    recs.iter().filter(|r| bucket_of(&r.member.id) == b).fold(0u64, |d, r| d.wrapping_add(r.hash()));
+                assert_eq!(*d, sum);
+                assert_eq!(t.bucket(cell, b).len(), recs.iter().filter(|r| bucket_of(&r.member.id) == b).count());
+            }
+        }
+    }
+
+    proptest! {
+        /// The table and a plain map of the same records agree after any merges and tombstone
+        /// drops, and a copy of the table is not changed by merges into the original.
+        #[test]
+        fn the_table_agrees_with_a_plain_map_of_its_records(
+            ops in proptest::collection::vec((0u32..40, 0u8..3, 1u64..5, any::<bool>(), any::<bool>(), 0u64..100, 0u8..20), 1..200),
+        ) {
+            let mut t = Table::default();
+            let mut m = Model::new();
+            let mut copy: Option<(Table<NodeIdentity>, Model)> = None;
+            for (i, cell, generation, dead, leaving, at, op) in ops {
+                if op == 0 {
+                    let dropped = t.forget_dead(at);
+                    let before = m.len();
+                    m.retain(|_, r| !(r.status == Status::Dead && r.changed_ms < at));
+                    prop_assert_eq!(dropped, before - m.len());
+                } else {
+                    let status = if dead { Status::Dead } else { Status::Alive };
+                    let r = Record { member: ident(i, cell, generation, leaving), status, changed_ms: at };
+                    prop_assert_eq!(t.merge(&r), model_merge(&mut m, &r));
+                }
+                if op == 1 && copy.is_none() {
+                    copy = Some((t.clone(), m.clone()));
+                }
+                check(&t, &m);
+            }
+            if let Some((t2, m2)) = copy {
+                check(&t2, &m2);
+            }
+        }
     }
 }
