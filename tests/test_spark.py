@@ -47,7 +47,7 @@ def spark(spark_node):
     for jar in JARS:
         if not jar.is_file():
             pytest.fail(f"{jar} is missing: run `cargo xtask deps`")
-    os.environ["JAVA_HOME"] = java17_home()
+    from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
     # What a job needs to read and write through a cairn node (README.md, "Spark").
@@ -75,10 +75,29 @@ def spark(spark_node):
     )
     for k, v in s3a.items():
         builder = builder.config(f"spark.hadoop.{k}", v)
-    session = builder.getOrCreate()
+    java_home = os.environ.get("JAVA_HOME")
+    os.environ["JAVA_HOME"] = java17_home()
+    try:
+        session = builder.getOrCreate()
+    finally:
+        if java_home is None:
+            del os.environ["JAVA_HOME"]
+        else:
+            os.environ["JAVA_HOME"] = java_home
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+    # The JVM would otherwise live (with its heap) until the test session ends.
+    gateway = SparkContext._gateway
+    gateway.shutdown()
+    gateway.proc.stdin.close()
+    try:
+        gateway.proc.wait(timeout=30)
+    except Exception:
+        gateway.proc.kill()
+        gateway.proc.wait()
+    SparkContext._gateway = None
+    SparkContext._jvm = None
 
 
 def dataset():
