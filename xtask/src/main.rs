@@ -1,7 +1,8 @@
 //! `cargo xtask`: the project's tasks beyond cargo's own.
 //!
 //! - `cargo xtask test`  installs what the tests need (Python clients, moto, Azurite, rclone,
-//!   redis-server, redis-cli and redis-benchmark, curl and iproute2),
+//!   redis-server, redis-cli and redis-benchmark, curl and iproute2, pyspark with Java 17 and
+//!   the s3a jars),
 //!   builds in release mode and runs the Rust and the end-to-end suites.
 //! - `cargo xtask deps`  installs the test dependencies only.
 //! - `cargo xtask bench [write | cluster]` installs the benchmark references (nginx, wrk, FUSE)
@@ -77,6 +78,40 @@ fn deps() -> Result<()> {
     }
     apt_install(&["rclone", "redis-server", "redis-tools", "curl", "iproute2", "iptables", "ca-certificates", "file"])?;
     helm(&node_dir)?;
+    spark_deps(&root)?;
+    Ok(())
+}
+
+/// The PyPI sdist that ships Hadoop's s3a connector and the AWS SDK it was built against.
+const S3A_SDIST: &str = "sagemaker-pyspark==1.4.5";
+/// The jars taken out of it, in its `deps/jars/`: hadoop-aws 3.3.1 matches the Hadoop 3.3 client
+/// that pyspark 3.5 bundles.
+const S3A_JARS: [&str; 2] = ["hadoop-aws-3.3.1.jar", "aws-java-sdk-bundle-1.11.901.jar"];
+
+/// What `tests/test_spark.py` needs beyond pyspark (in tests/requirements.txt): Java 17 and the
+/// s3a jars, cached in `.test-deps/spark-jars/`.
+fn spark_deps(root: &Path) -> Result<()> {
+    apt_install(&["openjdk-17-jre-headless"])?;
+    let dir = root.join(".test-deps/spark-jars");
+    if S3A_JARS.iter().all(|j| dir.join(j).is_file()) {
+        return Ok(());
+    }
+    let download = root.join(".test-deps/spark-sdist");
+    let _ = std::fs::remove_dir_all(&download);
+    std::fs::create_dir_all(&download)?;
+    std::fs::create_dir_all(&dir)?;
+    run(Command::new("python3")
+        .args(["-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d"])
+        .arg(&download)
+        .arg(S3A_SDIST))?;
+    let sdist = std::fs::read_dir(&download)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "gz"))
+        .with_context(|| format!("pip downloaded no sdist of {S3A_SDIST}"))?;
+    let mut tar = Command::new("tar");
+    tar.arg("-xzf").arg(&sdist).arg("-C").arg(&dir).args(["--strip-components=3", "--wildcards"]);
+    run(tar.args(S3A_JARS.map(|j| format!("*/deps/jars/{j}"))))?;
+    std::fs::remove_dir_all(&download)?;
     Ok(())
 }
 

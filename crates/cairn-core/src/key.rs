@@ -6,6 +6,11 @@
 /// S3's limit on a key's length, in bytes of UTF-8.
 pub const MAX_KEY_BYTES: usize = 1024;
 
+/// The name under which origins store a folder marker (a key ending in '/', as Hadoop's s3a and
+/// the S3 consoles create): a folder path cannot name an object of its own, so the marker for
+/// `a/b/` is stored as `a/b/.cairn-folder`. Keys whose last segment is this name are refused.
+pub const FOLDER_MARKER: &str = ".cairn-folder";
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
     #[error("object key is empty")]
@@ -16,8 +21,10 @@ pub enum KeyError {
     ControlCharacter,
     #[error("object key contains a '.' or '..' path segment")]
     DotSegment,
-    #[error("object key contains an empty path segment ('//' or a leading or trailing '/')")]
+    #[error("object key contains an empty path segment ('//' or a leading '/')")]
     EmptySegment,
+    #[error("object key ends in {FOLDER_MARKER:?}, the name reserved for folder markers")]
+    Reserved,
 }
 
 /// Checks an object key; see [`KeyError`] for what is refused.
@@ -31,14 +38,24 @@ pub fn validate_key(key: &str) -> Result<(), KeyError> {
     if key.chars().any(|c| c.is_control()) {
         return Err(KeyError::ControlCharacter);
     }
-    for seg in key.split('/') {
+    // A trailing '/' makes the key a folder marker; every other segment must be a name.
+    let path = key.strip_suffix('/').unwrap_or(key);
+    for seg in path.split('/') {
         match seg {
             "" => return Err(KeyError::EmptySegment),
             "." | ".." => return Err(KeyError::DotSegment),
             _ => {}
         }
     }
+    if path.rsplit('/').next() == Some(FOLDER_MARKER) && !is_folder_marker(key) {
+        return Err(KeyError::Reserved);
+    }
     Ok(())
+}
+
+/// Whether a key names a folder marker: a (usually empty) object whose key ends in '/'.
+pub fn is_folder_marker(key: &str) -> bool {
+    key.ends_with('/')
 }
 
 /// Checks a bucket name against S3's rules (3–63 characters of a-z, 0-9, '.', '-', starting and
@@ -67,6 +84,15 @@ mod tests {
         assert_eq!(validate_key("a\0b"), Err(KeyError::ControlCharacter));
         assert_eq!(validate_key("a//b"), Err(KeyError::EmptySegment));
         assert_eq!(validate_key("/a"), Err(KeyError::EmptySegment));
+        assert_eq!(validate_key("/"), Err(KeyError::EmptySegment));
+        assert_eq!(validate_key("a//"), Err(KeyError::EmptySegment));
+        assert_eq!(validate_key("a/"), Ok(()));
+        assert_eq!(validate_key("a/b/"), Ok(()));
+        assert_eq!(validate_key("a/../"), Err(KeyError::DotSegment));
+        assert_eq!(validate_key("a/.cairn-folder"), Err(KeyError::Reserved));
+        assert_eq!(validate_key(".cairn-folder"), Err(KeyError::Reserved));
+        assert_eq!(validate_key(".cairn-folder/"), Ok(()));
+        assert_eq!(validate_key(".cairn-folder/x"), Ok(()));
         assert_eq!(validate_key(&"x".repeat(1024)), Ok(()));
         assert_eq!(validate_key(&"x".repeat(1100)), Err(KeyError::TooLong(1100)));
     }

@@ -182,6 +182,39 @@ fn resolve_range(range: Option<&s3s::dto::Range>, size: u64) -> S3Result<(Range<
     }
 }
 
+/// `x-amz-copy-source-range`: `bytes=first-last`, both given, inside the source.
+fn copy_range(header: &str, size: u64) -> S3Result<Range<u64>> {
+    let bad = || {
+        S3Error::with_message(
+            S3ErrorCode::InvalidArgument,
+            format!("the range {header:?} is not valid for a copy source of {size} bytes"),
+        )
+    };
+    let (first, last) = header.strip_prefix("bytes=").and_then(|r| r.split_once('-')).ok_or_else(bad)?;
+    let (first, last): (u64, u64) = (first.parse().map_err(|_| bad())?, last.parse().map_err(|_| bad())?);
+    if first > last || last >= size {
+        return Err(bad());
+    }
+    Ok(first..last + 1)
+}
+
+/// The `x-amz-copy-source-if-*` conditions of a copy.
+struct CopyConditions<'a> {
+    if_match: Option<&'a ETagCondition>,
+    if_none_match: Option<&'a ETagCondition>,
+    if_modified_since: Option<&'a Timestamp>,
+    if_unmodified_since: Option<&'a Timestamp>,
+}
+
+/// A copy source being read: its bytes as a body, and whether reading them failed.
+struct SourceBody {
+    meta_key: MetaKey,
+    info: ObjectInfo,
+    len: u64,
+    body: BodyStream,
+    failed: Arc<AtomicBool>,
+}
+
 /// Percent-encodes a key for `encoding-type=url` listings (everything but unreserved and '/').
 fn url_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -407,6 +440,162 @@ impl CairnS3 {
         writeback::end_origin_op(&self.state, turn, r.is_ok()).await;
         self.invalidate(entry, bucket, key).await;
         r.map_err(|e| origin_error(&e))
+    }
+
+    /// Opens the source of a CopyObject or UploadPartCopy: checks its conditions (a failed one
+    /// is 412, If-None-Match included) and streams `range` of it (all of it when `None`) through
+    /// the cache.
+    async fn copy_source(
+        &self,
+        source: &CopySource,
+        conditions: CopyConditions<'_>,
+        range: Option<&str>,
+    ) -> S3Result<SourceBody> {
+        let CopySource::Bucket { bucket, key, version_id } = source else {
+            return Err(s3_error!(NotImplemented, "a copy source must be given as bucket/key"));
+        };
+        if version_id.is_some() {
+            return Err(s3_error!(NotImplemented, "copying a source versionId is not supported"));
+        }
+        check_key(key)?;
+        let entry = self.origin(bucket)?;
+        let info = self.object_info(entry, bucket, key).await?;
+        check_preconditions(
+            &info,
+            conditions.if_match,
+            conditions.if_unmodified_since,
+            conditions.if_none_match,
+            conditions.if_modified_since,
+        )
+        .map_err(|e| {
+            if *e.code() == S3ErrorCode::NotModified {
+                s3_error!(PreconditionFailed, "the copy source's conditions are not met")
+            } else {
+                e
+            }
+        })?;
+        let range = match range {
+            None => 0..info.size,
+            Some(r) => copy_range(r, info.size)?,
+        };
+        let handle = Self::handle(entry, bucket, key, &info);
+        let failed = Arc::new(AtomicBool::new(false));
+        let flag = failed.clone();
+        let body = self.state.reader.stream(handle, range.clone(), None).inspect_err(move |_| {
+            flag.store(true, Ordering::Relaxed);
+        });
+        Ok(SourceBody {
+            meta_key: Self::meta_key(entry, bucket, key),
+            info,
+            len: range.end - range.start,
+            body: body.boxed(),
+            failed,
+        })
+    }
+
+    /// The error for a copy whose write failed: a source that could not be read (changed at the
+    /// origin, or its chunks unavailable) is retried from fresh metadata by the client's next try.
+    fn copy_failed(&self, source: &SourceBody, e: S3Error) -> S3Error {
+        if !source.failed.load(Ordering::Relaxed) {
+            return e;
+        }
+        self.state.meta.remove(&source.meta_key);
+        S3Error::with_message(
+            S3ErrorCode::ServiceUnavailable,
+            format!(
+                "reading the copy source {}/{} failed; nothing was written",
+                source.meta_key.bucket, source.meta_key.key
+            ),
+        )
+    }
+
+    /// CopyObject: the source's bytes, read through the cache, written to the destination as a
+    /// PutObject of the same durability would be.
+    async fn copy_object_inner(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
+        let input = req.input;
+        let (bucket, key) = (input.bucket.as_str(), input.key.as_str());
+        check_key(key)?;
+        let entry = self.origin(bucket)?;
+        let replace = input.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        if let CopySource::Bucket { bucket: b, key: k, .. } = &input.copy_source
+            && (b.as_ref(), k.as_ref()) == (bucket, key)
+            && !replace
+        {
+            return Err(s3_error!(
+                InvalidRequest,
+                "this copy request is illegal because it is trying to copy an object to itself without changing \
+                 the object's metadata"
+            ));
+        }
+        let conditions = CopyConditions {
+            if_match: input.copy_source_if_match.as_ref(),
+            if_none_match: input.copy_source_if_none_match.as_ref(),
+            if_modified_since: input.copy_source_if_modified_since.as_ref(),
+            if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
+        };
+        let durability = durability(&req.headers, entry)?;
+        let mut source = self.copy_source(&input.copy_source, conditions, None).await?;
+        let limit = &self.state.config.limits.max_put_size;
+        if source.len > limit.bytes() {
+            return Err(S3Error::with_message(
+                S3ErrorCode::EntityTooLarge,
+                format!("the copy source is {} bytes, over the {limit} limit", source.len),
+            ));
+        }
+        let content_type = if replace { input.content_type.clone() } else { source.info.content_type.clone() };
+        let body = std::mem::replace(&mut source.body, futures::stream::empty().boxed());
+        let over = AtomicBool::new(false);
+        let written = match durability {
+            Durability::Origin => self.put_body(entry, bucket, key, body, &over, content_type).await,
+            d => writeback::write_stream(&self.state, entry, bucket, key, body, content_type, d, Some(source.len))
+                .await
+                .map(Some)
+                .map_err(|e| write_error(e, limit, false)),
+        };
+        let etag = written.map_err(|e| self.copy_failed(&source, e))?;
+        Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: etag.map(|e| ETag::Strong(bare_etag(&e).to_owned())),
+                last_modified: Some(Timestamp::from(SystemTime::now())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    /// UploadPartCopy: a range of the source, read through the cache, staged as a part.
+    async fn upload_part_copy_inner(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let input = req.input;
+        self.state.multipart.target(&input.upload_id, &input.bucket, &input.key).await.map_err(multipart_error)?;
+        let conditions = CopyConditions {
+            if_match: input.copy_source_if_match.as_ref(),
+            if_none_match: input.copy_source_if_none_match.as_ref(),
+            if_modified_since: input.copy_source_if_modified_since.as_ref(),
+            if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
+        };
+        let mut source = self.copy_source(&input.copy_source, conditions, input.copy_source_range.as_deref()).await?;
+        let limit = self.state.config.limits.max_part_size.bytes();
+        if source.len > limit {
+            return Err(multipart_error(MultipartError::EntityTooLarge(limit)));
+        }
+        let body = std::mem::replace(&mut source.body, futures::stream::empty().boxed());
+        let etag = self
+            .state
+            .multipart
+            .write_part(&input.upload_id, input.part_number, body, limit)
+            .await
+            .map_err(|e| self.copy_failed(&source, multipart_error(e)))?;
+        Ok(S3Response::new(UploadPartCopyOutput {
+            copy_part_result: Some(CopyPartResult {
+                e_tag: Some(ETag::Strong(etag)),
+                last_modified: Some(Timestamp::from(SystemTime::now())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
     }
 
     /// Streams a request body to the origin under the node's size limit.
@@ -653,6 +842,10 @@ impl S3 for CairnS3 {
         .await
     }
 
+    async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
+        self.timed("CopyObject", self.copy_object_inner(req)).await
+    }
+
     async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
         self.timed("DeleteObject", async {
             let (bucket, key) = (req.input.bucket.as_str(), req.input.key.as_str());
@@ -744,6 +937,13 @@ impl S3 for CairnS3 {
             Ok(S3Response::new(UploadPartOutput { e_tag: Some(ETag::Strong(etag)), ..Default::default() }))
         })
         .await
+    }
+
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        self.timed("UploadPartCopy", self.upload_part_copy_inner(req)).await
     }
 
     async fn list_parts(&self, req: S3Request<ListPartsInput>) -> S3Result<S3Response<ListPartsOutput>> {
@@ -867,6 +1067,15 @@ impl S3 for CairnS3 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_ranges() {
+        assert_eq!(copy_range("bytes=0-9", 10).ok(), Some(0..10));
+        assert_eq!(copy_range("bytes=5-5", 10).ok(), Some(5..6));
+        for bad in ["bytes=0-10", "bytes=5-4", "bytes=-5", "bytes=5-", "0-5", "bytes=a-b"] {
+            assert!(copy_range(bad, 10).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn url_encoding_keeps_slashes() {

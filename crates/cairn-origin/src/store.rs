@@ -8,6 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use cairn_core::OriginConfig;
+use cairn_core::key::{FOLDER_MARKER, is_folder_marker};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
@@ -117,8 +118,11 @@ impl StoreOrigin {
             Some(b) => root.join(b),
             None => root,
         };
+        // Deletes remove the folders they leave empty, as an object store has no empty folders
+        // to list (up to the store's root, which stays).
         let fs = LocalFileSystem::new_with_prefix(&dir)
-            .map_err(|e| Error::new(ErrorKind::Backend, format!("origin folder {}: {e}", dir.display())))?;
+            .map_err(|e| Error::new(ErrorKind::Backend, format!("origin folder {}: {e}", dir.display())))?
+            .with_automatic_cleanup(true);
         Ok(Arc::new(fs))
     }
 
@@ -183,12 +187,16 @@ impl StoreOrigin {
         }
     }
 
+    /// The origin path of an object key. A folder marker (`a/b/`) cannot be a path of its own
+    /// (object_store drops the trailing '/', and on a folder origin `a/b` is the folder), so it is
+    /// stored inside its folder as [`FOLDER_MARKER`].
     fn path(prefix: &Path, key: &str) -> Result<Path> {
         let rel = Path::parse(key)
             .map_err(|e| Error::new(ErrorKind::InvalidKey, format!("object key {key:?} cannot be stored: {e}")))?;
         if rel.as_ref().is_empty() {
             return Err(Error::new(ErrorKind::InvalidKey, "object key is empty"));
         }
+        let rel = if is_folder_marker(key) { rel.join(FOLDER_MARKER) } else { rel };
         Ok(if prefix.as_ref().is_empty() { rel } else { Path::from_iter(prefix.parts().chain(rel.parts())) })
     }
 
@@ -196,6 +204,15 @@ impl StoreOrigin {
         let s = full.as_ref();
         let p = prefix.as_ref();
         if p.is_empty() { s.to_owned() } else { s.strip_prefix(p).unwrap_or(s).trim_start_matches('/').to_owned() }
+    }
+
+    /// The object key stored at an origin path under `prefix`: the inverse of [`Self::path`].
+    fn object_key(prefix: &Path, full: &Path) -> String {
+        let rel = Self::relative(prefix, full);
+        match rel.strip_suffix(FOLDER_MARKER) {
+            Some(folder) if folder.ends_with('/') => folder.to_owned(),
+            _ => rel,
+        }
     }
 
     /// Whether an account-mode local bucket folder exists; errors mean NoSuchBucket for callers.
@@ -401,7 +418,7 @@ impl Origin for StoreOrigin {
         };
         let listed_prefix = (!dir_path.as_ref().is_empty()).then_some(&dir_path);
         let to_listed = |m: &object_store::ObjectMeta| ListedObject {
-            key: Self::relative(&root, &m.location),
+            key: Self::object_key(&root, &m.location),
             size: m.size,
             etag: m.e_tag.clone(),
             last_modified: m.last_modified,
@@ -529,4 +546,30 @@ const ORIGIN_RETRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 
 fn origin_retry() -> object_store::RetryConfig {
     object_store::RetryConfig { max_retries: ORIGIN_RETRIES, retry_timeout: ORIGIN_RETRY_TIMEOUT, ..Default::default() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folder_markers_live_inside_their_folder() {
+        let root = Path::default();
+        let p = StoreOrigin::path(&root, "a/b/").expect("marker path");
+        assert_eq!(p.as_ref(), "a/b/.cairn-folder");
+        assert_eq!(StoreOrigin::object_key(&root, &p), "a/b/");
+        let p = StoreOrigin::path(&root, "a/b").expect("object path");
+        assert_eq!(p.as_ref(), "a/b");
+        assert_eq!(StoreOrigin::object_key(&root, &p), "a/b");
+
+        let prefix = Path::parse("models/llama").expect("prefix");
+        let p = StoreOrigin::path(&prefix, "x/").expect("marker path");
+        assert_eq!(p.as_ref(), "models/llama/x/.cairn-folder");
+        assert_eq!(StoreOrigin::object_key(&prefix, &p), "x/");
+        // A folder of that name is a folder, and a marker needs a folder to mark.
+        let p = Path::parse("a/.cairn-folder/c").expect("path");
+        assert_eq!(StoreOrigin::object_key(&root, &p), "a/.cairn-folder/c");
+        let p = Path::parse(".cairn-folder").expect("path");
+        assert_eq!(StoreOrigin::object_key(&root, &p), ".cairn-folder");
+    }
 }
