@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from conftest import LocalOrigin, Node, free_port, payload
+from conftest import LocalOrigin, Node, free_port, payload, peer_auth
 
 SECRET = "cluster-secret-for-tests-0123456789"
 MIB = 1024 * 1024
@@ -24,11 +24,13 @@ class Cluster:
     With `gossip=True` there is no map file: each node is given `seeds` (by default node 0's peer
     address only) and the same zone, rack and weight the map file would list, and the membership
     forms by gossip with short probe and suspicion times; new nodes own their full share at once
-    (join_ramp 0s). `secrets` gives a node another cluster secret, `cells` each node's cell."""
+    (join_ramp 0s). `secrets` gives a node another cluster secret, `cells` each node's cell,
+    `node_sections` more TOML for each node (its own `[tls]` files, say)."""
 
     def __init__(self, tmp_path, n, replicas=1, racks=None, chunk=8 * MIB, ips=None, wraps=None, origin=None,
                  more_sections="", origin_extra="", limits="", metadata="immutable", gossip=False, seeds=None,
-                 probe_period="500ms", suspect_timeout="3s", secrets=None, more_seeds=(), name="", cells=None, id_prefix=""):
+                 probe_period="500ms", suspect_timeout="3s", secrets=None, more_seeds=(), name="", cells=None,
+                 node_sections=None, id_prefix=""):
         self.origin = origin or LocalOrigin(tmp_path / "origin")
         self.tmp = tmp_path
         self.gossip = gossip
@@ -64,6 +66,7 @@ secret = "{self.secrets[i]}"
 replicas = {replicas}
 peer_timeout = "1s"
 {more_sections}
+{node_sections[i] if node_sections else ""}
 """
             node = Node(tmp_path / f"{name}n{i}", self.origin.toml() + origin_extra, host=ip, chunk=chunk,
                         metadata=metadata, extra="allow_anonymous = true", sections=sections, wrap=wraps[i],
@@ -184,16 +187,18 @@ def test_node_with_a_stale_map_reads_correctly_without_loops(cluster_factory):
     assert c.total("cairn_origin_bytes_total") <= size * 2
 
 
-def test_peer_port_requires_the_secret(cluster_factory):
+def test_peer_port_requires_requests_signed_with_the_secret(cluster_factory):
     c = cluster_factory(2)
     base = f"http://{c.ips[0]}:{c.peer_ports[0]}"
     r = requests.get(f"{base}/healthz", timeout=5)
     assert r.status_code == 403
-    r = requests.get(f"{base}/chunk?origin=data&bucket=data&key=x&version=v&size=10&chunk_size=10&index=0",
-                     headers={"x-cairn-secret": "wrong" * 8}, timeout=5)
+    chunk = "/chunk?origin=data&bucket=data&key=x&version=v&size=10&chunk_size=10&index=0"
+    r = requests.get(f"{base}{chunk}", headers=peer_auth("GET", chunk, "wrong" * 8), timeout=5)
     assert r.status_code == 403
-    assert requests.get(f"{base}/healthz", headers={"x-cairn-secret": SECRET}, timeout=5).status_code == 200
-    assert c.nodes[0].metric("cairn_peer_refused_total") == 2
+    # The old scheme, the secret itself in a header, is refused too.
+    assert requests.get(f"{base}/healthz", headers={"x-cairn-secret": SECRET}, timeout=5).status_code == 403
+    assert requests.get(f"{base}/healthz", headers=peer_auth("GET", "/healthz", SECRET), timeout=5).status_code == 200
+    assert c.nodes[0].metric("cairn_peer_refused_total") == 3
 
 
 def test_map_file_changes_are_adopted_without_restart(cluster_factory):

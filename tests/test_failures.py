@@ -13,7 +13,7 @@ import botocore.exceptions
 import pytest
 import requests
 
-from conftest import AzuriteOrigin, payload
+from conftest import AzuriteOrigin, payload, peer_auth
 from test_cluster import SECRET, Cluster
 from test_writeback import (  # noqa: F401  (fixtures)
     az_cluster,
@@ -309,8 +309,8 @@ def test_a_replica_of_a_write_never_acknowledged_is_dropped(tmp_path, prefix):
         wid = "ab" * 16
         chunk = payload(256 * 1024, seed=77)
         peer = f"http://{c.ips[0]}:{c.peer_ports[0]}"
-        auth = {"x-cairn-secret": SECRET}
-        r = requests.put(f"{peer}/wb/chunk?wid={wid}&index=0", data=chunk, headers=auth, timeout=10)
+        path = f"/wb/chunk?wid={wid}&index=0"
+        r = requests.put(f"{peer}{path}", data=chunk, headers=peer_auth("PUT", path, SECRET), timeout=10)
         assert r.status_code == 204, r.text
         key = prefix + "never-acked.bin"
         record = {
@@ -320,7 +320,8 @@ def test_a_replica_of_a_write_never_acknowledged_is_dropped(tmp_path, prefix):
             "writer_incarnation": "00" * 16, "durability": "replicated", "ticket": time.time_ns(),
             "sums": [0, 0], "holders": ["n0", "n1"], "role": {"replica": {"chunks": [0]}},
         }
-        r = requests.post(f"{peer}/wb/commit", data=json.dumps(record), headers=auth, timeout=10)
+        r = requests.post(f"{peer}/wb/commit", data=json.dumps(record),
+                          headers=peer_auth("POST", "/wb/commit", SECRET), timeout=10)
         assert r.status_code in (200, 204), r.text
         assert c.nodes[0].metric("cairn_replicas_held") == 1
         # n1, the other holder, never got its commit: the write was not acknowledged anywhere.

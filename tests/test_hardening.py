@@ -23,7 +23,7 @@ import time
 import pytest
 import requests
 
-from conftest import CAIRN_BIN, LocalOrigin, free_port, payload
+from conftest import CAIRN_BIN, LocalOrigin, free_port, payload, peer_auth
 from test_cluster import SECRET, cluster_factory  # noqa: F401  (fixture)
 
 MIB = 1024 * 1024
@@ -150,10 +150,10 @@ def test_idle_flood_on_a_peer_port_does_not_stall_reads_through_other_nodes(clus
             r, took = timed_get(f"{reader.endpoint}/data/{key}")
             assert r.status_code == 200 and r.content == data, key
             times.append(took)
-        r, secret_took = timed_get(f"http://{ip}:{port}/healthz", headers={"x-cairn-secret": SECRET})
+        r, secret_took = timed_get(f"http://{ip}:{port}/healthz", headers=peer_auth("GET", "/healthz", SECRET))
         assert r.status_code == 200
         print(f"reads through other nodes under the flood: max {max(times):.3f}s, "
-              f"sum {sum(times):.3f}s; peer request with the secret {secret_took:.3f}s")
+              f"sum {sum(times):.3f}s; signed peer request {secret_took:.3f}s")
         assert max(times) < 5, times
         assert secret_took < 5
         # The reads needed the flooded node (it owns some of every object's chunks), and it served
@@ -197,11 +197,11 @@ def test_a_request_without_the_secret_closes_the_peer_connection(cluster_factory
         t = time.time()
         assert s.recv(1) == b""
         assert time.time() - t <= HEAD_TIMEOUT + 2
-    # And one with the secret keeps its connection for the next request.
+    # And one whose requests are signed keeps its connection for the next request.
     with requests.Session() as session:
         url = f"http://{c.ips[0]}:{c.peer_ports[0]}/healthz"
         for _ in range(3):
-            assert session.get(url, headers={"x-cairn-secret": SECRET}, timeout=5).status_code == 200
+            assert session.get(url, headers=peer_auth("GET", "/healthz", SECRET), timeout=5).status_code == 200
         # Counted among the authenticated peer connections (with the nodes' own).
         assert c.nodes[0].metric('cairn_listener_connections{listener="peer"}') >= 1
 
@@ -234,12 +234,14 @@ def test_idle_keep_alive_is_closed_after_the_header_timeout_but_peers_may_idle(c
         assert s.recv(1) == b""
         idle = time.time() - t
     assert HEAD_TIMEOUT - 0.5 <= idle <= HEAD_TIMEOUT + 2, idle
-    # Peer port: a connection that passed the secret check outlives it, as peers' pools need.
+    # Peer port: a connection that passed the signature check outlives it, as peers' pools need.
     with socket.create_connection((c.ips[0], c.peer_ports[0])) as s:
-        secret = f"x-cairn-secret: {SECRET}\r\n"
-        assert raw_request(s, "/healthz", secret).startswith("http/1.1 200")
+        def signed():
+            return "".join(f"{k}: {v}\r\n" for k, v in peer_auth("GET", "/healthz", SECRET).items())
+
+        assert raw_request(s, "/healthz", signed()).startswith("http/1.1 200")
         time.sleep(HEAD_TIMEOUT + 1.5)
-        assert raw_request(s, "/healthz", secret).startswith("http/1.1 200")
+        assert raw_request(s, "/healthz", signed()).startswith("http/1.1 200")
 
 
 def test_idle_flood_on_the_admin_port_does_not_stall_healthz(make_node, tmp_path):

@@ -5,8 +5,8 @@
 //!   the s3a jars),
 //!   builds in release mode and runs the Rust and the end-to-end suites.
 //! - `cargo xtask deps`  installs the test dependencies only.
-//! - `cargo xtask bench [write | cluster]` installs the benchmark references (nginx, wrk, FUSE)
-//!   and runs the single-node, checkpoint-write or cluster benchmark.
+//! - `cargo xtask bench [write | cluster | tls]` installs the benchmark references (nginx, wrk,
+//!   FUSE) and runs the single-node, checkpoint-write, cluster or TLS-on-hits benchmark.
 //! - `cargo xtask bench soak [args]` runs the memory soak (3 nodes under mixed load, RSS against
 //!   the configured tiers; `--minutes`, `--rate`, `--node-env`).
 //! - `cargo xtask bench-kv` runs the KV benchmark (cairn's RESP endpoint against Redis 7).
@@ -286,7 +286,8 @@ fn test(rest: &[String]) -> Result<()> {
 }
 
 /// `bench [args]`: the single-node benchmark; `bench write [args]`: checkpoint writes;
-/// `bench cluster [args]`: the cluster benchmark; `bench soak [args]`: the memory soak.
+/// `bench cluster [args]`: the cluster benchmark; `bench tls [args]`: https against http on hits;
+/// `bench soak [args]`: the memory soak.
 fn bench(rest: &[String]) -> Result<()> {
     if let Some((s, args)) = rest.split_first()
         && s == "soak"
@@ -300,6 +301,7 @@ fn bench(rest: &[String]) -> Result<()> {
     let (script, args) = match rest.split_first() {
         Some((w, args)) if w == "write" => ("bench/write_bench.py", args),
         Some((c, args)) if c == "cluster" => ("bench/cluster_bench.py", args),
+        Some((t, args)) if t == "tls" => ("bench/tls_bench.py", args),
         _ => ("bench/bench.py", rest),
     };
     run(Command::new("python3").current_dir(&root).env("CAIRN_BIN", release_bin()).arg(root.join(script)).args(args))
@@ -353,7 +355,7 @@ fn main() -> Result<()> {
         "image" => image(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [pytest args] | deps | image [--tag T] [--bin B] | bench [write | cluster | soak] [args] | bench-kv [args] | lint>"
+                "usage: cargo xtask <test [pytest args] | deps | image [--tag T] [--bin B] | bench [write | cluster | tls | soak] [args] | bench-kv [args] | lint>"
             );
             Ok(())
         }

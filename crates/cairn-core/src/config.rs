@@ -43,6 +43,8 @@ pub const MAX_CHUNK_SIZE: u64 = 256 << 20;
 /// Longest `limits.header_read_timeout`: an unauthenticated peer connection must not hold a slot
 /// for long, and authenticated peer connections are closed after a longer idle time (`cairn-node`).
 pub const MAX_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Shortest `tls.reload_every`.
+pub const MIN_TLS_RELOAD_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -58,6 +60,7 @@ pub struct Config {
     pub node: NodeSection,
     pub cache: CacheSection,
     pub auth: AuthSection,
+    pub tls: TlsSection,
     pub limits: LimitsSection,
     pub cluster: ClusterSection,
     pub writeback: WritebackSection,
@@ -73,6 +76,7 @@ impl Default for Config {
             node: NodeSection::default(),
             cache: CacheSection::default(),
             auth: AuthSection::default(),
+            tls: TlsSection::default(),
             limits: LimitsSection::default(),
             cluster: ClusterSection::default(),
             writeback: WritebackSection::default(),
@@ -222,6 +226,77 @@ impl Default for LimitsSection {
     }
 }
 
+/// TLS (rustls) on the S3, KV and peer listeners and for the peer client. Certificates, keys and
+/// CAs are PEM files, polled every `reload_every` and swapped in when their content changes (a
+/// Kubernetes Secret volume rotates by swapping a symlink); a file that does not load keeps the
+/// previous certificate. Each listener not named here stays plain TCP.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// This node's certificate chain, leaf first. It is presented to S3 and KV clients and, on
+    /// the peer transport, to peers in both directions, so for `peer` it needs both the server and
+    /// the client extended key usage (or none).
+    pub cert: String,
+    /// The certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// The cluster CA: a peer (client or server) is accepted only with a certificate that chains
+    /// to it. Required with `peer`.
+    pub ca: String,
+    /// When set, S3 and KV clients must present a certificate that chains to this CA.
+    pub client_ca: String,
+    /// TLS on the S3 endpoint.
+    pub s3: bool,
+    /// TLS on the KV (RESP) endpoint.
+    pub kv: bool,
+    /// Mutual TLS on the peer transport (listener and client); every node of the pool needs it.
+    pub peer: bool,
+    /// How often the files are checked for new content.
+    pub reload_every: HumanDuration,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        Self {
+            cert: String::new(),
+            key: String::new(),
+            ca: String::new(),
+            client_ca: String::new(),
+            s3: false,
+            kv: false,
+            peer: false,
+            reload_every: HumanDuration(Duration::from_secs(5)),
+        }
+    }
+}
+
+impl TlsSection {
+    /// Whether any listener uses TLS.
+    pub fn enabled(&self) -> bool {
+        self.s3 || self.kv || self.peer
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
+        if !self.enabled() {
+            return Ok(());
+        }
+        if self.cert.is_empty() || self.key.is_empty() {
+            return bad("tls.cert and tls.key are required when tls.s3, tls.kv or tls.peer is on");
+        }
+        if self.peer && self.ca.is_empty() {
+            return bad("tls.ca (the cluster CA) is required with tls.peer: peers verify each other against it");
+        }
+        let for_clients = self.s3 || self.kv;
+        if !self.client_ca.is_empty() && !for_clients {
+            return bad("tls.client_ca applies to S3 and KV clients: turn on tls.s3 or tls.kv");
+        }
+        if self.reload_every.0 < MIN_TLS_RELOAD_EVERY {
+            return bad("tls.reload_every must be at least 100ms");
+        }
+        Ok(())
+    }
+}
+
 /// Membership in a cluster. With no `map` the node runs alone.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -232,7 +307,9 @@ pub struct ClusterSection {
     pub node_id: String,
     /// Address of the peer transport (chunk and metadata requests between nodes).
     pub peer_listen: String,
-    /// Shared secret every peer request carries; requests without it are refused.
+    /// Shared secret of the pool. It never crosses the wire: peer requests carry an HMAC keyed from
+    /// it (requests without a valid one are refused), gossip packets are sealed with another key
+    /// derived from it.
     pub secret: String,
     /// Owners per chunk (R).
     pub replicas: usize,
@@ -775,6 +852,7 @@ impl Config {
                 return bad("kv.replicas must be between 1 and 5".into());
             }
         }
+        self.tls.validate()?;
         if !self.auth.allow_anonymous && self.auth.keys.is_empty() {
             return bad("no access keys are configured and anonymous access is off: nobody could use this node".into());
         }
@@ -844,6 +922,10 @@ mod tests {
             ("[limits]\nheader_read_timeout = \"0s\"", "header_read_timeout"),
             ("[limits]\nheader_read_timeout = \"5m\"", "header_read_timeout"),
             ("[limits]\nmax_unauthenticated_per_source = 0", "must be positive"),
+            ("[tls]\ns3 = true", "tls.cert and tls.key"),
+            ("[tls]\npeer = true\ncert = \"c\"\nkey = \"k\"", "tls.ca"),
+            ("[tls]\npeer = true\ncert = \"c\"\nkey = \"k\"\nca = \"a\"\nclient_ca = \"a\"", "tls.client_ca"),
+            ("[tls]\ns3 = true\ncert = \"c\"\nkey = \"k\"\nreload_every = \"10ms\"", "reload_every"),
         ];
         for (text, want) in cases {
             let err = Config::from_toml_str(text).and_then(|c| c.validate().map(|_| c));

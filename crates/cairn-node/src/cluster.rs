@@ -1,8 +1,8 @@
 //! This node's view of the cluster: the map (re-read when its file changes), routing of chunks and
 //! object metadata to their owners, suspect peers, and the peer transport client.
 //!
-//! Peers talk plain HTTP/1.1 over pooled keep-alive connections, every request carrying the
-//! cluster's shared secret. A request a peer receives is served there (from its tiers or by its
+//! Peers talk HTTP/1.1 over pooled keep-alive connections (mutual TLS with `tls.peer`), every
+//! request signed with a key derived from the cluster's secret (`peer_auth.rs`). A request a peer receives is served there (from its tiers or by its
 //! own single-flight origin fetch) and never forwarded again, so two nodes with different map
 //! versions cannot bounce a request between them.
 
@@ -20,15 +20,18 @@ use cairn_core::placement::{Placement, key_hash};
 use cairn_origin::{Error as OriginError, ErrorKind, ObjectInfo};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use parking_lot::{Mutex, RwLock};
 
 use crate::metrics::Metrics;
+use crate::peer_auth::{AUTH_HEADER, PeerKey};
+use crate::tls::Tls;
 
-/// Header carrying the cluster secret on peer requests.
-pub const SECRET_HEADER: &str = "x-cairn-secret";
+/// The pooled peer client: HTTP/1.1, over TLS when the peer transport uses it.
+pub type PeerClient<B> = Client<HttpsConnector<HttpConnector>, B>;
 /// Header naming the error code of a failed peer request.
 pub const ERROR_HEADER: &str = "x-cairn-error";
 /// Nodes tried after the owners before a requester reads the origin itself.
@@ -88,7 +91,11 @@ pub struct Cluster {
     pub gossip: std::sync::OnceLock<Arc<crate::gossip::Gossip>>,
     map_mtime: Mutex<Option<SystemTime>>,
     placement: RwLock<Arc<Placement>>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: PeerClient<Full<Bytes>>,
+    /// Signs peer requests; derived from the cluster secret, which never leaves the node.
+    key: PeerKey,
+    /// TLS state when the peer transport runs mutual TLS (`tls.peer`).
+    tls: Option<Arc<Tls>>,
     suspects: Mutex<HashMap<String, Instant>>,
     metrics: Arc<Metrics>,
     /// Recent successful chunk request durations, newest last.
@@ -107,7 +114,8 @@ pub struct Route {
 }
 
 impl Cluster {
-    pub fn load(cfg: &ClusterSection, metrics: Arc<Metrics>) -> Result<Self, String> {
+    pub fn load(cfg: &ClusterSection, metrics: Arc<Metrics>, tls: Option<Arc<Tls>>) -> Result<Self, String> {
+        let tls = tls.filter(|t| t.on(crate::tls::Listener::Peer));
         let (map_path, map, mtime) = if cfg.gossip() {
             // Until gossip says otherwise, the cluster is this node.
             let me = NodeEntry {
@@ -131,7 +139,7 @@ impl Cluster {
             }
             (Some(map_path), map, Some(mtime))
         };
-        let client = peer_client(cfg);
+        let client = peer_client(cfg, tls.as_deref())?;
         Ok(Self {
             node_id: cfg.node_id.clone(),
             cfg: cfg.clone(),
@@ -140,6 +148,8 @@ impl Cluster {
             map_mtime: Mutex::new(mtime),
             placement: RwLock::new(Arc::new(Placement::new(&map))),
             client,
+            key: PeerKey::from_secret(cfg.secret.as_bytes()),
+            tls,
             suspects: Mutex::new(HashMap::new()),
             metrics,
             latencies: Mutex::new(std::collections::VecDeque::with_capacity(LATENCY_SAMPLES)),
@@ -152,8 +162,25 @@ impl Cluster {
         self.placement.read().clone()
     }
 
-    pub fn secret(&self) -> &str {
-        &self.cfg.secret
+    /// The peer transport's TLS state, when it runs TLS.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_deref()
+    }
+
+    /// The key peer requests are signed with.
+    pub fn key(&self) -> &PeerKey {
+        &self.key
+    }
+
+    /// The URL of `path_and_query` at the peer at `addr`.
+    pub fn peer_url(&self, addr: &str, path_and_query: &str) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{addr}{path_and_query}")
+    }
+
+    /// The `x-cairn-auth` header value for a request sent now.
+    pub fn sign(&self, method: &Method, path_and_query: &str) -> String {
+        self.key.sign(method.as_str(), path_and_query, crate::peer_auth::now_ms())
     }
 
     pub fn config(&self) -> &ClusterSection {
@@ -262,22 +289,27 @@ impl Cluster {
         }
     }
 
-    /// Whether the peer's process answers: a `GET /healthz` on a fresh connection, within half
-    /// of `peer_timeout`. A frozen process (SIGSTOP) still completes TCP handshakes from the
-    /// kernel's backlog, so a connect alone proves nothing.
+    /// Whether the peer's process answers: a `GET /healthz` on a fresh connection (with its TLS
+    /// handshake, when the transport has one), within half of `peer_timeout`. A frozen process
+    /// (SIGSTOP) still completes TCP handshakes from the kernel's backlog, so a connect alone
+    /// proves nothing.
     pub async fn probe(&self, node: &NodeEntry) -> bool {
         let timeout = (self.cfg.peer_timeout.0 / 2).max(PROBE_MIN);
         let ask = async {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut s = tokio::net::TcpStream::connect(&node.addr).await.ok()?;
+            let tcp = tokio::net::TcpStream::connect(&node.addr).await.ok()?;
             let req = format!(
-                "GET /healthz HTTP/1.1\r\nHost: {}\r\n{SECRET_HEADER}: {}\r\nConnection: close\r\n\r\n",
-                node.addr, self.cfg.secret
+                "GET /healthz HTTP/1.1\r\nHost: {}\r\n{AUTH_HEADER}: {}\r\nConnection: close\r\n\r\n",
+                node.addr,
+                self.sign(&Method::GET, "/healthz")
             );
-            s.write_all(req.as_bytes()).await.ok()?;
-            let mut head = [0u8; 12];
-            s.read_exact(&mut head).await.ok()?;
-            Some(head.starts_with(b"HTTP/1.1 200"))
+            match &self.tls {
+                None => probe_over(tcp, &req).await,
+                Some(tls) => {
+                    let name = crate::tls::server_name(&node.addr).ok()?;
+                    let connector = tokio_rustls::TlsConnector::from(tls.peer_client_config());
+                    probe_over(connector.connect(name, tcp).await.ok()?, &req).await
+                }
+            }
         };
         let ok = matches!(tokio::time::timeout(timeout, ask).await, Ok(Some(true)));
         if !ok {
@@ -329,9 +361,9 @@ impl Cluster {
     ) -> Result<(http::response::Parts, Bytes), PeerError> {
         let unavailable = |m: String| PeerError::Unavailable(format!("peer {} ({}): {m}", node.id, node.addr));
         let req = Request::builder()
+            .uri(self.peer_url(&node.addr, &path_and_query))
+            .header(AUTH_HEADER, self.sign(&method, &path_and_query))
             .method(method)
-            .uri(format!("http://{}{}", node.addr, path_and_query))
-            .header(SECRET_HEADER, &self.cfg.secret)
             .body(Full::new(body))
             .map_err(|e| unavailable(e.to_string()))?;
         Metrics::add(&self.metrics.peer_requests, 1);
@@ -494,8 +526,19 @@ fn read_map(path: &std::path::Path) -> Result<(ClusterMap, SystemTime), String> 
     Ok((map, meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
 }
 
-/// A pooled keep-alive HTTP/1.1 client for peer requests with body type `B`.
-pub fn peer_client<B>(cfg: &ClusterSection) -> Client<HttpConnector, B>
+/// Sends a raw probe request on `s` and tells whether the answer is a 200.
+async fn probe_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S, req: &str) -> Option<bool> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(req.as_bytes()).await.ok()?;
+    s.flush().await.ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await.ok()?;
+    Some(head.starts_with(b"HTTP/1.1 200"))
+}
+
+/// A pooled keep-alive HTTP/1.1 client for peer requests with body type `B`: mutual TLS against
+/// the cluster CA when `tls` is given (https only), plain HTTP otherwise.
+pub fn peer_client<B>(cfg: &ClusterSection, tls: Option<&Tls>) -> Result<PeerClient<B>, String>
 where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
@@ -503,10 +546,31 @@ where
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(cfg.peer_timeout.0));
-    Client::builder(TokioExecutor::new())
+    http.enforce_http(false);
+    let connector = match tls {
+        Some(t) => hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*t.peer_client_config()).clone())
+            .https_only()
+            .enable_http1()
+            .wrap_connector(http),
+        None => {
+            // Never used for a handshake: plain peers are dialled with http:// URLs.
+            let unused = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("TLS protocol versions: {e}"))?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(unused)
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(http)
+        }
+    };
+    Ok(Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(cfg.peer_pool_idle)
         .pool_idle_timeout(PEER_POOL_IDLE_TIMEOUT)
-        .build(http)
+        .build(connector))
 }
 
 /// Query parameters of a peer request.
@@ -514,7 +578,7 @@ pub fn parse_query(q: Option<&str>) -> HashMap<String, String> {
     url::form_urlencoded::parse(q.unwrap_or("").as_bytes()).into_owned().collect()
 }
 
-/// Constant-time comparison for the secret.
+/// Constant-time comparison of secrets (passwords, signatures).
 pub fn secret_matches(given: &[u8], expected: &[u8]) -> bool {
     if given.len() != expected.len() {
         return false;

@@ -116,7 +116,10 @@ impl KvNode {
             max_command: max_value + COMMAND_OVERHEAD,
             max_inline: cfg.max_inline_size,
         };
-        let router = cluster.map(|(c, section)| Router::new(c, section, cfg.replicas));
+        let router = match cluster {
+            Some((c, section)) => Some(Router::new(c, section, cfg.replicas).map_err(std::io::Error::other)?),
+            None => None,
+        };
         Ok(Self {
             store,
             cfg,

@@ -19,11 +19,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::BytesMut;
 use cairn_kv::resp::{self, Output, Parsed, Reply};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::kv::{KvCounters, KvNode};
 use crate::server::Admission;
+use crate::tls::Acceptor;
 
 /// Buffers handed to one vectored write.
 const MAX_IOVECS: usize = 64;
@@ -45,7 +46,14 @@ impl Drop for Reservation {
     }
 }
 
-pub async fn serve_kv(listener: TcpListener, kv: Arc<KvNode>, admission: Arc<Admission>) {
+/// Serves the KV endpoint; with TLS, a connection's handshake must finish within `handshake_timeout`.
+pub async fn serve_kv(
+    listener: TcpListener,
+    kv: Arc<KvNode>,
+    admission: Arc<Admission>,
+    tls: Acceptor,
+    handshake_timeout: std::time::Duration,
+) {
     let counters = kv.clone();
     // Over a limit: say so and close, as Redis does with maxclients.
     let refuse = move |stream: &TcpStream, _| {
@@ -54,7 +62,9 @@ pub async fn serve_kv(listener: TcpListener, kv: Arc<KvNode>, admission: Arc<Adm
     };
     crate::server::accept_loop(listener, admission, refuse, move |stream, peer, slot| {
         let kv = kv.clone();
+        let tls = tls.clone();
         async move {
+            let Some(stream) = tls.accept(stream, peer, handshake_timeout).await else { return };
             kv.counters.connections_open.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = connection(stream, &kv).await {
                 tracing::debug!(%peer, error = %e, "KV connection ended with an error");
@@ -68,7 +78,7 @@ pub async fn serve_kv(listener: TcpListener, kv: Arc<KvNode>, admission: Arc<Adm
 
 /// Writes the pending replies with vectored writes, so a value and its framing leave in one
 /// system call (and the client wakes up fewer times per reply).
-async fn write_out(stream: &mut TcpStream, out: &mut Output, kv: &KvNode) -> std::io::Result<()> {
+async fn write_out<S: AsyncWrite + Unpin>(stream: &mut S, out: &mut Output, kv: &KvNode) -> std::io::Result<()> {
     KvCounters::add(&kv.counters.bytes_out, out.len() as u64);
     let mut segs: std::collections::VecDeque<bytes::Bytes> = out.take().into();
     while !segs.is_empty() {
@@ -88,10 +98,11 @@ async fn write_out(stream: &mut TcpStream, out: &mut Output, kv: &KvNode) -> std
             }
         }
     }
-    Ok(())
+    // A TLS stream may hold the last records until flushed.
+    stream.flush().await
 }
 
-async fn connection(mut stream: TcpStream, kv: &KvNode) -> std::io::Result<()> {
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, kv: &KvNode) -> std::io::Result<()> {
     let mut session = kv.new_session();
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = Output::default();

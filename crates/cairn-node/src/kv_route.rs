@@ -26,11 +26,10 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 
-use crate::cluster::{Cluster, SECRET_HEADER};
+use crate::cluster::{Cluster, PeerClient};
 use crate::kv::{KvCounters, KvNode};
+use crate::peer_auth::AUTH_HEADER;
 
 /// Prefix of the KV hash namespace, so a KV key never lands where a chunk with the same bytes would.
 const KV_NAMESPACE: &[u8] = b"cairn-kv\0";
@@ -62,7 +61,7 @@ impl http_body::Body for Segments {
 
 pub struct Router {
     cluster: Arc<Cluster>,
-    client: Client<HttpConnector, Segments>,
+    client: PeerClient<Segments>,
     replicas: usize,
     max_wait: Duration,
 }
@@ -82,9 +81,9 @@ pub fn kv_hash(key: &[u8]) -> u64 {
 }
 
 impl Router {
-    pub fn new(cluster: Arc<Cluster>, cfg: &ClusterSection, replicas: usize) -> Self {
-        let client = crate::cluster::peer_client(cfg);
-        Self { cluster, client, replicas, max_wait: cfg.peer_max_wait.0.min(KV_FORWARD_MAX_WAIT) }
+    pub fn new(cluster: Arc<Cluster>, cfg: &ClusterSection, replicas: usize) -> Result<Self, String> {
+        let client = crate::cluster::peer_client(cfg, cluster.tls())?;
+        Ok(Self { cluster, client, replicas, max_wait: cfg.peer_max_wait.0.min(KV_FORWARD_MAX_WAIT) })
     }
 
     fn targets(&self, key: &[u8]) -> Vec<Target> {
@@ -254,8 +253,8 @@ impl Router {
         let body = Segments(resp::encode_command(&args).into());
         let req = Request::builder()
             .method(Method::POST)
-            .uri(format!("http://{}/kv", node.addr))
-            .header(SECRET_HEADER, self.cluster.secret())
+            .uri(self.cluster.peer_url(&node.addr, "/kv"))
+            .header(AUTH_HEADER, self.cluster.sign(&Method::POST, "/kv"))
             .body(body)
             .map_err(|e| e.to_string())?;
         let started = Instant::now();

@@ -14,12 +14,14 @@ pub mod meta;
 pub mod metrics;
 pub mod multipart;
 pub mod peer;
+pub mod peer_auth;
 pub mod reader;
 pub mod ready;
 pub mod s3;
 pub mod server;
 pub mod singleflight;
 pub mod state;
+pub mod tls;
 pub mod writeback;
 
 use std::net::SocketAddr;
@@ -119,6 +121,9 @@ pub async fn start(mut config: Config) -> Result<RunningNode, StartError> {
         .map_err(|e| StartError::Io(format!("listen on {}", cfg.node.admin_listen), e))?;
     let mut tasks =
         vec![tokio::spawn(server::serve_admin(admin_listener, state.clone())), ready::Readiness::spawn_prober(&state)];
+    if let Some(tls) = &state.tls {
+        tasks.push(tls.spawn_reloader());
+    }
     let mut peer_addr = None;
     if let Some(cluster) = &state.cluster {
         let listen = &cfg.cluster.peer_listen;
@@ -152,7 +157,15 @@ pub async fn start(mut config: Config) -> Result<RunningNode, StartError> {
         let (listener, addr) =
             server::bind(listen).await.map_err(|e| StartError::Io(format!("listen on {listen}"), e))?;
         kv_addr = Some(addr);
-        tasks.push(tokio::spawn(kv_conn::serve_kv(listener, kv.clone(), state.listeners.kv.clone())));
+        let tls = tls::Acceptor::new(state.tls.as_ref(), tls::Listener::Kv);
+        let handshake_timeout = cfg.limits.header_read_timeout.0;
+        tasks.push(tokio::spawn(kv_conn::serve_kv(
+            listener,
+            kv.clone(),
+            state.listeners.kv.clone(),
+            tls,
+            handshake_timeout,
+        )));
     }
     Ok(RunningNode { s3_addr, admin_addr, peer_addr, kv_addr, state, tasks })
 }

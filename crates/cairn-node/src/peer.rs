@@ -1,11 +1,12 @@
-//! The peer transport server: chunk and metadata requests from other nodes, authenticated with
-//! the cluster secret and always served here (from this node's tiers or its own origin fetch),
-//! never forwarded.
+//! The peer transport server: chunk and metadata requests from other nodes, each signed with a key
+//! derived from the cluster secret (`peer_auth.rs`) and always served here (from this node's tiers
+//! or its own origin fetch), never forwarded. With `tls.peer` the listener speaks only TLS and
+//! requires a client certificate of the cluster CA.
 //!
 //! A new connection counts against a small unauthenticated budget (`limits.max_unauthenticated_*`)
-//! until a request passes the secret check; one that does not within `limits.header_read_timeout`
-//! is closed, and a refusal (403) closes it too. Authenticated connections may idle in the peers'
-//! pools, up to [`PEER_IDLE_TIMEOUT`].
+//! until a request passes the signature check; one that does not (TLS handshake included) within
+//! `limits.header_read_timeout` is closed, and a refusal (403) closes it too. Authenticated
+//! connections may idle in the peers' pools, up to [`PEER_IDLE_TIMEOUT`].
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -24,12 +25,14 @@ use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
-use crate::cluster::{Cluster, ERROR_HEADER, SECRET_HEADER, error_status, parse_query, secret_matches};
+use crate::cluster::{Cluster, ERROR_HEADER, error_status, parse_query};
 use crate::meta::MetaKey;
 use crate::metrics::Metrics;
+use crate::peer_auth::AUTH_HEADER;
 use crate::reader::ObjectHandle;
 use crate::server::{Listeners, Slot};
 use crate::state::NodeState;
+use crate::tls::Acceptor;
 use crate::writeback::{self, WriteError, WriteMsg};
 use cairn_store::journal::{WriteRecord, valid_wid};
 
@@ -62,7 +65,7 @@ const _: () = assert!(crate::cluster::PEER_POOL_IDLE_TIMEOUT.as_secs() * 2 <= PE
 const _: () = assert!(cairn_core::config::MAX_HEADER_READ_TIMEOUT.as_secs() < PEER_IDLE_TIMEOUT.as_secs());
 
 /// One peer connection's standing: it holds a slot of the unauthenticated budget until a request
-/// passes the secret check, then a slot of the peer listener's.
+/// passes the signature check, then a slot of the peer listener's.
 struct PeerConn {
     source: IpAddr,
     slot: Mutex<Slot>,
@@ -90,20 +93,22 @@ impl PeerConn {
 
 pub async fn serve_peer(listener: TcpListener, state: Arc<NodeState>, cluster: Arc<Cluster>) {
     let unauthenticated = state.listeners.peer_unauthenticated.clone();
+    let tls = Acceptor::new(state.tls.as_ref(), crate::tls::Listener::Peer);
     crate::server::accept_loop(listener, unauthenticated, crate::server::close_silently, move |stream, peer, slot| {
-        peer_connection(stream, peer, slot, state.clone(), cluster.clone())
+        peer_connection(stream, peer, slot, state.clone(), cluster.clone(), tls.clone())
     })
     .await
 }
 
-/// Serves one peer connection; closes it when no request with the secret comes within
-/// `limits.header_read_timeout` of its opening.
+/// Serves one peer connection; closes it when its TLS handshake and a signed request do not come
+/// within `limits.header_read_timeout` of its opening.
 async fn peer_connection(
     stream: TcpStream,
     peer: SocketAddr,
     slot: Slot,
     state: Arc<NodeState>,
     cluster: Arc<Cluster>,
+    tls: Acceptor,
 ) {
     let conn = Arc::new(PeerConn {
         source: peer.ip(),
@@ -111,7 +116,21 @@ async fn peer_connection(
         authenticated: AtomicBool::new(false),
         on_auth: Notify::new(),
     });
-    let auth_deadline = state.config.limits.header_read_timeout.0;
+    let auth_deadline = tokio::time::sleep(state.config.limits.header_read_timeout.0);
+    tokio::pin!(auth_deadline);
+    let stream = tokio::select! {
+        r = tls.handshake(stream) => match r {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "peer TLS handshake failed");
+                return;
+            }
+        },
+        _ = &mut auth_deadline => {
+            state.listeners.peer_unauthenticated.count_timeout();
+            return;
+        }
+    };
     let svc = {
         let (state, conn) = (state.clone(), conn.clone());
         hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -124,7 +143,7 @@ async fn peer_connection(
     let result = tokio::select! {
         r = &mut http => r,
         _ = conn.on_auth.notified() => http.await,
-        _ = tokio::time::sleep(auth_deadline) => {
+        _ = &mut auth_deadline => {
             // Dropping the connection closes it, whatever it was doing.
             state.listeners.peer_unauthenticated.count_timeout();
             return;
@@ -138,7 +157,7 @@ async fn peer_connection(
     crate::server::connection_ended(admission, peer, result);
 }
 
-/// A refusal that also closes the connection, so a client without the secret keeps no slot.
+/// A refusal that also closes the connection, so a client without the key keeps no slot.
 fn refuse_and_close(status: StatusCode, code: &str, msg: &str) -> Resp {
     let mut r = text(status, code, msg);
     r.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
@@ -146,10 +165,14 @@ fn refuse_and_close(status: StatusCode, code: &str, msg: &str) -> Resp {
 }
 
 async fn handle(state: &NodeState, cluster: &Cluster, conn: &PeerConn, req: Request<Incoming>) -> Resp {
-    let given = req.headers().get(SECRET_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
-    if !secret_matches(given, cluster.secret().as_bytes()) {
+    let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let signature = req.headers().get(AUTH_HEADER).map(|v| v.as_bytes());
+    let now = crate::peer_auth::now_ms();
+    if let Err(why) = cluster.key().verify(req.method().as_str(), path_and_query, signature, now) {
         Metrics::add(&state.metrics.peer_refused, 1);
-        return refuse_and_close(StatusCode::FORBIDDEN, "Forbidden", "missing or wrong cluster secret\n");
+        tracing::debug!(source = %conn.source, ?why, "peer request refused");
+        let msg = format!("peer request refused ({why:?}): sign it with the cluster key ({AUTH_HEADER})\n");
+        return refuse_and_close(StatusCode::FORBIDDEN, "Forbidden", &msg);
     }
     if !conn.authenticate(&state.listeners) {
         return refuse_and_close(

@@ -251,11 +251,15 @@ pub async fn serve_s3(listener: TcpListener, s3: S3Service, state: Arc<NodeState
     let front = Front { s3, max_header_bytes: state.config.limits.max_header_bytes };
     let admission = state.listeners.s3.clone();
     let head_timeout = state.config.limits.header_read_timeout.0;
+    let tls = crate::tls::Acceptor::new(state.tls.as_ref(), crate::tls::Listener::S3);
     accept_loop(listener, admission.clone(), close_silently, move |stream, peer, slot| {
         let front = front.clone();
         let metrics = state.metrics.clone();
         let admission = admission.clone();
+        let tls = tls.clone();
         async move {
+            // The handshake, like a request head, must come within the header read timeout.
+            let Some(stream) = tls.accept(stream, peer, head_timeout).await else { return };
             metrics.connections_open.fetch_add(1, Ordering::Relaxed);
             let result = http1(head_timeout).serve_connection(TokioIo::new(stream), front).await;
             connection_ended(&admission, peer, result);
@@ -348,6 +352,9 @@ fn admin(state: &NodeState, path: &str) -> Response<Full<Bytes>> {
             listener_metrics(&mut text, &state.listeners);
             if let Some(kv) = &state.kv {
                 kv.render_metrics(&mut text);
+            }
+            if let Some(tls) = &state.tls {
+                tls.render_metrics(&mut text);
             }
             (StatusCode::OK, "text/plain; version=0.0.4", text)
         }

@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::multipart::Multipart;
 use crate::reader::ReadThrough;
 use crate::server::Listeners;
+use crate::tls::Tls;
 use crate::writeback::WriteBack;
 
 pub struct OriginEntry {
@@ -38,6 +39,8 @@ pub struct NodeState {
     pub kv: Option<Arc<KvNode>>,
     /// Connection limits of the listeners.
     pub listeners: Listeners,
+    /// Certificates and TLS configs, when a listener runs TLS (`[tls]`).
+    pub tls: Option<Arc<Tls>>,
     /// Random id of the cache directory's contents (`<cache dir>/incarnation`, 32 hex digits): the
     /// same after a restart on the same disk, new when the directory starts empty.
     pub incarnation: String,
@@ -78,8 +81,9 @@ impl NodeState {
             origins.push(OriginEntry { config: oc.clone(), origin: Arc::new(origin) });
         }
         let metrics = Arc::new(Metrics::default());
+        let tls = if config.tls.enabled() { Some(Tls::new(&config.tls).map_err(StartError::Config)?) } else { None };
         let cluster = if config.cluster.enabled() {
-            Some(Arc::new(Cluster::load(&config.cluster, metrics.clone()).map_err(StartError::Config)?))
+            Some(Arc::new(Cluster::load(&config.cluster, metrics.clone(), tls.clone()).map_err(StartError::Config)?))
         } else {
             None
         };
@@ -112,6 +116,7 @@ impl NodeState {
         };
         Ok(Self {
             kv,
+            tls,
             listeners: Listeners::new(&config.limits, config.kv.max_connections),
             incarnation,
             readiness: Default::default(),

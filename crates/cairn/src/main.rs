@@ -209,6 +209,21 @@ struct ServeArgs {
     /// Serve KV clients that do not authenticate.
     #[arg(long, env = "CAIRN_KV_ALLOW_ANONYMOUS")]
     kv_allow_anonymous: bool,
+    /// The listeners that run TLS, comma-separated: s3, kv, peer (or "none").
+    #[arg(long, env = "CAIRN_TLS", value_delimiter = ',')]
+    tls: Option<Vec<String>>,
+    /// This node's certificate chain (PEM), reloaded when it changes.
+    #[arg(long, env = "CAIRN_TLS_CERT")]
+    tls_cert: Option<String>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "CAIRN_TLS_KEY")]
+    tls_key: Option<String>,
+    /// The cluster CA (PEM) peers' certificates must chain to.
+    #[arg(long, env = "CAIRN_TLS_CA")]
+    tls_ca: Option<String>,
+    /// A CA (PEM) S3 and KV clients' certificates must chain to; unset: no client certificates.
+    #[arg(long, env = "CAIRN_TLS_CLIENT_CA")]
+    tls_client_ca: Option<String>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -319,8 +334,37 @@ impl ServeArgs {
         if self.kv_allow_anonymous {
             cfg.kv.allow_anonymous = true;
         }
+        self.apply_tls(&mut cfg.tls)?;
         cfg.validate()?;
         Ok(cfg)
+    }
+}
+
+impl ServeArgs {
+    fn apply_tls(&self, tls: &mut cairn_core::config::TlsSection) -> Result<()> {
+        if let Some(listeners) = &self.tls {
+            (tls.s3, tls.kv, tls.peer) = (false, false, false);
+            for l in listeners.iter().map(|l| l.trim()).filter(|l| !l.is_empty()) {
+                match l {
+                    "s3" => tls.s3 = true,
+                    "kv" => tls.kv = true,
+                    "peer" => tls.peer = true,
+                    "none" => {}
+                    other => anyhow::bail!("--tls {other:?}: expected s3, kv, peer or none"),
+                }
+            }
+        }
+        for (flag, field) in [
+            (&self.tls_cert, &mut tls.cert),
+            (&self.tls_key, &mut tls.key),
+            (&self.tls_ca, &mut tls.ca),
+            (&self.tls_client_ca, &mut tls.client_ca),
+        ] {
+            if let Some(v) = flag {
+                field.clone_from(v);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -347,7 +391,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     cairn_node::metrics::set_allocator_stats(allocator_stats);
     let node = cairn_node::start(cfg.clone()).await?;
     eprintln!("cairn {} serving", env!("CARGO_PKG_VERSION"));
-    eprintln!("  S3 endpoint   http://{} (path-style, region {})", node.s3_addr, cfg.node.region);
+    let s3_scheme = if cfg.tls.s3 { "https" } else { "http" };
+    eprintln!("  S3 endpoint   {s3_scheme}://{} (path-style, region {})", node.s3_addr, cfg.node.region);
     eprintln!("  admin         http://{}/metrics  http://{}/healthz", node.admin_addr, node.admin_addr);
     for o in &cfg.origins {
         let exposed = match &o.bucket {
@@ -377,6 +422,19 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if cfg.auth.allow_anonymous {
         eprintln!("  anonymous     allowed");
     }
+    if cfg.tls.enabled() {
+        let on: Vec<&str> = [("s3", cfg.tls.s3), ("kv", cfg.tls.kv), ("peer", cfg.tls.peer)]
+            .into_iter()
+            .filter_map(|(name, on)| on.then_some(name))
+            .collect();
+        let clients = if cfg.tls.client_ca.is_empty() { "" } else { ", client certificates required" };
+        eprintln!(
+            "  TLS           on {} (cert {}, reloaded every {}{clients})",
+            on.join(", "),
+            cfg.tls.cert,
+            humantime::format_duration(cfg.tls.reload_every.0)
+        );
+    }
     if let Some(kv) = node.kv_addr {
         let k = &cfg.kv;
         let auth = if k.allow_anonymous {
@@ -389,7 +447,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 if k.users.is_empty() { String::new() } else { format!(" and {} user(s)", k.users.len()) }
             )
         };
-        eprintln!("  KV endpoint   redis://{kv} (RESP2/3; RAM {}, disk {}; {auth})", k.ram_capacity, k.disk_capacity);
+        let scheme = if cfg.tls.kv { "rediss" } else { "redis" };
+        eprintln!(
+            "  KV endpoint   {scheme}://{kv} (RESP2/3; RAM {}, disk {}; {auth})",
+            k.ram_capacity, k.disk_capacity
+        );
     }
     if let Some(peer) = node.peer_addr {
         let membership = if cfg.cluster.gossip() {
@@ -401,8 +463,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         } else {
             format!("map {}", cfg.cluster.map)
         };
+        let transport = if cfg.tls.peer { "mutual TLS" } else { "plain TCP" };
         eprintln!(
-            "  cluster       node {} of {membership} (peer transport {peer}, {} owner(s) per chunk)",
+            "  cluster       node {} of {membership} (peer transport {peer} over {transport}, {} owner(s) per chunk)",
             cfg.cluster.node_id, cfg.cluster.replicas
         );
     }
