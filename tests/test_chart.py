@@ -120,7 +120,11 @@ def test_config_is_accepted_by_the_node_and_holds_no_secret(tmp_path):
     assert [o["url"] for o in aks["origin"]] == ["az://checkpoints", "az://datasets"]
     assert aks["origin"][0]["durability"] == "local" and aks["origin"][1]["metadata"] == "immutable"
     assert aks["origin"][0]["options"] == {"azure_storage_account_name": "mytrainingstorage"}
-    assert aks["writeback"]["drain_timeout"] == "1m 30s" or aks["writeback"]["drain_timeout"] == "90s"
+    assert aks["writeback"]["drain_timeout"] in ("1m 30s", "90s")
+    # Peer mTLS from the mounted Secret; S3 and KV stay plain.
+    assert aks["tls"]["peer"] is True and aks["tls"]["s3"] is False
+    assert (aks["tls"]["cert"], aks["tls"]["key"], aks["tls"]["ca"]) == (
+        "/etc/cairn/tls/tls.crt", "/etc/cairn/tls/tls.key", "/etc/cairn/tls/ca.crt")
 
 
 def test_daemonset_what_an_operator_depends_on():
@@ -163,6 +167,10 @@ def test_daemonset_what_an_operator_depends_on():
     (sa,) = by_kind(docs, "ServiceAccount")
     assert sa["metadata"]["annotations"]["azure.workload.identity/client-id"]
     assert spec["serviceAccountName"] == sa["metadata"]["name"] == "cairn"
+    # The TLS Secret is a volume (re-read on rotation), mounted where the config points.
+    tls = next(v for v in spec["volumes"] if v["name"] == "tls")
+    assert tls["secret"]["secretName"] == "cairn-tls" and "subPath" not in str(c["volumeMounts"])
+    assert {"name": "tls", "mountPath": "/etc/cairn/tls", "readOnly": True} in c["volumeMounts"]
     # An existing Secret: the chart creates none.
     assert not [d for d in docs if d["kind"] == "Secret"]
 
