@@ -241,3 +241,32 @@ def test_a_killed_and_a_partitioned_container_do_not_stop_reads(pool):
     docker("network", "connect", "--alias", SEEDS, pool.net, pool.names["c1"])
     wait_for("one view after the partition heals", lambda: all(pool.alive(n) == NODES for n in NODES), 40, pool)
     read_all(pool, "c1", objs)
+
+
+def test_prepare_dir_hands_a_root_owned_host_directory_to_the_node_user(image, tmp_path):
+    # What the chart's init container does to a hostPath the kubelet created as root, with a file
+    # left by an earlier run as root in it; then the node runs as 65532 on it.
+    host = tmp_path / "hostpath"
+    (host / "store").mkdir(parents=True)
+    (host / "store" / "old").write_bytes(b"x")
+    os.chmod(host, 0o755)
+    docker("run", "--rm", "--user", "0:0", "-v", f"{host}:/var/lib/cairn", image,
+           "prepare-dir", "--owner", "65532:65532", "/var/lib/cairn")  # fmt: skip
+    for p in (host, host / "store", host / "store" / "old"):
+        st = os.stat(p)
+        assert (st.st_uid, st.st_gid) == (65532, 65532), p
+    # The node (as 65532) locks and uses the directory.
+    name = f"cairn-prep-{uuid.uuid4().hex[:6]}"
+    docker("run", "-d", "--name", name, "-v", f"{host}:/var/lib/cairn", "-e", "CAIRN_ORIGIN=file:///var/lib/cairn/o",
+           image)  # fmt: skip
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline and not (host / "incarnation").exists():
+            time.sleep(0.2)
+        assert os.stat(host / "incarnation").st_uid == 65532
+        assert docker("inspect", "-f", "{{.State.Running}}", name) == "true", docker("logs", name)
+    finally:
+        docker("rm", "-f", name, check=False)
+    bad = subprocess.run(["docker", "run", "--rm", "--user", "0:0", image, "prepare-dir", "--owner", "x", "/d"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode != 0 and "expected UID:GID" in bad.stderr
