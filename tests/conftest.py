@@ -311,7 +311,7 @@ listen = "{host}:{self.kv_port}"
 requirepass = "{KV_PASSWORD}"
 ram_capacity = "{kv_ram}"
 disk_capacity = "{kv_disk}"
-max_value_size = "{kv_max_value}"
+{f'max_value_size = "{kv_max_value}"' if kv_max_value else ""}
 {kv_extra}
 
 [auth]

@@ -95,8 +95,10 @@ def test_redis_py_commands(kv, protocol):
     assert info["redis_version"] and "used_memory" in info and "keyspace_hits" in info
     assert "db0" in r.info("keyspace")
     assert r.command_count() > 10
-    with pytest.raises(redis.ResponseError, match="unknown command"):
+    with pytest.raises(redis.ResponseError, match="kv.allow_flush"):
         r.execute_command("FLUSHALL")
+    with pytest.raises(redis.ResponseError, match="unknown command"):
+        r.execute_command("LPUSH", "l", "x")
     assert r.ping()
 
 

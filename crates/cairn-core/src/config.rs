@@ -478,11 +478,14 @@ pub struct KvSection {
     pub ram_capacity: ByteSize,
     /// Capacity of the KV disk tier (under `<cache.dir>/kv`); 0 disables it.
     pub disk_capacity: ByteSize,
-    /// Largest value accepted by SET/MSET.
-    pub max_value_size: ByteSize,
+    /// Largest value accepted by SET/MSET (Redis `proto-max-bulk-len`). Unset: 512 MiB (Redis's
+    /// default), or `ram_capacity` when the RAM tier is smaller; see [`KvSection::max_value`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_value_size: Option<ByteSize>,
     /// Longest key accepted.
     pub max_key_size: usize,
-    /// Most arguments in one command (command name included).
+    /// Most arguments in one command (command name included); Redis allows 1,048,576 (so MGET,
+    /// EXISTS and DEL of that many keys). Over it the command is a protocol error.
     pub max_args: usize,
     /// Longest inline (non-RESP) command line.
     pub max_inline_size: usize,
@@ -502,6 +505,8 @@ pub struct KvSection {
     pub users: Vec<KvUser>,
     /// Serve clients that never authenticate. Off unless set explicitly.
     pub allow_anonymous: bool,
+    /// Accept FLUSHALL and FLUSHDB (they empty this node's KV store). Off unless set explicitly.
+    pub allow_flush: bool,
 }
 
 impl Default for KvSection {
@@ -510,9 +515,9 @@ impl Default for KvSection {
             listen: "127.0.0.1:6380".into(),
             ram_capacity: ByteSize::gib(1),
             disk_capacity: ByteSize::gib(10),
-            max_value_size: ByteSize::mib(512),
+            max_value_size: None,
             max_key_size: 8 << 10,
-            max_args: 4_096,
+            max_args: KV_MAX_ARGS,
             max_inline_size: 64 << 10,
             max_pipeline: 1_024,
             max_output_buffer: ByteSize::gib(1),
@@ -522,9 +527,15 @@ impl Default for KvSection {
             requirepass: "cairn-kv-password".into(),
             users: Vec::new(),
             allow_anonymous: false,
+            allow_flush: false,
         }
     }
 }
+
+/// Redis's most arguments in one command (its `invalid multibulk length` limit).
+pub const KV_MAX_ARGS: usize = 1 << 20;
+/// Redis's default largest value (`proto-max-bulk-len`).
+pub const KV_DEFAULT_MAX_VALUE: ByteSize = ByteSize::mib(512);
 
 /// When a write is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -576,6 +587,11 @@ impl<'de> Deserialize<'de> for Durability {
 impl KvSection {
     pub fn enabled(&self) -> bool {
         !self.listen.is_empty()
+    }
+
+    /// The largest value accepted: `max_value_size`, or when unset 512 MiB capped by the RAM tier.
+    pub fn max_value(&self) -> ByteSize {
+        self.max_value_size.unwrap_or_else(|| ByteSize(KV_DEFAULT_MAX_VALUE.bytes().min(self.ram_capacity.bytes())))
     }
 }
 
@@ -842,11 +858,17 @@ impl Config {
                         .into(),
                 );
             }
-            if kv.max_value_size.bytes() > kv.ram_capacity.bytes() {
+            if kv.max_value().bytes() > kv.ram_capacity.bytes() {
                 return bad(format!(
-                    "kv.max_value_size {} is above kv.ram_capacity {}",
-                    kv.max_value_size, kv.ram_capacity
+                    "kv.max_value_size {} is above kv.ram_capacity {}: lower kv.max_value_size to at most {} (or \
+                     leave it unset: it then follows the RAM tier), or raise kv.ram_capacity",
+                    kv.max_value(),
+                    kv.ram_capacity,
+                    kv.ram_capacity
                 ));
+            }
+            if kv.max_value().bytes() == 0 {
+                return bad("kv.max_value_size and kv.ram_capacity must be positive".into());
             }
             if !(1..=5).contains(&kv.replicas) {
                 return bad("kv.replicas must be between 1 and 5".into());
@@ -919,6 +941,7 @@ mod tests {
             ("[auth]\nkeys = []", "nobody could use"),
             ("[kv]\nrequirepass = \"\"", "nobody could use the KV endpoint"),
             ("[kv]\nreplicas = 0", "kv.replicas"),
+            ("[kv]\nram_capacity = \"256MiB\"\nmax_value_size = \"1GiB\"", "lower kv.max_value_size to at most 256"),
             ("[limits]\nheader_read_timeout = \"0s\"", "header_read_timeout"),
             ("[limits]\nheader_read_timeout = \"5m\"", "header_read_timeout"),
             ("[limits]\nmax_unauthenticated_per_source = 0", "must be positive"),
@@ -932,6 +955,16 @@ mod tests {
             let msg = err.expect_err(text).to_string();
             assert!(msg.contains(want), "{text:?}: {msg}");
         }
+    }
+
+    #[test]
+    fn kv_value_limit_follows_a_small_ram_tier() {
+        let cfg = Config::from_toml_str("[kv]\nram_capacity = \"256MiB\"").expect("parses");
+        cfg.validate().expect("a small KV RAM tier starts with the default value limit");
+        assert_eq!(cfg.kv.max_value(), ByteSize::mib(256));
+        assert_eq!(Config::default().kv.max_value(), ByteSize::mib(512));
+        let cfg = Config::from_toml_str("[kv]\nmax_value_size = \"8MiB\"").expect("parses");
+        assert_eq!(cfg.kv.max_value(), ByteSize::mib(8));
     }
 
     #[test]

@@ -7,9 +7,10 @@
 
 pub mod command;
 pub mod disk;
+pub mod glob;
 pub mod resp;
 pub mod store;
 
-pub use command::{Command, CommandError};
+pub use command::{Command, CommandError, ReplyMode, When};
 pub use resp::{Limits, Parsed, ProtocolError, Reply};
-pub use store::{KvStats, KvStore, KvStoreConfig, SetCondition, SetOptions, SetOutcome, Ttl};
+pub use store::{ExpireCondition, KvStats, KvStore, KvStoreConfig, SetCondition, SetOptions, SetOutcome, Ttl};

@@ -14,6 +14,11 @@ const MAX_HEADER_LINE: usize = 32;
 /// Bulk strings up to this size are copied into the output buffer; larger ones are sent from the
 /// stored value itself.
 const INLINE_BULK_MAX: usize = 16 << 10;
+/// Most arguments of a command from a client that has not authenticated (Redis 7's limit), so
+/// an unauthenticated client cannot make the node hold anything large.
+pub const UNAUTHENTICATED_MAX_ARGS: i64 = 10;
+/// Longest bulk string from a client that has not authenticated (Redis 7's limit).
+pub const UNAUTHENTICATED_MAX_BULK: i64 = 16 << 10;
 
 /// Bounds on what one command may claim.
 #[derive(Clone, Copy, Debug)]
@@ -26,6 +31,8 @@ pub struct Limits {
     pub max_command: usize,
     /// Longest inline command line.
     pub max_inline: usize,
+    /// Whether the client has authenticated; until then the `UNAUTHENTICATED_*` limits apply.
+    pub authenticated: bool,
 }
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +47,10 @@ pub enum ProtocolError {
     CommandTooLong(usize, usize),
     #[error("Protocol error: too big inline request (limit {0})")]
     InlineTooLong(usize),
+    #[error("Protocol error: unauthenticated multibulk length")]
+    UnauthenticatedArgs,
+    #[error("Protocol error: unauthenticated bulk length")]
+    UnauthenticatedBulk,
 }
 
 /// Outcome of looking at the start of a buffer.
@@ -78,6 +89,9 @@ pub fn parse_command(buf: &[u8], lim: &Limits) -> Result<Parsed, ProtocolError> 
     }
     let Some(end) = line_end(buf, 1, MAX_HEADER_LINE)? else { return Ok(Parsed::Incomplete(buf.len() + 1)) };
     let n = parse_int(&buf[1..end])?;
+    if !lim.authenticated && n > UNAUTHENTICATED_MAX_ARGS {
+        return Err(ProtocolError::UnauthenticatedArgs);
+    }
     if n > lim.max_args as i64 {
         return Err(ProtocolError::TooManyArgs(n, lim.max_args));
     }
@@ -85,7 +99,8 @@ pub fn parse_command(buf: &[u8], lim: &Limits) -> Result<Parsed, ProtocolError> 
     if n <= 0 {
         return Ok(Parsed::Complete(Vec::new(), pos));
     }
-    let mut args = Vec::with_capacity(n as usize);
+    // The count is only a claim until the arguments arrive: reserve for a few at first.
+    let mut args = Vec::with_capacity((n as usize).min(1024));
     for _ in 0..n {
         if pos >= buf.len() {
             return Ok(Parsed::Incomplete(pos + 1));
@@ -95,6 +110,9 @@ pub fn parse_command(buf: &[u8], lim: &Limits) -> Result<Parsed, ProtocolError> 
         }
         let Some(end) = line_end(buf, pos + 1, MAX_HEADER_LINE)? else { return Ok(Parsed::Incomplete(buf.len() + 1)) };
         let len = parse_int(&buf[pos + 1..end])?;
+        if !lim.authenticated && len > UNAUTHENTICATED_MAX_BULK {
+            return Err(ProtocolError::UnauthenticatedBulk);
+        }
         if len < 0 || len > lim.max_bulk as i64 {
             return Err(ProtocolError::BulkTooLong(len, lim.max_bulk));
         }
@@ -136,6 +154,9 @@ fn parse_inline(buf: &[u8], lim: &Limits) -> Result<Parsed, ProtocolError> {
         if i > start {
             args.push((start, i));
         }
+    }
+    if !lim.authenticated && args.len() as i64 > UNAUTHENTICATED_MAX_ARGS {
+        return Err(ProtocolError::UnauthenticatedArgs);
     }
     if args.len() > lim.max_args {
         return Err(ProtocolError::TooManyArgs(args.len() as i64, lim.max_args));
@@ -343,7 +364,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const LIM: Limits = Limits { max_args: 16, max_bulk: 1 << 20, max_command: 2 << 20, max_inline: 64 };
+    const LIM: Limits =
+        Limits { max_args: 16, max_bulk: 1 << 20, max_command: 2 << 20, max_inline: 64, authenticated: true };
 
     fn joined(segs: Vec<Bytes>) -> Vec<u8> {
         segs.iter().flat_map(|b| b.iter().copied()).collect()
@@ -387,6 +409,17 @@ mod tests {
         assert!(matches!(parse_command(&[b'x'; 100], &LIM), Err(ProtocolError::InlineTooLong(64))));
         let long_header = [b"*".as_slice(), &[b'1'; 40]].concat();
         assert!(matches!(parse_command(&long_header, &LIM), Err(ProtocolError::Malformed(_))));
+    }
+
+    #[test]
+    fn unauthenticated_clients_get_small_limits() {
+        let lim = Limits { authenticated: false, ..LIM };
+        let big = b"*2\r\n$3\r\nFOO\r\n$16385\r\n";
+        assert_eq!(parse_command(big, &lim), Err(ProtocolError::UnauthenticatedBulk));
+        assert_eq!(parse_command(b"*11\r\n", &lim), Err(ProtocolError::UnauthenticatedArgs));
+        assert_eq!(parse_command(b"*2\r\n$4\r\nAUTH\r\n$16384\r\n", &lim), Ok(Parsed::Incomplete(16384 + 24)));
+        assert_eq!(parse_command(big, &LIM), Ok(Parsed::Incomplete(16385 + 23)));
+        assert_eq!(ProtocolError::UnauthenticatedBulk.to_string(), "Protocol error: unauthenticated bulk length");
     }
 
     #[test]

@@ -103,6 +103,21 @@ pub enum SetOutcome {
     NotStored,
 }
 
+/// When EXPIRE may change a key's time to live (Redis's NX, XX, GT, LT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ExpireCondition {
+    #[default]
+    Always,
+    /// NX: only a key with no TTL.
+    IfNone,
+    /// XX: only a key with a TTL.
+    IfSome,
+    /// GT: only to a later expiry (no TTL counts as infinite, so never).
+    IfLater,
+    /// LT: only to an earlier expiry (no TTL counts as infinite, so always).
+    IfEarlier,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ttl {
     Missing,
@@ -194,6 +209,11 @@ enum Found {
 #[derive(Clone)]
 pub struct KvStore {
     shared: Arc<Shared>,
+}
+
+/// Where a key sorts in a SCAN: a hash of its name, never 0 (the cursor that starts a scan).
+pub fn scan_position(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key).max(1)
 }
 
 fn expired(expires: Option<u64>, now: u64) -> bool {
@@ -387,8 +407,12 @@ impl KvStore {
             if !allowed {
                 return SetOutcome::NotStored;
             }
-            let expires =
-                if opts.keep_ttl { current.flatten() } else { opts.ttl.map(|d| now + (d.as_millis() as u64).max(1)) };
+            // A zero TTL (an EXAT/PXAT already past) stores a key that is already expired.
+            let expires = if opts.keep_ttl {
+                current.flatten()
+            } else {
+                opts.ttl.map(|d| now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+            };
             actions.extend(self.remove_locked(&mut g, &key));
             let slot = Slot { value, expires, lease_until: 0, on_disk: None };
             actions.extend(self.insert_ram(&mut g, key, slot));
@@ -440,15 +464,52 @@ impl KvStore {
 
     /// Sets a key's time to live; a non-positive one deletes the key. Whether the key exists.
     pub fn expire(&self, key: &[u8], ttl_ms: i64) -> bool {
-        if ttl_ms <= 0 {
-            return self.delete(key);
-        }
+        self.expire_if(key, ttl_ms, ExpireCondition::Always)
+    }
+
+    /// Sets a key's time to live to `ttl_ms` from now if `cond` holds; at or below zero the key is
+    /// deleted. Whether it was changed (0 or 1 in Redis's reply).
+    pub fn expire_if(&self, key: &[u8], ttl_ms: i64, cond: ExpireCondition) -> bool {
+        let now = self.now();
+        let actions = {
+            let mut g = self.shared.inner.lock();
+            let Some(current) = self.current_expiry(&mut g, key, now) else { return false };
+            let when = i128::from(now) + i128::from(ttl_ms);
+            let allowed = match (cond, current) {
+                (ExpireCondition::Always, _) => true,
+                (ExpireCondition::IfNone, c) => c.is_none(),
+                (ExpireCondition::IfSome, c) => c.is_some(),
+                (ExpireCondition::IfLater, Some(c)) => when > i128::from(c),
+                (ExpireCondition::IfLater, None) => false,
+                (ExpireCondition::IfEarlier, Some(c)) => when < i128::from(c),
+                (ExpireCondition::IfEarlier, None) => true,
+            };
+            if !allowed {
+                return false;
+            }
+            if ttl_ms <= 0 {
+                self.remove_locked(&mut g, key)
+            } else {
+                Self::set_expiry_locked(&mut g, key, Some(now.saturating_add(ttl_ms as u64)));
+                Vec::new()
+            }
+        };
+        self.run(actions);
+        true
+    }
+
+    /// Removes a key's time to live; whether it had one.
+    pub fn persist(&self, key: &[u8]) -> bool {
         let now = self.now();
         let mut g = self.shared.inner.lock();
-        if self.locate(&mut g, key, now, false).is_none() {
+        if !matches!(self.current_expiry(&mut g, key, now), Some(Some(_))) {
             return false;
         }
-        let e = Some(now.saturating_add(ttl_ms as u64));
+        Self::set_expiry_locked(&mut g, key, None);
+        true
+    }
+
+    fn set_expiry_locked(g: &mut Inner, key: &[u8], e: Option<u64>) {
         if let Some(s) = g.ram.get_mut(key) {
             s.expires = e;
         }
@@ -461,7 +522,85 @@ impl KvStore {
         if let Some(h) = g.held.get_mut(key) {
             h.expires = e;
         }
-        true
+    }
+
+    /// The value of `key`, deleted in the same step (GETDEL).
+    pub async fn take(&self, key: &[u8]) -> Option<Bytes> {
+        let v = self.get(key).await?;
+        self.delete(key);
+        Some(v)
+    }
+
+    /// How many of `keys` exist (TOUCH: counted as EXISTS does, marked as used, not leased).
+    pub fn touch<K: AsRef<[u8]>>(&self, keys: &[K]) -> usize {
+        let now = self.now();
+        let mut g = self.shared.inner.lock();
+        let mut n = 0;
+        for k in keys {
+            if let Some(found) = self.locate(&mut g, k.as_ref(), now, false) {
+                n += 1;
+                if let Found::Value(_, true) = found
+                    && let Some((owned, _)) = g.ram.get_key_value(k.as_ref())
+                {
+                    let owned = owned.clone();
+                    g.ram_policy.touch(&owned);
+                }
+            }
+        }
+        n
+    }
+
+    /// One step of SCAN: up to about `count` live keys whose scan position is at or after
+    /// `cursor`, in position order, and the cursor of the next step (0 when done). A key's position
+    /// is a hash of its name, so a key present for the whole iteration is returned at least once
+    /// whatever else is added or removed meanwhile. Costs a pass over the node's keys.
+    pub fn scan(&self, cursor: u64, count: usize) -> (u64, Vec<Bytes>) {
+        let now = self.now();
+        let mut found: Vec<(u64, Bytes)> = {
+            let g = self.shared.inner.lock();
+            let live = |e: Option<u64>| !expired(e, now);
+            let ram = g.ram.iter().filter(|(_, s)| live(s.expires)).map(|(k, _)| k);
+            let spilling = g.spilling.iter().filter(|(_, s)| live(s.expires)).map(|(k, _)| k);
+            let disk = g.disk.iter().filter(|(_, m)| live(m.expires)).map(|(k, _)| k);
+            let held = g.held.iter().filter(|(_, h)| live(h.expires) && h.until > now).map(|(k, _)| k);
+            ram.chain(spilling)
+                .chain(disk)
+                .chain(held)
+                .map(|k| (scan_position(k), k))
+                .filter(|(p, _)| *p >= cursor)
+                .map(|(p, k)| (p, k.clone()))
+                .collect()
+        };
+        found.sort_unstable();
+        found.dedup();
+        let count = count.max(1);
+        if found.len() <= count {
+            return (0, found.into_iter().map(|(_, k)| k).collect());
+        }
+        // Never split keys of one position between two steps.
+        let mut end = count;
+        while end < found.len() && found[end].0 == found[end - 1].0 {
+            end += 1;
+        }
+        let next = found.get(end).map_or(0, |(p, _)| *p);
+        found.truncate(end);
+        (next, found.into_iter().map(|(_, k)| k).collect())
+    }
+
+    /// Removes every key (FLUSHALL); how many there were.
+    pub fn clear(&self) -> usize {
+        let (n, actions) = {
+            let mut g = self.shared.inner.lock();
+            let keys: std::collections::HashSet<Bytes> =
+                g.ram.keys().chain(g.spilling.keys()).chain(g.disk.keys()).chain(g.held.keys()).cloned().collect();
+            let mut actions = Vec::new();
+            for k in &keys {
+                actions.extend(self.remove_locked(&mut g, k));
+            }
+            (keys.len(), actions)
+        };
+        self.run(actions);
+        n
     }
 
     /// Length of the value, without reading it.
@@ -837,6 +976,60 @@ mod tests {
                 }
             });
         }
+    }
+
+    #[tokio::test]
+    async fn expire_conditions_and_persist() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(1 << 20, 0, dir.path());
+        s.set("k".into(), val(1, 0), SetOptions::default());
+        assert!(!s.expire_if(b"k", 10_000, ExpireCondition::IfSome));
+        assert!(!s.expire_if(b"k", 10_000, ExpireCondition::IfLater), "no TTL counts as infinite");
+        assert!(s.expire_if(b"k", 10_000, ExpireCondition::IfNone));
+        assert!(!s.expire_if(b"k", 20_000, ExpireCondition::IfNone));
+        assert!(s.expire_if(b"k", 20_000, ExpireCondition::IfLater));
+        assert!(!s.expire_if(b"k", 30_000, ExpireCondition::IfEarlier));
+        assert!(s.expire_if(b"k", 5_000, ExpireCondition::IfEarlier));
+        assert!(matches!(s.ttl(b"k"), Ttl::Millis(ms) if ms <= 5_000));
+        assert!(s.persist(b"k"));
+        assert!(!s.persist(b"k"));
+        assert_eq!(s.ttl(b"k"), Ttl::Persistent);
+        assert!(s.expire_if(b"k", -1, ExpireCondition::IfEarlier), "LT always holds for no TTL");
+        assert_eq!(s.ttl(b"k"), Ttl::Missing);
+        assert!(!s.expire_if(b"k", 1_000, ExpireCondition::Always));
+        // A TTL of zero stores a key that is already gone.
+        s.set("z".into(), val(1, 0), SetOptions { ttl: Some(Duration::ZERO), ..Default::default() });
+        assert_eq!(s.get(b"z").await, None);
+    }
+
+    #[tokio::test]
+    async fn scan_returns_every_key_once_whatever_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(1 << 22, 0, dir.path());
+        for i in 0..500 {
+            s.set(format!("k{i}").into(), val(10, 0), SetOptions::default());
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor = 0;
+        let mut steps = 0;
+        loop {
+            let (next, keys) = s.scan(cursor, 37);
+            assert!(keys.len() <= 40);
+            for k in keys {
+                assert!(seen.insert(k.clone()) || !k.starts_with(b"k"), "returned twice: {k:?}");
+            }
+            // Keys added and removed meanwhile do not disturb the others.
+            s.set(format!("new{steps}").into(), val(10, 0), SetOptions::default());
+            s.delete(format!("new{}", steps.max(1) - 1).as_bytes());
+            steps += 1;
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        assert!((0..500).all(|i| seen.contains(format!("k{i}").as_bytes())));
+        assert_eq!(s.clear(), 501);
+        assert_eq!(s.scan(0, 10), (0, Vec::new()));
     }
 
     #[tokio::test]

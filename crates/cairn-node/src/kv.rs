@@ -5,15 +5,19 @@
 //! The socket side (pipelining, buffers, limits) is in `kv_conn.rs`; the RESP codec, command
 //! parsing and the store are in the `cairn-kv` crate.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cairn_core::config::KvSection;
+use cairn_kv::command::MAX_ECHO;
 use cairn_kv::resp::Limits;
-use cairn_kv::{Command, KvStore, KvStoreConfig, Reply};
+use cairn_kv::{Command, KvStore, KvStoreConfig, Reply, ReplyMode};
+use parking_lot::{Mutex, RwLock};
 
 use crate::cluster::{Cluster, secret_matches};
 use crate::kv_route::Router;
@@ -24,9 +28,55 @@ pub const COMMAND_OVERHEAD: usize = 1 << 20;
 const REDIS_VERSION: &str = "7.2.0";
 /// Commands counted by COMMAND COUNT.
 const COMMANDS: &[&str] = &[
-    "ping", "echo", "hello", "auth", "select", "client", "info", "dbsize", "command", "config", "quit", "get", "set",
-    "mget", "mset", "exists", "del", "unlink", "ttl", "pttl", "expire", "pexpire", "strlen",
+    "ping",
+    "echo",
+    "hello",
+    "auth",
+    "select",
+    "client",
+    "info",
+    "dbsize",
+    "command",
+    "config",
+    "quit",
+    "multi",
+    "exec",
+    "discard",
+    "watch",
+    "unwatch",
+    "flushall",
+    "flushdb",
+    "scan",
+    "get",
+    "getdel",
+    "getex",
+    "set",
+    "setnx",
+    "setex",
+    "psetex",
+    "mget",
+    "mset",
+    "exists",
+    "touch",
+    "del",
+    "unlink",
+    "ttl",
+    "pttl",
+    "expiretime",
+    "pexpiretime",
+    "expire",
+    "pexpire",
+    "expireat",
+    "pexpireat",
+    "persist",
+    "type",
+    "memory",
+    "strlen",
 ];
+/// Error of a command queued in a transaction whose keys have another owner than the keys queued
+/// before it.
+const CROSS_OWNER: &str = "CROSSSLOT Keys in request don't hash to the same slot: the keys of one MULTI/EXEC must \
+                           have one owner; name them with one hash tag, e.g. {user1}:a and {user1}:b";
 /// Upper bounds of the command latency buckets, in seconds.
 const LATENCY_BUCKETS: [f64; 14] =
     [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
@@ -77,14 +127,70 @@ impl KvCounters {
     }
 }
 
+/// What CLIENT LIST shows of a connection; shared between its session and the node's registry.
+pub struct ClientEntry {
+    id: u64,
+    addr: String,
+    opened: Instant,
+    /// Milliseconds since `opened` of the last command.
+    last_ms: AtomicU64,
+    last_cmd: Mutex<&'static str>,
+    name: Mutex<Option<Bytes>>,
+    lib: Mutex<(Option<Bytes>, Option<Bytes>)>,
+    user: Mutex<&'static str>,
+    user_name: Mutex<Option<String>>,
+    resp: AtomicU64,
+    /// Commands queued in MULTI, or -1.
+    multi: std::sync::atomic::AtomicI64,
+}
+
+/// A transaction being queued (between MULTI and EXEC).
+#[derive(Default)]
+pub struct Transaction {
+    commands: Vec<Command>,
+    bytes: usize,
+    /// A queued command was refused: EXEC will abort.
+    failed: bool,
+    /// Owners of the keys queued so far (node ids), in a cluster.
+    owners: Option<Vec<String>>,
+}
+
 /// State of one client connection.
 pub struct Session {
     pub id: u64,
     pub authenticated: bool,
     pub resp3: bool,
-    pub name: Option<Bytes>,
     /// Set by QUIT: close after the reply.
     pub closing: bool,
+    /// CLIENT REPLY OFF.
+    reply_off: bool,
+    /// CLIENT REPLY SKIP was the last command: skip the next reply.
+    skip_next: bool,
+    multi: Option<Transaction>,
+    entry: Arc<ClientEntry>,
+    clients: Arc<Mutex<BTreeMap<u64, Arc<ClientEntry>>>>,
+}
+
+impl Session {
+    pub fn name(&self) -> Option<Bytes> {
+        self.entry.name.lock().clone()
+    }
+
+    fn set_name(&self, name: Option<Bytes>) {
+        *self.entry.name.lock() = name.filter(|n| !n.is_empty());
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.clients.lock().remove(&self.id);
+    }
+}
+
+/// Settings CONFIG SET can change while the node runs.
+struct Live {
+    requirepass: RwLock<String>,
+    max_bulk: AtomicUsize,
 }
 
 pub struct KvNode {
@@ -95,6 +201,11 @@ pub struct KvNode {
     router: Option<Router>,
     next_id: AtomicU64,
     started: Instant,
+    live: Live,
+    clients: Arc<Mutex<BTreeMap<u64, Arc<ClientEntry>>>>,
+    /// Commands on this node's store hold it shared; a transaction (EXEC) holds it alone, so no
+    /// other command runs between its commands.
+    gate: tokio::sync::RwLock<()>,
 }
 
 impl KvNode {
@@ -109,17 +220,20 @@ impl KvNode {
             dir: cache_dir.join("kv"),
             lease: cfg.lease.0,
         })?;
-        let max_value = cfg.max_value_size.bytes() as usize;
+        let max_value = cfg.max_value().bytes() as usize;
         let limits = Limits {
             max_args: cfg.max_args,
             max_bulk: max_value.max(cfg.max_key_size),
             max_command: max_value + COMMAND_OVERHEAD,
             max_inline: cfg.max_inline_size,
+            authenticated: true,
         };
         let router = match cluster {
             Some((c, section)) => Some(Router::new(c, section, cfg.replicas).map_err(std::io::Error::other)?),
             None => None,
         };
+        let live =
+            Live { requirepass: RwLock::new(cfg.requirepass.clone()), max_bulk: AtomicUsize::new(limits.max_bulk) };
         Ok(Self {
             store,
             cfg,
@@ -128,28 +242,90 @@ impl KvNode {
             router,
             next_id: AtomicU64::new(1),
             started: Instant::now(),
+            live,
+            clients: Arc::default(),
+            gate: tokio::sync::RwLock::new(()),
         })
     }
 
-    pub fn new_session(&self) -> Session {
+    /// A session for a client connected from `addr`.
+    pub fn new_session(&self, addr: Option<SocketAddr>) -> Session {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let entry = Arc::new(ClientEntry {
+            id,
+            addr: addr.map_or_else(|| "?:0".to_owned(), |a| a.to_string()),
+            opened: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            last_cmd: Mutex::new("NULL"),
+            name: Mutex::new(None),
+            lib: Mutex::new((None, None)),
+            user: Mutex::new("default"),
+            user_name: Mutex::new(None),
+            resp: AtomicU64::new(2),
+            multi: std::sync::atomic::AtomicI64::new(-1),
+        });
+        self.clients.lock().insert(id, entry.clone());
         Session {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            id,
             authenticated: self.cfg.allow_anonymous,
             resp3: false,
-            name: None,
             closing: false,
+            reply_off: false,
+            skip_next: false,
+            multi: None,
+            entry,
+            clients: self.clients.clone(),
         }
     }
 
-    /// Runs one command from a client.
-    pub async fn execute(&self, s: &mut Session, args: Vec<Bytes>) -> Reply {
+    /// The parser's limits for this session: small ones until it has authenticated.
+    pub fn limits_for(&self, s: &Session) -> Limits {
+        Limits { authenticated: s.authenticated, max_bulk: self.live.max_bulk.load(Ordering::Relaxed), ..self.limits }
+    }
+
+    /// Runs a data command (or SCAN) on this node's store, between transactions.
+    pub async fn run_local(&self, cmd: &Command) -> Reply {
+        let _shared = self.gate.read().await;
+        cmd.run_local(&self.store).await
+    }
+
+    /// Runs a transaction's commands on this node's store with nothing in between; their replies.
+    pub async fn run_transaction_local(&self, cmds: &[Command]) -> Reply {
+        let _alone = self.gate.write().await;
+        let mut out = Vec::with_capacity(cmds.len());
+        for c in cmds {
+            out.push(c.run_local(&self.store).await);
+        }
+        Reply::Array(out)
+    }
+
+    /// Runs one command from a client; `None` when its reply is not sent (CLIENT REPLY OFF/SKIP).
+    pub async fn execute(&self, s: &mut Session, args: Vec<Bytes>) -> Option<Reply> {
+        let skip = std::mem::take(&mut s.skip_next);
+        let reply = self.execute_one(s, args).await;
+        (!skip && !s.reply_off && !s.skip_next).then_some(reply)
+    }
+
+    async fn execute_one(&self, s: &mut Session, args: Vec<Bytes>) -> Reply {
         KvCounters::add(&self.counters.commands, 1);
+        s.entry.last_ms.store(s.entry.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
         let cmd = match Command::parse(&args, self.cfg.max_key_size) {
             Ok(c) => c,
-            Err(e) => return Reply::err(e.to_string()),
+            Err(e) => {
+                if let Some(t) = &mut s.multi {
+                    t.failed = true;
+                }
+                return Reply::err(e.to_string());
+            }
         };
+        *s.entry.last_cmd.lock() = command_name(&cmd);
         if !s.authenticated && !matches!(cmd, Command::Auth { .. } | Command::Hello { .. } | Command::Quit) {
             return Reply::err("NOAUTH Authentication required.");
+        }
+        if s.multi.is_some()
+            && !matches!(cmd, Command::Exec | Command::Discard | Command::Multi | Command::Watch | Command::Quit)
+        {
+            return self.queue(s, cmd, &args);
         }
         let started = Instant::now();
         let op = op_index(&cmd);
@@ -161,24 +337,70 @@ impl KvNode {
             Command::Select(0) => Reply::ok(),
             Command::Select(_) => Reply::err("ERR DB index is out of range"),
             Command::ClientSetName(n) => {
-                s.name = (!n.is_empty()).then_some(n);
+                s.set_name(Some(n));
                 Reply::ok()
             }
-            Command::ClientGetName => s.name.clone().map_or(Reply::Nil, Reply::Bulk),
+            Command::ClientGetName => s.name().map_or(Reply::Nil, Reply::Bulk),
             Command::ClientId => Reply::Int(s.id as i64),
+            Command::ClientSetInfo { lib_version, value } => {
+                let mut lib = s.entry.lib.lock();
+                if lib_version {
+                    lib.1 = Some(value)
+                } else {
+                    lib.0 = Some(value)
+                }
+                Reply::ok()
+            }
             Command::ClientNoop => Reply::ok(),
+            Command::ClientReply(mode) => {
+                s.reply_off = mode == ReplyMode::Off;
+                s.skip_next = mode == ReplyMode::Skip;
+                Reply::ok()
+            }
+            Command::ClientList(ids) => Reply::Bulk(Bytes::from(self.client_list(ids.as_deref()))),
+            Command::ClientInfo => Reply::Bulk(Bytes::from(self.client_line(&s.entry))),
             Command::Info(sections) => Reply::Bulk(Bytes::from(self.info(&sections))),
             Command::DbSize => Reply::Int(self.store.len() as i64),
             Command::CommandCount => Reply::Int(COMMANDS.len() as i64),
             Command::CommandEmpty => Reply::Array(Vec::new()),
             Command::ConfigGet(patterns) => self.config_get(&patterns),
+            Command::ConfigSet(pairs) => self.config_set(&pairs),
             Command::Quit => {
                 s.closing = true;
                 Reply::ok()
             }
+            Command::Multi if s.multi.is_some() => Reply::err("ERR MULTI calls can not be nested"),
+            Command::Multi => {
+                s.multi = Some(Transaction::default());
+                s.entry.multi.store(0, Ordering::Relaxed);
+                Reply::ok()
+            }
+            Command::Exec => self.exec(s).await,
+            Command::Discard => match s.multi.take() {
+                Some(_) => {
+                    s.entry.multi.store(-1, Ordering::Relaxed);
+                    Reply::ok()
+                }
+                None => Reply::err("ERR DISCARD without MULTI"),
+            },
+            Command::Watch if s.multi.is_some() => Reply::err("ERR WATCH inside MULTI is not allowed"),
+            Command::Watch => Reply::err(
+                "ERR WATCH is not supported: cairn runs MULTI/EXEC atomically on the keys' owner but does not watch keys",
+            ),
+            Command::Unwatch => Reply::ok(),
+            Command::FlushAll if !self.cfg.allow_flush => Reply::err(
+                "ERR FLUSHALL and FLUSHDB are disabled on this node (set kv.allow_flush = true to allow them)",
+            ),
+            Command::FlushAll => {
+                let _alone = self.gate.write().await;
+                let n = self.store.clear();
+                tracing::info!(keys = n, client = s.id, "KV store flushed by FLUSHALL/FLUSHDB");
+                Reply::ok()
+            }
+            scan @ Command::Scan { .. } => self.run_local(&scan).await,
             data => match &self.router {
                 Some(r) => r.dispatch(self, data).await,
-                None => data.run_local(&self.store).await,
+                None => self.run_local(&data).await,
             },
         };
         self.counters.observe(op, started.elapsed());
@@ -188,12 +410,13 @@ impl KvNode {
     fn check_password(&self, user: Option<&[u8]>, password: &[u8]) -> Result<(), Reply> {
         let ok = match user {
             None | Some(b"default") => {
-                if self.cfg.requirepass.is_empty() && user.is_none() {
+                let requirepass = self.live.requirepass.read();
+                if requirepass.is_empty() && user.is_none() {
                     return Err(Reply::err(
                         "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
                     ));
                 }
-                !self.cfg.requirepass.is_empty() && secret_matches(password, self.cfg.requirepass.as_bytes())
+                !requirepass.is_empty() && secret_matches(password, requirepass.as_bytes())
             }
             Some(u) => {
                 self.cfg.users.iter().any(|x| x.user.as_bytes() == u && secret_matches(password, x.password.as_bytes()))
@@ -211,6 +434,7 @@ impl KvNode {
         match self.check_password(user, password) {
             Ok(()) => {
                 s.authenticated = true;
+                self.set_user(s, user);
                 Reply::ok()
             }
             Err(e) => e,
@@ -223,6 +447,7 @@ impl KvNode {
                 return e;
             }
             s.authenticated = true;
+            self.set_user(s, Some(&u));
         }
         if !s.authenticated {
             return Reply::err(
@@ -231,9 +456,10 @@ impl KvNode {
         }
         if let Some(p) = proto {
             s.resp3 = p == 3;
+            s.entry.resp.store(p as u64, Ordering::Relaxed);
         }
         if let Some(n) = name {
-            s.name = Some(n);
+            s.set_name(Some(n));
         }
         let kv = |k: &'static str, v: Reply| (Reply::Bulk(Bytes::from_static(k.as_bytes())), v);
         Reply::Map(vec![
@@ -247,25 +473,168 @@ impl KvNode {
         ])
     }
 
-    fn config_get(&self, patterns: &[Bytes]) -> Reply {
-        let known = [
+    fn set_user(&self, s: &Session, user: Option<&[u8]>) {
+        let name = user.map(|u| String::from_utf8_lossy(u).into_owned()).filter(|u| u != "default");
+        *s.entry.user.lock() = if name.is_some() { "" } else { "default" };
+        *s.entry.user_name.lock() = name;
+    }
+
+    /// Queues a command between MULTI and EXEC: only key commands, all of one owner.
+    fn queue(&self, s: &mut Session, cmd: Command, args: &[Bytes]) -> Reply {
+        let Some(t) = s.multi.as_mut() else { return Reply::err("ERR not in MULTI") };
+        let refuse = |t: &mut Transaction, msg: String| {
+            t.failed = true;
+            Reply::err(msg)
+        };
+        if !cmd.is_data() {
+            let name = String::from_utf8_lossy(&args[0][..args[0].len().min(MAX_ECHO)]).to_ascii_lowercase();
+            return refuse(t, format!("ERR '{name}' cannot be queued in MULTI on cairn: only key commands can"));
+        }
+        let size: usize = args.iter().map(|a| a.len() + 16).sum();
+        if t.bytes + size > self.limits.max_command {
+            return refuse(t, format!("ERR transaction over the size limit of {} bytes", self.limits.max_command));
+        }
+        if let Some(r) = &self.router {
+            for k in cmd.keys() {
+                let owners = r.owners(k);
+                match &t.owners {
+                    None => t.owners = Some(owners),
+                    Some(o) if *o != owners => return refuse(t, CROSS_OWNER.to_owned()),
+                    Some(_) => {}
+                }
+            }
+        }
+        t.bytes += size;
+        t.commands.push(cmd);
+        s.entry.multi.store(t.commands.len() as i64, Ordering::Relaxed);
+        Reply::Simple("QUEUED")
+    }
+
+    async fn exec(&self, s: &mut Session) -> Reply {
+        let Some(t) = s.multi.take() else { return Reply::err("ERR EXEC without MULTI") };
+        s.entry.multi.store(-1, Ordering::Relaxed);
+        if t.failed {
+            return Reply::err("EXECABORT Transaction discarded because of previous errors.");
+        }
+        match &self.router {
+            Some(r) => r.exec(self, t.commands).await,
+            None => self.run_transaction_local(&t.commands).await,
+        }
+    }
+
+    fn client_line(&self, c: &ClientEntry) -> String {
+        let name = c.name.lock().as_ref().map(|n| String::from_utf8_lossy(n).into_owned()).unwrap_or_default();
+        let (lib_name, lib_ver) = {
+            let lib = c.lib.lock();
+            let show =
+                |b: &Option<Bytes>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+            (show(&lib.0), show(&lib.1))
+        };
+        let user = match c.user_name.lock().clone() {
+            Some(u) => u,
+            None => c.user.lock().to_string(),
+        };
+        let multi = c.multi.load(Ordering::Relaxed);
+        let age = c.opened.elapsed();
+        let idle = age.as_millis() as u64 - c.last_ms.load(Ordering::Relaxed).min(age.as_millis() as u64);
+        format!(
+            "id={} addr={} laddr={} fd=-1 name={name} age={} idle={} flags={} db=0 sub=0 psub=0 ssub=0 multi={multi} \
+             qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} \
+             user={user} redir=-1 resp={} lib-name={lib_name} lib-ver={lib_ver}\n",
+            c.id,
+            c.addr,
+            self.cfg.listen,
+            age.as_secs(),
+            idle / 1000,
+            if multi >= 0 { "x" } else { "N" },
+            c.last_cmd.lock(),
+            c.resp.load(Ordering::Relaxed),
+        )
+    }
+
+    fn client_list(&self, ids: Option<&[u64]>) -> String {
+        let clients: Vec<Arc<ClientEntry>> = self.clients.lock().values().cloned().collect();
+        clients.iter().filter(|c| ids.is_none_or(|ids| ids.contains(&c.id))).map(|c| self.client_line(c)).collect()
+    }
+
+    /// The settings CONFIG GET shows, with their current values.
+    fn settings(&self) -> Vec<(&'static str, String)> {
+        vec![
             ("save", String::new()),
             ("appendonly", "no".to_owned()),
             ("maxmemory", self.cfg.ram_capacity.bytes().to_string()),
             ("maxmemory-policy", "allkeys-lru".to_owned()),
             ("databases", "1".to_owned()),
-            ("proto-max-bulk-len", self.cfg.max_value_size.bytes().to_string()),
-        ];
+            ("maxclients", self.cfg.max_connections.to_string()),
+            ("proto-max-bulk-len", self.live.max_bulk.load(Ordering::Relaxed).to_string()),
+            ("requirepass", self.live.requirepass.read().clone()),
+        ]
+    }
+
+    fn config_get(&self, patterns: &[Bytes]) -> Reply {
         let mut out = Vec::new();
+        let settings = self.settings();
         for p in patterns {
-            let p = String::from_utf8_lossy(p).to_ascii_lowercase();
-            for (k, v) in &known {
-                if p == "*" || p == *k {
+            let glob = cairn_kv::glob::Glob::new(&p.to_ascii_lowercase());
+            for (k, v) in &settings {
+                if glob.matches(k.as_bytes()) && !out.iter().any(|(n, _): &(Reply, Reply)| *n == Reply::bulk(*k)) {
                     out.push((Reply::bulk(*k), Reply::bulk(v.clone())));
                 }
             }
         }
         Reply::Map(out)
+    }
+
+    /// CONFIG SET: `requirepass` and `proto-max-bulk-len` (up to `kv.max_value_size`) change live;
+    /// `save ""` and `appendonly no` are what cairn does already. All pairs are checked before any
+    /// is applied.
+    fn config_set(&self, pairs: &[(Bytes, Bytes)]) -> Reply {
+        enum Change {
+            Password(String),
+            MaxBulk(usize),
+            Nothing,
+        }
+        let mut changes = Vec::new();
+        for (k, v) in pairs {
+            let name = String::from_utf8_lossy(&k[..k.len().min(MAX_ECHO)]).to_ascii_lowercase();
+            let value = String::from_utf8_lossy(v);
+            let failed = |why: &str| {
+                Reply::err(format!("ERR CONFIG SET failed (possibly related to argument '{name}') - {why}"))
+            };
+            let change = match name.as_str() {
+                "requirepass" => Change::Password(value.into_owned()),
+                "proto-max-bulk-len" => {
+                    let ceiling = self.limits.max_bulk;
+                    match cairn_kv::command::int(v).ok().and_then(|n| usize::try_from(n).ok()) {
+                        Some(n) if (self.cfg.max_key_size..=ceiling).contains(&n) => Change::MaxBulk(n),
+                        _ => {
+                            return failed(&format!(
+                                "must be between kv.max_key_size ({}) and kv.max_value_size ({ceiling})",
+                                self.cfg.max_key_size
+                            ));
+                        }
+                    }
+                }
+                "save" if v.is_empty() => Change::Nothing,
+                "appendonly" if value.eq_ignore_ascii_case("no") => Change::Nothing,
+                "save" | "appendonly" => return failed("the KV keyspace is a cache and is never persisted"),
+                "maxmemory" | "maxmemory-policy" | "maxclients" | "databases" => {
+                    return failed("cannot be changed while the node runs; set it in the [kv] configuration");
+                }
+                _ => {
+                    return Reply::err(format!("ERR Unknown option or number of arguments for CONFIG SET - '{name}'"));
+                }
+            };
+            changes.push(change);
+        }
+        for c in changes {
+            match c {
+                Change::Password(p) => *self.live.requirepass.write() = p,
+                Change::MaxBulk(n) => self.live.max_bulk.store(n, Ordering::Relaxed),
+                Change::Nothing => {}
+            }
+        }
+        Reply::ok()
     }
 
     fn info(&self, sections: &[String]) -> String {
@@ -418,6 +787,52 @@ impl KvNode {
             let _ = writeln!(out, "{name}_sum{{cmd=\"{op}\"}} {sum}");
             let _ = writeln!(out, "{name}_count{{cmd=\"{op}\"}} {n}");
         }
+    }
+}
+
+/// A command's name, as CLIENT LIST shows the last one.
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::Ping(_) => "ping",
+        Command::Echo(_) => "echo",
+        Command::Hello { .. } => "hello",
+        Command::Auth { .. } => "auth",
+        Command::Select(_) => "select",
+        Command::ClientSetName(_)
+        | Command::ClientGetName
+        | Command::ClientId
+        | Command::ClientSetInfo { .. }
+        | Command::ClientNoop
+        | Command::ClientReply(_)
+        | Command::ClientList(_)
+        | Command::ClientInfo => "client",
+        Command::Info(_) => "info",
+        Command::DbSize => "dbsize",
+        Command::CommandCount | Command::CommandEmpty => "command",
+        Command::ConfigGet(_) | Command::ConfigSet(_) => "config",
+        Command::Quit => "quit",
+        Command::Multi => "multi",
+        Command::Exec => "exec",
+        Command::Discard => "discard",
+        Command::Watch => "watch",
+        Command::Unwatch => "unwatch",
+        Command::FlushAll => "flushall",
+        Command::Scan { .. } => "scan",
+        Command::Get(_) => "get",
+        Command::GetDel(_) => "getdel",
+        Command::GetEx { .. } => "getex",
+        Command::Set { .. } => "set",
+        Command::MGet(_) => "mget",
+        Command::MSet(_) => "mset",
+        Command::Exists(_) => "exists",
+        Command::Touch(_) => "touch",
+        Command::Del(_) => "del",
+        Command::Ttl { .. } => "ttl",
+        Command::Expire { .. } => "expire",
+        Command::Persist(_) => "persist",
+        Command::Type(_) => "type",
+        Command::MemoryUsage(_) => "memory",
+        Command::Strlen(_) => "strlen",
     }
 }
 

@@ -66,7 +66,7 @@ pub async fn serve_kv(
         async move {
             let Some(stream) = tls.accept(stream, peer, handshake_timeout).await else { return };
             kv.counters.connections_open.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = connection(stream, &kv).await {
+            if let Err(e) = connection(stream, &kv, peer).await {
                 tracing::debug!(%peer, error = %e, "KV connection ended with an error");
             }
             kv.counters.connections_open.fetch_sub(1, Ordering::Relaxed);
@@ -102,8 +102,12 @@ async fn write_out<S: AsyncWrite + Unpin>(stream: &mut S, out: &mut Output, kv: 
     stream.flush().await
 }
 
-async fn connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, kv: &KvNode) -> std::io::Result<()> {
-    let mut session = kv.new_session();
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    kv: &KvNode,
+    peer: std::net::SocketAddr,
+) -> std::io::Result<()> {
+    let mut session = kv.new_session(Some(peer));
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = Output::default();
     let mut pending = 0usize;
@@ -112,23 +116,26 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, kv: &KvNod
     let reserve_cap = kv.cfg.ram_capacity.bytes() / MAX_RESERVED_SHARE;
     loop {
         let need = loop {
-            match resp::parse_command(&buf, &kv.limits) {
+            // Until the client authenticates, its commands are held to small limits.
+            match resp::parse_command(&buf, &kv.limits_for(&session)) {
                 Ok(Parsed::Complete(ranges, len)) => {
                     let args = resp::take_command(&mut buf, &ranges, len);
                     reservation = None;
                     if args.is_empty() {
                         continue;
                     }
-                    let reply = kv.execute(&mut session, args).await;
-                    if reply.wire_len() > max_output {
-                        KvCounters::add(&kv.counters.output_limit_errors, 1);
-                        let msg = format!(
-                            "ERR reply of about {} bytes is over the client output buffer limit",
-                            reply.wire_len()
-                        );
-                        out.push(&Reply::err(msg), session.resp3);
-                    } else {
-                        out.push(&reply, session.resp3);
+                    // `None` under CLIENT REPLY OFF or SKIP: no reply to send.
+                    match kv.execute(&mut session, args).await {
+                        Some(reply) if reply.wire_len() > max_output => {
+                            KvCounters::add(&kv.counters.output_limit_errors, 1);
+                            let msg = format!(
+                                "ERR reply of about {} bytes is over the client output buffer limit",
+                                reply.wire_len()
+                            );
+                            out.push(&Reply::err(msg), session.resp3);
+                        }
+                        Some(reply) => out.push(&reply, session.resp3),
+                        None => {}
                     }
                     pending += 1;
                     if session.closing {

@@ -73,7 +73,21 @@ enum Target {
     Peer(NodeEntry),
 }
 
+/// The part of a key that decides its placement: the hash tag, as in Redis Cluster (the bytes
+/// between the first `{` and the next `}`, when not empty), else the whole key. Keys with one tag
+/// have one owner, so a MULTI/EXEC over them runs on one node.
+pub fn hash_tag(key: &[u8]) -> &[u8] {
+    if let Some(open) = key.iter().position(|&c| c == b'{')
+        && let Some(len) = key[open + 1..].iter().position(|&c| c == b'}')
+        && len > 0
+    {
+        return &key[open + 1..open + 1 + len];
+    }
+    key
+}
+
 pub fn kv_hash(key: &[u8]) -> u64 {
+    let key = hash_tag(key);
     let mut b = Vec::with_capacity(KV_NAMESPACE.len() + key.len());
     b.extend_from_slice(KV_NAMESPACE);
     b.extend_from_slice(key);
@@ -95,20 +109,73 @@ impl Router {
             .collect()
     }
 
+    /// The nodes a key's writes go to (its first `kv.replicas` candidates), by id.
+    pub fn owners(&self, key: &[u8]) -> Vec<String> {
+        let route = self.cluster.route_with(kv_hash(key), self.replicas);
+        route.candidates.into_iter().take(self.replicas).map(|n| n.id).collect()
+    }
+
+    /// Runs a transaction on the owners of its keys (all of them one owner, checked when queued);
+    /// the first answer is the reply, as for a write.
+    pub async fn exec(&self, kv: &KvNode, cmds: Vec<Command>) -> Reply {
+        let keys: Vec<&Bytes> = cmds.iter().flat_map(|c| c.keys()).collect();
+        let Some(first) = keys.first() else { return kv.run_transaction_local(&cmds).await };
+        let owners = self.owners(first);
+        if keys.iter().any(|k| self.owners(k) != owners) {
+            return Reply::err(
+                "EXECABORT Transaction discarded because its keys no longer have one owner (the cluster changed); retry it",
+            );
+        }
+        let mut body = resp::encode_command(&[Bytes::from_static(b"MULTI")]);
+        for c in &cmds {
+            match c.to_args() {
+                Some(args) => body.extend(resp::encode_command(&args)),
+                None => return Reply::err("EXECABORT Transaction discarded: a command cannot be sent to its owner"),
+            }
+        }
+        body.extend(resp::encode_command(&[Bytes::from_static(b"EXEC")]));
+        let mut candidates = self.targets(first).into_iter();
+        let mut replies = Vec::new();
+        while replies.len() < self.replicas {
+            let batch: Vec<Target> = candidates.by_ref().take(self.replicas - replies.len()).collect();
+            if batch.is_empty() {
+                break;
+            }
+            let runs = batch.iter().map(|t| async {
+                match t {
+                    Target::Local => Some(kv.run_transaction_local(&cmds).await),
+                    Target::Peer(n) => self.send(kv, n, body.clone()).await,
+                }
+            });
+            replies.extend(join_all(runs).await.into_iter().flatten());
+        }
+        replies
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Reply::err("EXECABORT Transaction discarded: no node holding its keys is reachable"))
+    }
+
     /// Runs a data command on the owners of its keys.
     pub async fn dispatch(&self, kv: &KvNode, cmd: Command) -> Reply {
         match cmd {
-            Command::Get(ref k) | Command::Strlen(ref k) | Command::Ttl { key: ref k, .. } => {
+            Command::Get(ref k)
+            | Command::Strlen(ref k)
+            | Command::Type(ref k)
+            | Command::MemoryUsage(ref k)
+            | Command::Ttl { key: ref k, .. } => {
                 let miss = match &cmd {
-                    Command::Get(_) => Reply::Nil,
+                    Command::Get(_) | Command::MemoryUsage(_) => Reply::Nil,
                     Command::Ttl { .. } => Reply::Int(-2),
+                    Command::Type(_) => Reply::Simple("none"),
                     _ => Reply::Int(0),
                 };
                 self.read_one(kv, k.clone(), &cmd, miss).await
             }
-            Command::Set { ref key, .. } | Command::Expire { ref key, .. } => {
-                self.write_one(kv, key.clone(), &cmd).await
-            }
+            Command::Set { ref key, .. }
+            | Command::Expire { ref key, .. }
+            | Command::GetDel(ref key)
+            | Command::GetEx { ref key, .. }
+            | Command::Persist(ref key) => self.write_one(kv, key.clone(), &cmd).await,
             Command::Del(keys) => {
                 let each = keys.iter().map(|k| async move {
                     let del = Command::Del(vec![k.clone()]);
@@ -119,15 +186,16 @@ impl Router {
             }
             Command::MSet(pairs) => {
                 let each = pairs.iter().map(|(k, v)| {
-                    let set = Command::Set { key: k.clone(), value: v.clone(), opts: Default::default(), get: false };
+                    let set = Command::MSet(vec![(k.clone(), v.clone())]);
                     async move { self.write_one(kv, k.clone(), &set).await }
                 });
                 let replies = join_all(each).await;
                 replies.into_iter().find(|r| matches!(r, Reply::Error(_))).unwrap_or_else(Reply::ok)
             }
-            Command::Exists(keys) => self.exists(kv, keys).await,
+            Command::Exists(keys) => self.count(kv, keys, Command::Exists).await,
+            Command::Touch(keys) => self.count(kv, keys, Command::Touch).await,
             Command::MGet(keys) => self.mget(kv, keys).await,
-            other => other.run_local(&kv.store).await,
+            other => kv.run_local(&other).await,
         }
     }
 
@@ -208,8 +276,8 @@ impl Router {
         answered
     }
 
-    async fn exists(&self, kv: &KvNode, keys: Vec<Bytes>) -> Reply {
-        let answered = self.multi_read(kv, &keys, Command::Exists).await;
+    async fn count(&self, kv: &KvNode, keys: Vec<Bytes>, make: fn(Vec<Bytes>) -> Command) -> Reply {
+        let answered = self.multi_read(kv, &keys, make).await;
         Reply::Int(answered.iter().map(|(_, r)| if let Reply::Int(n) = r { *n } else { 0 }).sum())
     }
 
@@ -233,11 +301,18 @@ impl Router {
     /// Runs `cmd` on one target; `None` when the target could not be reached (it is marked suspect).
     async fn run_on(&self, kv: &KvNode, t: &Target, cmd: &Command) -> Option<Reply> {
         let node = match t {
-            Target::Local => return Some(cmd.run_local(&kv.store).await),
+            Target::Local => return Some(kv.run_local(cmd).await),
             Target::Peer(n) => n,
         };
+        let Some(args) = cmd.to_args() else { return Some(Reply::err("ERR not a forwardable command")) };
+        self.send(kv, node, resp::encode_command(&args)).await
+    }
+
+    /// Sends an encoded command (or transaction) to a peer; `None` when it could not be reached
+    /// (it is marked suspect).
+    async fn send(&self, kv: &KvNode, node: &NodeEntry, body: Vec<Bytes>) -> Option<Reply> {
         KvCounters::add(&kv.counters.forwarded, 1);
-        match self.forward(node, cmd).await {
+        match self.forward(node, body).await {
             Ok(r) => Some(r),
             Err(e) => {
                 KvCounters::add(&kv.counters.forward_failures, 1);
@@ -248,9 +323,8 @@ impl Router {
         }
     }
 
-    async fn forward(&self, node: &NodeEntry, cmd: &Command) -> Result<Reply, String> {
-        let args = to_args(cmd).ok_or("not a forwardable command")?;
-        let body = Segments(resp::encode_command(&args).into());
+    async fn forward(&self, node: &NodeEntry, body: Vec<Bytes>) -> Result<Reply, String> {
+        let body = Segments(body.into());
         let req = Request::builder()
             .method(Method::POST)
             .uri(self.cluster.peer_url(&node.addr, "/kv"))
@@ -299,44 +373,6 @@ impl Router {
     }
 }
 
-/// The wire form of a data command, for a peer.
-fn to_args(cmd: &Command) -> Option<Vec<Bytes>> {
-    let s = |x: &'static str| Bytes::from_static(x.as_bytes());
-    let with = |name: &'static str, keys: &[Bytes]| {
-        let mut v = vec![s(name)];
-        v.extend(keys.iter().cloned());
-        v
-    };
-    Some(match cmd {
-        Command::Get(k) => vec![s("GET"), k.clone()],
-        Command::Strlen(k) => vec![s("STRLEN"), k.clone()],
-        Command::Ttl { key, millis } => vec![s(if *millis { "PTTL" } else { "TTL" }), key.clone()],
-        Command::Expire { key, ms } => vec![s("PEXPIRE"), key.clone(), Bytes::from(ms.to_string())],
-        Command::Exists(ks) => with("EXISTS", ks),
-        Command::MGet(ks) => with("MGET", ks),
-        Command::Del(ks) => with("DEL", ks),
-        Command::Set { key, value, opts, get } => {
-            let mut v = vec![s("SET"), key.clone(), value.clone()];
-            match opts.condition {
-                cairn_kv::SetCondition::IfAbsent => v.push(s("NX")),
-                cairn_kv::SetCondition::IfPresent => v.push(s("XX")),
-                cairn_kv::SetCondition::Always => {}
-            }
-            if opts.keep_ttl {
-                v.push(s("KEEPTTL"));
-            } else if let Some(ttl) = opts.ttl {
-                v.push(s("PX"));
-                v.push(Bytes::from(ttl.as_millis().to_string()));
-            }
-            if *get {
-                v.push(s("GET"));
-            }
-            v
-        }
-        _ => return None,
-    })
-}
-
 /// `POST /kv` on the peer port: runs one data command on this node's store, never forwarding it.
 pub async fn serve_peer(kv: &KvNode, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, body: Bytes| {
@@ -371,15 +407,40 @@ pub async fn serve_peer(kv: &KvNode, req: Request<Incoming>) -> Response<Full<By
             Err(e) => return reply(StatusCode::BAD_REQUEST, Bytes::from(format!("body: {e}"))),
         }
     }
-    let args = match resp::parse_command(&buf, &kv.limits) {
-        Ok(Parsed::Complete(args, len)) if len == buf.len() => resp::take_command(&mut buf, &args, len),
-        Ok(_) => return reply(StatusCode::BAD_REQUEST, Bytes::from("incomplete command")),
-        Err(e) => return reply(StatusCode::BAD_REQUEST, Bytes::from(e.to_string())),
-    };
-    let out = match Command::parse(&args, kv.cfg.max_key_size) {
-        Ok(cmd) if to_args(&cmd).is_some() => cmd.run_local(&kv.store).await,
-        Ok(_) => Reply::err("ERR not a data command"),
-        Err(e) => Reply::err(e.to_string()),
+    // One data command, or a transaction: MULTI, data commands, EXEC.
+    let mut cmds = Vec::new();
+    let mut transaction = false;
+    loop {
+        let args = match resp::parse_command(&buf, &kv.limits) {
+            Ok(Parsed::Complete(args, len)) => resp::take_command(&mut buf, &args, len),
+            Ok(_) => return reply(StatusCode::BAD_REQUEST, Bytes::from("incomplete command")),
+            Err(e) => return reply(StatusCode::BAD_REQUEST, Bytes::from(e.to_string())),
+        };
+        let word = |w: &str| args.len() == 1 && args[0].eq_ignore_ascii_case(w.as_bytes());
+        if cmds.is_empty() && !transaction && word("MULTI") {
+            transaction = true;
+            continue;
+        }
+        if transaction && word("EXEC") {
+            break;
+        }
+        match Command::parse(&args, kv.cfg.max_key_size) {
+            Ok(cmd) if cmd.is_data() => cmds.push(cmd),
+            Ok(_) => return reply(StatusCode::BAD_REQUEST, Bytes::from("not a data command")),
+            // The sender checked the command: a peer that reads it otherwise answers as a client would.
+            Err(e) if !transaction => return reply(StatusCode::OK, encode_reply(&Reply::err(e.to_string()))),
+            Err(e) => return reply(StatusCode::BAD_REQUEST, Bytes::from(e.to_string())),
+        }
+        if !transaction {
+            break;
+        }
+    }
+    if !buf.is_empty() {
+        return reply(StatusCode::BAD_REQUEST, Bytes::from("trailing bytes after the command"));
+    }
+    let out = match cmds.as_slice() {
+        [cmd] if !transaction => kv.run_local(cmd).await,
+        _ => kv.run_transaction_local(&cmds).await,
     };
     if let Reply::Bulk(value) = out {
         // A single value goes back as the body itself, not copied into a RESP frame.
@@ -387,50 +448,32 @@ pub async fn serve_peer(kv: &KvNode, req: Request<Incoming>) -> Response<Full<By
         r.headers_mut().insert(REPLY_HEADER, http::HeaderValue::from_static("bulk"));
         return r;
     }
-    let segs = resp::encode(&out, false);
-    let body = if segs.len() == 1 { segs.into_iter().next().unwrap_or_default() } else { Bytes::from(segs.concat()) };
-    reply(StatusCode::OK, body)
+    reply(StatusCode::OK, encode_reply(&out))
+}
+
+fn encode_reply(out: &Reply) -> Bytes {
+    let segs = resp::encode(out, false);
+    if segs.len() == 1 { segs.into_iter().next().unwrap_or_default() } else { Bytes::from(segs.concat()) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn cmd(s: &str) -> Command {
-        let args: Vec<Bytes> = s.split(' ').map(|a| Bytes::copy_from_slice(a.as_bytes())).collect();
-        Command::parse(&args, 64).expect("parses")
-    }
-
-    /// What a peer receives means the same as what the client sent.
-    #[test]
-    fn forwarded_commands_keep_their_meaning() {
-        for s in [
-            "GET k",
-            "STRLEN k",
-            "TTL k",
-            "PTTL k",
-            "PEXPIRE k 1500",
-            "EXISTS a b a",
-            "MGET a b",
-            "DEL a b",
-            "SET k v",
-            "SET k v NX PX 250 GET",
-            "SET k v XX KEEPTTL",
-        ] {
-            let c = cmd(s);
-            let wire = to_args(&c).expect("forwardable");
-            assert_eq!(Command::parse(&wire, 64), Ok(c), "{s}");
-        }
-        // EXPIRE in seconds travels as PEXPIRE in milliseconds; SET EX as PX.
-        assert_eq!(Command::parse(&to_args(&cmd("EXPIRE k 2")).expect("fwd"), 64), Ok(cmd("PEXPIRE k 2000")));
-        assert_eq!(Command::parse(&to_args(&cmd("SET k v EX 3")).expect("fwd"), 64), Ok(cmd("SET k v PX 3000")));
-        assert!(to_args(&cmd("PING")).is_none());
-        assert!(to_args(&cmd("INFO")).is_none());
-    }
-
     #[test]
     fn kv_keys_hash_apart_from_chunk_keys() {
         assert_ne!(kv_hash(b"k"), key_hash(b"k"));
         assert_eq!(kv_hash(b"k"), kv_hash(b"k"));
+    }
+
+    #[test]
+    fn hash_tags_decide_placement() {
+        assert_eq!(hash_tag(b"{user1}:a"), b"user1");
+        assert_eq!(kv_hash(b"{user1}:a"), kv_hash(b"x{user1}b"));
+        assert_eq!(kv_hash(b"{user1}:a"), kv_hash(b"user1"));
+        assert_eq!(hash_tag(b"{}:a"), b"{}:a");
+        assert_eq!(hash_tag(b"a{b"), b"a{b");
+        assert_eq!(hash_tag(b"a{b}{c}"), b"b");
+        assert_eq!(hash_tag(b"a}b{"), b"a}b{");
     }
 }
