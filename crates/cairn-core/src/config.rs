@@ -353,6 +353,12 @@ pub struct ClusterSection {
     pub join_ramp: HumanDuration,
     pub join_steps: u32,
     pub seed_resolve_every: HumanDuration,
+    /// Peer-to-peer fan-out of hot chunks: an owner already sending a chunk hands further
+    /// requesters to nodes that fetched it from it recently (`cairn_core::fanout`).
+    pub fanout: bool,
+    /// Chunk bodies this node sends to peers at once; an owner's further requests wait for a
+    /// slot, a holder's are sent elsewhere.
+    pub upload_slots: usize,
 }
 
 impl Default for ClusterSection {
@@ -380,6 +386,8 @@ impl Default for ClusterSection {
             join_ramp: HumanDuration(Duration::from_secs(120)),
             join_steps: 4,
             seed_resolve_every: HumanDuration(Duration::from_secs(30)),
+            fanout: true,
+            upload_slots: 16,
         }
     }
 }
@@ -835,6 +843,9 @@ impl Config {
             }
             if !(1..=5).contains(&c.replicas) {
                 return bad("cluster.replicas must be between 1 and 5".into());
+            }
+            if !(1..=4096).contains(&c.upload_slots) {
+                return bad("cluster.upload_slots must be between 1 and 4096".into());
             }
         }
         let w = &self.writeback;

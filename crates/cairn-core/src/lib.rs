@@ -5,6 +5,7 @@
 pub mod chunk;
 pub mod cluster;
 pub mod config;
+pub mod fanout;
 pub mod key;
 pub mod placement;
 pub mod size;

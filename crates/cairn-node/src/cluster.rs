@@ -64,6 +64,17 @@ pub enum PeerError {
     Origin(OriginError),
 }
 
+/// A chunk owner's answer: the bytes, or holders to fetch them from and the digest to check.
+pub enum ChunkAnswer {
+    Bytes(Bytes),
+    Holders(Vec<String>, u64),
+}
+
+/// Header of an owner's hand-off answer (303): the holders to ask, in order.
+pub const HOLDERS_HEADER: &str = "x-cairn-holders";
+/// Header of an owner's hand-off answer: xxh3-64 of the chunk, hex.
+pub const DIGEST_HEADER: &str = "x-cairn-digest";
+
 /// Identifies one chunk of one object version for a peer.
 pub struct ChunkQuery<'a> {
     pub origin: &'a str,
@@ -417,6 +428,9 @@ impl Cluster {
             }
         }
         let body = buf.freeze();
+        if parts.status == StatusCode::SEE_OTHER {
+            return Ok((parts, body));
+        }
         if parts.status.is_success() {
             if body.len() as u64 != expected {
                 return Err(unavailable(format!("short body: {} of {expected} bytes", body.len())));
@@ -448,23 +462,48 @@ impl Cluster {
         self.chunk_request(node, q, true).await
     }
 
+    /// A chunk from its owner, which may hand this node to holders instead (`direct`: this node
+    /// tried them, `bad` failed; the owner then sends it).
+    pub async fn get_chunk_from_owner(
+        &self,
+        node: &NodeEntry,
+        q: &ChunkQuery<'_>,
+        direct: bool,
+        bad: &[&str],
+    ) -> Result<ChunkAnswer, PeerError> {
+        let mut extra = vec![("from", self.node_id.clone())];
+        if direct {
+            extra.push(("direct", "1".into()));
+        }
+        if !bad.is_empty() {
+            extra.push(("bad", bad.join(",")));
+        }
+        let (parts, body) = self.call(node, Method::GET, chunk_path(q, &extra), Bytes::new()).await?;
+        if parts.status != StatusCode::SEE_OTHER {
+            Metrics::add(&self.metrics.peer_bytes, body.len() as u64);
+            return Ok(ChunkAnswer::Bytes(body));
+        }
+        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let holders: Vec<String> =
+            header(HOLDERS_HEADER).split(',').filter(|h| !h.is_empty()).map(str::to_owned).collect();
+        match u64::from_str_radix(header(DIGEST_HEADER), 16) {
+            Ok(digest) if !holders.is_empty() => Ok(ChunkAnswer::Holders(holders, digest)),
+            _ => Err(PeerError::Unavailable(format!("peer {}: malformed hand-off", node.id))),
+        }
+    }
+
+    /// A chunk a holder was named for by its owner: what it holds or is receiving, never
+    /// fetched by it.
+    pub async fn get_from_holder(&self, node: &NodeEntry, q: &ChunkQuery<'_>) -> Result<Bytes, PeerError> {
+        let extra = [("held", "1".to_owned()), ("wait", "1".to_owned())];
+        let (_, body) = self.call(node, Method::GET, chunk_path(q, &extra), Bytes::new()).await?;
+        Metrics::add(&self.metrics.peer_bytes, body.len() as u64);
+        Ok(body)
+    }
+
     async fn chunk_request(&self, node: &NodeEntry, q: &ChunkQuery<'_>, held: bool) -> Result<Bytes, PeerError> {
-        let query = {
-            let mut query = url::form_urlencoded::Serializer::new(String::new());
-            if held {
-                query.append_pair("held", "1");
-            }
-            query
-                .append_pair("origin", q.origin)
-                .append_pair("bucket", q.bucket)
-                .append_pair("key", q.key)
-                .append_pair("version", q.version)
-                .append_pair("size", &q.size.to_string())
-                .append_pair("chunk_size", &q.chunk_size.to_string())
-                .append_pair("index", &q.index.to_string())
-                .finish()
-        };
-        let (_, body) = self.call(node, Method::GET, format!("/chunk?{query}"), Bytes::new()).await?;
+        let extra = if held { vec![("held", "1".to_owned())] } else { Vec::new() };
+        let (_, body) = self.call(node, Method::GET, chunk_path(q, &extra), Bytes::new()).await?;
         Metrics::add(&self.metrics.peer_bytes, body.len() as u64);
         Ok(body)
     }
@@ -498,6 +537,23 @@ impl Cluster {
         let query = meta_query(origin, bucket, key);
         self.call(node, Method::POST, format!("/invalidate?{query}"), Bytes::new()).await.map(|_| ())
     }
+}
+
+/// The peer path of chunk `q`, with `extra` query pairs first.
+fn chunk_path(q: &ChunkQuery<'_>, extra: &[(&str, String)]) -> String {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in extra {
+        query.append_pair(k, v);
+    }
+    query
+        .append_pair("origin", q.origin)
+        .append_pair("bucket", q.bucket)
+        .append_pair("key", q.key)
+        .append_pair("version", q.version)
+        .append_pair("size", &q.size.to_string())
+        .append_pair("chunk_size", &q.chunk_size.to_string())
+        .append_pair("index", &q.index.to_string());
+    format!("/chunk?{}", query.finish())
 }
 
 pub fn meta_query(origin: &str, bucket: &str, key: &str) -> String {

@@ -62,6 +62,18 @@ pub struct Metrics {
     pub peer_slow: AtomicU64,
     pub peer_hedges: AtomicU64,
     pub peer_probes_failed: AtomicU64,
+    /// Chunk bytes sent to peers as the chunk's owner.
+    pub peer_egress_owner: AtomicU64,
+    /// Chunk bytes sent to peers as a holder an owner handed them to (a near-cache copy).
+    pub peer_egress_near: AtomicU64,
+    /// Chunk bytes sent to peers from replicas of pending writes.
+    pub peer_egress_replica: AtomicU64,
+    pub peer_ingress_owner: AtomicU64,
+    pub peer_ingress_holder: AtomicU64,
+    pub p2p_handoffs: AtomicU64,
+    pub p2p_reselections: AtomicU64,
+    pub p2p_bad_copies: AtomicU64,
+    pub upload_slot_waits: AtomicU64,
     latency: Mutex<BTreeMap<&'static str, Histogram>>,
     errors: Mutex<BTreeMap<(&'static str, String), u64>>,
 }
@@ -220,6 +232,49 @@ impl Metrics {
             "cairn_peer_hedges_total",
             "Chunk requests also sent to the next node because the first was slower than the hedge delay.",
             &[("", get(&self.peer_hedges))],
+        );
+        counter(
+            &mut out,
+            "cairn_peer_egress_bytes_total",
+            "Chunk bytes sent to peers, by this node's role: the chunk's owner, a holder of a near-cache copy an owner handed the peer to, or a replica holder of a pending write.",
+            &[
+                ("role=\"owner\"", get(&self.peer_egress_owner)),
+                ("role=\"near\"", get(&self.peer_egress_near)),
+                ("role=\"replica\"", get(&self.peer_egress_replica)),
+            ],
+        );
+        counter(
+            &mut out,
+            "cairn_peer_ingress_bytes_total",
+            "Chunk bytes this node's reads received from peers, by source: the chunk's owner or a holder it handed this node to.",
+            &[
+                ("source=\"owner\"", get(&self.peer_ingress_owner)),
+                ("source=\"holder\"", get(&self.peer_ingress_holder)),
+            ],
+        );
+        counter(
+            &mut out,
+            "cairn_p2p_handoffs_total",
+            "Chunk requests this node answered as owner with holders to fetch from.",
+            &[("", get(&self.p2p_handoffs))],
+        );
+        counter(
+            &mut out,
+            "cairn_p2p_reselections_total",
+            "Holders that could not serve a chunk (gone, busy, not holding it, or wrong bytes), so the next one or the owner was asked.",
+            &[("", get(&self.p2p_reselections))],
+        );
+        counter(
+            &mut out,
+            "cairn_p2p_bad_copies_total",
+            "Chunks from holders whose bytes did not match the owner's digest (discarded).",
+            &[("", get(&self.p2p_bad_copies))],
+        );
+        counter(
+            &mut out,
+            "cairn_upload_slot_waits_total",
+            "Chunk requests that waited for one of this node's upload slots (cluster.upload_slots).",
+            &[("", get(&self.upload_slot_waits))],
         );
         counter(
             &mut out,

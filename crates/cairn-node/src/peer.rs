@@ -25,11 +25,11 @@ use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
-use crate::cluster::{Cluster, ERROR_HEADER, error_status, parse_query};
+use crate::cluster::{Cluster, DIGEST_HEADER, ERROR_HEADER, HOLDERS_HEADER, error_status, parse_query};
 use crate::meta::MetaKey;
 use crate::metrics::Metrics;
 use crate::peer_auth::AUTH_HEADER;
-use crate::reader::ObjectHandle;
+use crate::reader::{ObjectHandle, OwnerAnswer, UploadGuard};
 use crate::server::{Listeners, Slot};
 use crate::state::NodeState;
 use crate::tls::Acceptor;
@@ -40,6 +40,47 @@ use cairn_store::journal::{WriteRecord, valid_wid};
 const MAX_PUT_CHUNK: usize = cairn_core::config::MAX_CHUNK_SIZE as usize;
 
 type Resp = Response<Full<Bytes>>;
+
+/// A chunk response's upload slot, moved from the response's extensions into its body so it is
+/// held until the body is sent (or the connection drops).
+#[derive(Clone)]
+struct SlotCell(Arc<Mutex<Option<UploadGuard>>>);
+
+fn with_slot(mut r: Resp, guard: UploadGuard) -> Resp {
+    r.extensions_mut().insert(SlotCell(Arc::new(Mutex::new(Some(guard)))));
+    r
+}
+
+/// A peer response body that holds its upload slot, if it has one, until it is dropped.
+struct PeerBody {
+    inner: Full<Bytes>,
+    _slot: Option<UploadGuard>,
+}
+
+impl hyper::body::Body for PeerBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn into_peer_body(mut r: Resp) -> Response<PeerBody> {
+    let slot = r.extensions_mut().remove::<SlotCell>().and_then(|c| c.0.lock().take());
+    r.map(|inner| PeerBody { inner, _slot: slot })
+}
 
 fn text(status: StatusCode, code: &str, msg: impl Into<String>) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(msg.into())));
@@ -135,7 +176,7 @@ async fn peer_connection(
         let (state, conn) = (state.clone(), conn.clone());
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let (state, cluster, conn) = (state.clone(), cluster.clone(), conn.clone());
-            async move { Ok::<_, Infallible>(handle(&state, &cluster, &conn, req).await) }
+            async move { Ok::<_, Infallible>(into_peer_body(handle(&state, &cluster, &conn, req).await)) }
         })
     };
     let http = crate::server::http1(PEER_IDLE_TIMEOUT).serve_connection(TokioIo::new(stream), svc);
@@ -272,15 +313,41 @@ async fn get_chunk(state: &NodeState, q: &HashMap<String, String>) -> Resp {
         version: ObjectVersion { origin: k.origin, bucket: k.bucket, key: k.key, version, size },
         chunk_size,
     };
+    let flag = |name: &str| q.get(name).is_some_and(|v| v == "1");
+    if flag("held") && flag("wait") {
+        // Handed here by the chunk's owner: what this node holds or is receiving.
+        return match state.reader.holder_chunk(&handle, index).await {
+            Ok(Some((b, slot))) => with_slot(Response::new(Full::new(b)), slot),
+            Ok(None) => text(StatusCode::NOT_FOUND, "NotHeld", "this node does not hold the chunk"),
+            Err(()) => text(StatusCode::SERVICE_UNAVAILABLE, "Busy", "every upload slot of this node is taken"),
+        };
+    }
     // Asked of a replica holder: served from what this node holds, never fetched.
-    if q.get("held").is_some_and(|v| v == "1") {
+    if flag("held") {
         return match state.reader.held_chunk(&handle, index).await {
-            Some(b) => Response::new(Full::new(b)),
+            Some(b) => {
+                Metrics::add(&state.metrics.peer_egress_replica, b.len() as u64);
+                Response::new(Full::new(b))
+            }
             None => text(StatusCode::NOT_FOUND, "NotHeld", "this node does not hold the chunk"),
         };
     }
-    match state.reader.local_chunk(&handle, index).await {
-        Ok(b) => Response::new(Full::new(b)),
+    let bad: Vec<&str> = q.get("bad").map(|b| b.split(',').collect()).unwrap_or_default();
+    let from = q.get("from").map(String::as_str);
+    match state.reader.owner_chunk(&handle, index, from, flag("direct"), &bad).await {
+        Ok(OwnerAnswer::Bytes(b, slot)) => with_slot(Response::new(Full::new(b)), slot),
+        Ok(OwnerAnswer::Holders(holders, digest)) => {
+            let mut r = text(StatusCode::SEE_OTHER, "", "");
+            let h = r.headers_mut();
+            if let Ok(v) = http::HeaderValue::from_str(&holders.join(",")) {
+                h.insert(HOLDERS_HEADER, v);
+            }
+            h.insert(
+                DIGEST_HEADER,
+                http::HeaderValue::from_str(&format!("{digest:016x}")).expect("hex is a header value"),
+            );
+            r
+        }
         Err(e) => origin_failure(&e),
     }
 }

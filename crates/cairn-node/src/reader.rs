@@ -7,17 +7,19 @@ use std::collections::HashMap;
 use std::io;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cairn_core::fanout::{Decision, FanoutConfig, Tracker};
 use cairn_core::{ChunkId, ChunkLayout, ObjectVersion};
 use cairn_origin::{Error as OriginError, Origin};
 use cairn_store::ChunkStore;
 use cairn_store::journal::Journal;
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::cluster::{ChunkQuery, Cluster, PeerError};
+use crate::cluster::{ChunkAnswer, ChunkQuery, Cluster, PeerError};
 use crate::metrics::Metrics;
 use crate::singleflight::SingleFlight;
 
@@ -28,6 +30,34 @@ const REPLICA_CANDIDATES: usize = 6;
 const MAX_TRACKED_READERS: usize = 10_000;
 
 pub type ChunkResult = Result<Bytes, Arc<OriginError>>;
+
+/// How long a holder asked for a chunk it is still receiving waits for it.
+const HOLDER_WAIT: Duration = Duration::from_secs(10);
+
+/// The chunk trackers of the chunks this node owns (see `cairn_core::fanout`).
+type ChunkTracker = Arc<Mutex<Tracker<ChunkId, String>>>;
+
+/// Held while a chunk body goes to a peer: an upload slot, and for an owner's own copy the
+/// tracker's count of copies in flight.
+pub struct UploadGuard {
+    _permit: OwnedSemaphorePermit,
+    sending: Option<(ChunkTracker, ChunkId)>,
+}
+
+impl Drop for UploadGuard {
+    fn drop(&mut self) {
+        if let Some((tracker, id)) = self.sending.take() {
+            tracker.lock().sent(&id);
+        }
+    }
+}
+
+/// What a chunk's owner answers a peer.
+pub enum OwnerAnswer {
+    Bytes(Bytes, UploadGuard),
+    /// Fetch it from these holders, checking it against the digest.
+    Holders(Vec<String>, u64),
+}
 
 /// One version of one object, ready to be read.
 pub struct ObjectHandle {
@@ -61,6 +91,11 @@ pub struct ReadThrough {
     cluster: Option<Arc<Cluster>>,
     /// Writes not yet in the origin; their chunks are served from here.
     journal: Arc<Journal>,
+    /// Peer-to-peer fan-out of the chunks this node owns (`None`: owners always send).
+    tracker: Option<ChunkTracker>,
+    /// Chunk bodies sent to peers at once (`cluster.upload_slots`).
+    upload_slots: Arc<Semaphore>,
+    started: Instant,
 }
 
 impl ReadThrough {
@@ -72,6 +107,8 @@ impl ReadThrough {
         cluster: Option<Arc<Cluster>>,
         journal: Arc<Journal>,
     ) -> Self {
+        let fanout = cluster.as_ref().is_some_and(|c| c.config().fanout);
+        let slots = cluster.as_ref().map_or(16, |c| c.config().upload_slots);
         Self {
             store,
             flights: SingleFlight::default(),
@@ -82,7 +119,109 @@ impl ReadThrough {
             last_read: Mutex::new(HashMap::new()),
             cluster,
             journal,
+            tracker: fanout.then(|| Arc::new(Mutex::new(Tracker::new(FanoutConfig::default())))),
+            upload_slots: Arc::new(Semaphore::new(slots)),
+            started: Instant::now(),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// An upload slot, waited for (an owner must answer its requesters).
+    async fn upload_slot(&self) -> OwnedSemaphorePermit {
+        match self.upload_slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                Metrics::add(&self.metrics.upload_slot_waits, 1);
+                self.upload_slots.clone().acquire_owned().await.expect("the semaphore is never closed")
+            }
+        }
+    }
+
+    /// A chunk requested by peer `from` of this node as its owner: its bytes, or (when this node
+    /// is already sending it and others fetched it recently) holders to fetch it from. `direct`:
+    /// the requester tried the holders it was given (`bad` failed it) and must be served.
+    pub async fn owner_chunk(
+        &self,
+        obj: &ObjectHandle,
+        index: u64,
+        from: Option<&str>,
+        direct: bool,
+        bad: &[&str],
+    ) -> Result<OwnerAnswer, Arc<OriginError>> {
+        let id = obj.chunk_id(index);
+        let decision = match (&self.tracker, from) {
+            (Some(tracker), Some(from)) => {
+                let mut t = tracker.lock();
+                for b in bad {
+                    t.forget_holder(&id, &(*b).to_owned());
+                }
+                Some(t.request(&id, &from.to_owned(), direct, self.now_ms()))
+            }
+            _ => None,
+        };
+        match decision {
+            Some(Decision::Redirect(holders)) => {
+                let tracker = self.tracker.as_ref().expect("a decision comes from the tracker");
+                let known = tracker.lock().digest(&id);
+                let digest = match known {
+                    Some(d) => d,
+                    None => {
+                        let b = self.local_chunk(obj, index).await?;
+                        let d = cairn_core::fanout::digest(&b);
+                        tracker.lock().set_digest(&id, d);
+                        d
+                    }
+                };
+                Metrics::add(&self.metrics.p2p_handoffs, 1);
+                Ok(OwnerAnswer::Holders(holders, digest))
+            }
+            Some(Decision::Serve) => {
+                let tracker = self.tracker.clone().expect("a decision comes from the tracker");
+                // Counted as sending from the decision on, so the requesters behind this one are
+                // handed to holders while the chunk is fetched and sent.
+                let guard_sending = Some((tracker.clone(), id));
+                let permit = self.upload_slot().await;
+                let guard = UploadGuard { _permit: permit, sending: guard_sending };
+                let b = self.local_chunk(obj, index).await?;
+                let mut t = tracker.lock();
+                if t.digest(&id).is_none() {
+                    t.set_digest(&id, cairn_core::fanout::digest(&b));
+                }
+                drop(t);
+                Metrics::add(&self.metrics.peer_egress_owner, b.len() as u64);
+                Ok(OwnerAnswer::Bytes(b, guard))
+            }
+            None => {
+                let permit = self.upload_slot().await;
+                let b = self.local_chunk(obj, index).await?;
+                Metrics::add(&self.metrics.peer_egress_owner, b.len() as u64);
+                Ok(OwnerAnswer::Bytes(b, UploadGuard { _permit: permit, sending: None }))
+            }
+        }
+    }
+
+    /// A chunk a peer was handed to this node for: what it holds, or is receiving (waited for),
+    /// never fetched. `Err(())` when all upload slots are taken (the peer asks someone else).
+    pub async fn holder_chunk(&self, obj: &ObjectHandle, index: u64) -> Result<Option<(Bytes, UploadGuard)>, ()> {
+        let permit = self.upload_slots.clone().try_acquire_owned().map_err(|_| ())?;
+        let id = obj.chunk_id(index);
+        let held = match self.held_chunk(obj, index).await {
+            Some(b) => Some(b),
+            None => match self.routed.join(&id) {
+                Some(receiving) => match tokio::time::timeout(HOLDER_WAIT, receiving).await {
+                    Ok(Ok(b)) => Some(b),
+                    _ => None,
+                },
+                None => None,
+            },
+        };
+        Ok(held.map(|b| {
+            Metrics::add(&self.metrics.peer_egress_near, b.len() as u64);
+            (b, UploadGuard { _permit: permit, sending: None })
+        }))
     }
 
     /// The chunk from the write-back journal, if a write this node holds has it.
@@ -183,7 +322,7 @@ impl ReadThrough {
             .run(id, move || async move {
                 let q = ChunkQuery::new(&job.version, chunk_size, index);
                 let peers: Vec<_> = candidates.iter().take_while(|n| n.id != cluster.node_id).collect();
-                match hedged(&cluster, &metrics, &peers, id, |node| cluster.get_chunk(node, &q)).await {
+                match hedged(&cluster, &metrics, &peers, id, |node| from_owner(&cluster, &metrics, node, &q)).await {
                     Some(Ok(b)) => {
                         // A near copy in RAM only: the owner keeps the durable one.
                         job.store.insert_ram(id, b.clone());
@@ -273,6 +412,54 @@ impl ReadThrough {
                 }
             })
             .buffered(window)
+    }
+}
+
+/// Chunk `q` from its owner `node`, or from the holders the owner hands this node to (in turn,
+/// each answer checked against the owner's digest), or from the owner again when none of them
+/// could serve it.
+async fn from_owner(
+    cluster: &Cluster,
+    metrics: &Metrics,
+    node: &cairn_core::cluster::NodeEntry,
+    q: &ChunkQuery<'_>,
+) -> Result<Bytes, PeerError> {
+    let (holders, digest) = match cluster.get_chunk_from_owner(node, q, false, &[]).await? {
+        ChunkAnswer::Bytes(b) => {
+            Metrics::add(&metrics.peer_ingress_owner, b.len() as u64);
+            return Ok(b);
+        }
+        ChunkAnswer::Holders(h, d) => (h, d),
+    };
+    let mut failed: Vec<String> = Vec::new();
+    for holder in holders {
+        if holder == cluster.node_id {
+            continue;
+        }
+        let Some(entry) = cluster.node(&holder) else { continue };
+        match cluster.get_from_holder(&entry, q).await {
+            Ok(b) if cairn_core::fanout::digest(&b) == digest => {
+                Metrics::add(&metrics.peer_ingress_holder, b.len() as u64);
+                return Ok(b);
+            }
+            Ok(_) => {
+                Metrics::add(&metrics.p2p_bad_copies, 1);
+                tracing::warn!(holder = %holder, chunk = q.index, key = q.key, "a holder sent bytes that do not match the owner's digest");
+            }
+            Err(e) => tracing::debug!(holder = %holder, error = ?e, "holder could not serve the chunk"),
+        }
+        Metrics::add(&metrics.p2p_reselections, 1);
+        failed.push(holder);
+    }
+    let bad: Vec<&str> = failed.iter().map(String::as_str).collect();
+    match cluster.get_chunk_from_owner(node, q, true, &bad).await? {
+        ChunkAnswer::Bytes(b) => {
+            Metrics::add(&metrics.peer_ingress_owner, b.len() as u64);
+            Ok(b)
+        }
+        ChunkAnswer::Holders(..) => {
+            Err(PeerError::Unavailable(format!("owner {} did not serve a direct request", node.id)))
+        }
     }
 }
 

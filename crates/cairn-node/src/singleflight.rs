@@ -75,6 +75,11 @@ where
         (fut.await, waited)
     }
 
+    /// The result of the run in flight for `key`, if there is one, without starting any.
+    pub fn join(&self, key: &K) -> Option<impl Future<Output = V> + use<K, V>> {
+        self.inflight.lock().get(key).cloned()
+    }
+
     pub fn in_flight(&self) -> usize {
         self.inflight.lock().len()
     }
