@@ -322,7 +322,28 @@ impl ReadThrough {
             .run(id, move || async move {
                 let q = ChunkQuery::new(&job.version, chunk_size, index);
                 let peers: Vec<_> = candidates.iter().take_while(|n| n.id != cluster.node_id).collect();
-                match hedged(&cluster, &metrics, &peers, id, |node| from_owner(&cluster, &metrics, node, &q)).await {
+                let asked =
+                    hedged(&cluster, &metrics, &peers, id, |node| cluster.get_chunk_from_owner(node, &q, false, &[]))
+                        .await;
+                let got = match asked {
+                    Some(Ok((ChunkAnswer::Bytes(b), _))) => {
+                        Metrics::add(&metrics.peer_ingress_owner, b.len() as u64);
+                        Some(Ok(b))
+                    }
+                    Some(Ok((ChunkAnswer::Holders(holders, digest), owner))) => {
+                        match from_holders(&cluster, &metrics, owner, &q, holders, digest).await {
+                            Ok(b) => Some(Ok(b)),
+                            Err(PeerError::Origin(e)) => Some(Err(e)),
+                            Err(PeerError::Unavailable(m)) => {
+                                tracing::warn!(chunk = %id, error = %m, "neither holders nor owner served the chunk");
+                                None
+                            }
+                        }
+                    }
+                    Some(Err(e)) => Some(Err(e)),
+                    None => None,
+                };
+                match got {
                     Some(Ok(b)) => {
                         // A near copy in RAM only: the owner keeps the durable one.
                         job.store.insert_ram(id, b.clone());
@@ -415,22 +436,17 @@ impl ReadThrough {
     }
 }
 
-/// Chunk `q` from its owner `node`, or from the holders the owner hands this node to (in turn,
-/// each answer checked against the owner's digest), or from the owner again when none of them
-/// could serve it.
-async fn from_owner(
+/// Chunk `q` from the holders its owner handed this node to (in turn, each answer checked
+/// against the owner's digest), or from the owner again (`direct`) when none of them could serve
+/// it. Not hedged to other nodes: they would read the origin a second time.
+async fn from_holders(
     cluster: &Cluster,
     metrics: &Metrics,
-    node: &cairn_core::cluster::NodeEntry,
+    owner: &cairn_core::cluster::NodeEntry,
     q: &ChunkQuery<'_>,
+    holders: Vec<String>,
+    digest: u64,
 ) -> Result<Bytes, PeerError> {
-    let (holders, digest) = match cluster.get_chunk_from_owner(node, q, false, &[]).await? {
-        ChunkAnswer::Bytes(b) => {
-            Metrics::add(&metrics.peer_ingress_owner, b.len() as u64);
-            return Ok(b);
-        }
-        ChunkAnswer::Holders(h, d) => (h, d),
-    };
     let mut failed: Vec<String> = Vec::new();
     for holder in holders {
         if holder == cluster.node_id {
@@ -444,21 +460,21 @@ async fn from_owner(
             }
             Ok(_) => {
                 Metrics::add(&metrics.p2p_bad_copies, 1);
-                tracing::warn!(holder = %holder, chunk = q.index, key = q.key, "a holder sent bytes that do not match the owner's digest");
+                tracing::warn!(%holder, index = q.index, key = q.key, "a holder sent bytes that do not match the owner's digest");
             }
-            Err(e) => tracing::debug!(holder = %holder, error = ?e, "holder could not serve the chunk"),
+            Err(e) => tracing::debug!(%holder, error = ?e, "holder could not serve the chunk"),
         }
         Metrics::add(&metrics.p2p_reselections, 1);
         failed.push(holder);
     }
     let bad: Vec<&str> = failed.iter().map(String::as_str).collect();
-    match cluster.get_chunk_from_owner(node, q, true, &bad).await? {
+    match cluster.get_chunk_from_owner(owner, q, true, &bad).await? {
         ChunkAnswer::Bytes(b) => {
             Metrics::add(&metrics.peer_ingress_owner, b.len() as u64);
             Ok(b)
         }
         ChunkAnswer::Holders(..) => {
-            Err(PeerError::Unavailable(format!("owner {} did not serve a direct request", node.id)))
+            Err(PeerError::Unavailable(format!("owner {} did not serve a direct request", owner.id)))
         }
     }
 }
@@ -468,16 +484,16 @@ async fn from_owner(
 /// how long peers usually take) is left running while the next one is asked too, and the first
 /// answer wins, so one frozen or stalled node delays a read by about that delay rather than
 /// until it is declared dead. `None`: no peer answered (the caller reads the origin).
-async fn hedged<'a, F, Fut>(
+async fn hedged<'a, T, F, Fut>(
     cluster: &Cluster,
     metrics: &Metrics,
     peers: &[&'a cairn_core::cluster::NodeEntry],
     id: ChunkId,
     ask: F,
-) -> Option<Result<Bytes, OriginError>>
+) -> Option<Result<(T, &'a cairn_core::cluster::NodeEntry), OriginError>>
 where
     F: Fn(&'a cairn_core::cluster::NodeEntry) -> Fut,
-    Fut: std::future::Future<Output = Result<Bytes, PeerError>>,
+    Fut: std::future::Future<Output = Result<T, PeerError>>,
 {
     use futures::stream::FuturesUnordered;
     let mut next = peers.iter();
@@ -518,7 +534,7 @@ where
         match r {
             Ok(b) => {
                 cluster.observe(started.elapsed());
-                return Some(Ok(b));
+                return Some(Ok((b, node)));
             }
             Err(PeerError::Origin(e)) => return Some(Err(e)),
             Err(PeerError::Unavailable(m)) => {
