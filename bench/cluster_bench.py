@@ -297,7 +297,7 @@ peer_listen = "{self.ip}:{self.peer_port}"
 secret = "{SECRET}"
 replicas = 1
 map_poll = "1s"
-""" + (f'peer_timeout = "{PEER_TIMEOUT}"\n' if PEER_TIMEOUT else "") + "\n" + "\n".join(c.origins)
+""" + (f'peer_timeout = "{PEER_TIMEOUT}"\n' if PEER_TIMEOUT else "") + c.extra_cluster + "\n" + "\n".join(c.origins)
         self.config = self.dir / "cfg.toml"
         self.config.write_text(cfg)
 
@@ -329,11 +329,12 @@ map_poll = "1s"
 class Cluster:
     """N cairn nodes sharing one map file and the benchmark's origin folders."""
 
-    def __init__(self, bin_path, tmp, name, n, origins):
+    def __init__(self, bin_path, tmp, name, n, origins, extra_cluster=""):
         self.dir = tmp / name
         self.dir.mkdir()
         self.name = name
         self.origins = origins
+        self.extra_cluster = extra_cluster
         self.reported = {}
         self.map_path = self.dir / "map.toml"
         self.nodes = [Node(self, i) for i in range(n)]

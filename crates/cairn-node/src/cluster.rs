@@ -501,6 +501,14 @@ impl Cluster {
         Ok(body)
     }
 
+    /// Has `node` fetch chunk `q` into its tiers without sending it back: as its owner (from the
+    /// origin unless it holds it), or with `keep` as a copy of its own on disk (fetched through
+    /// the owner).
+    pub async fn warm_chunk(&self, node: &NodeEntry, q: &ChunkQuery<'_>, keep: bool) -> Result<(), PeerError> {
+        let extra = [(if keep { "keep" } else { "warm" }, "1".to_owned())];
+        self.call(node, Method::GET, chunk_path(q, &extra), Bytes::new()).await.map(|_| ())
+    }
+
     async fn chunk_request(&self, node: &NodeEntry, q: &ChunkQuery<'_>, held: bool) -> Result<Bytes, PeerError> {
         let extra = if held { vec![("held", "1".to_owned())] } else { Vec::new() };
         let (_, body) = self.call(node, Method::GET, chunk_path(q, &extra), Bytes::new()).await?;

@@ -10,6 +10,7 @@ pub mod kube;
 pub mod kv;
 pub mod kv_conn;
 pub mod kv_route;
+pub mod load;
 pub mod meta;
 pub mod metrics;
 pub mod multipart;
@@ -150,6 +151,11 @@ pub async fn start(mut config: Config) -> Result<RunningNode, StartError> {
     // in the listener's backlog meanwhile).
     writeback::recover(&state).await;
     tasks.extend(writeback::spawn(&state));
+    // Loads a restart interrupted go on in the background (their origin may be slow to answer).
+    tasks.push(tokio::spawn({
+        let state = state.clone();
+        async move { state.loads.resume(&state).await }
+    }));
     tasks.push(tokio::spawn(server::serve_s3(s3_listener, s3, state.clone())));
     let mut kv_addr = None;
     if let Some(kv) = &state.kv {

@@ -314,6 +314,18 @@ async fn get_chunk(state: &NodeState, q: &HashMap<String, String>) -> Resp {
         chunk_size,
     };
     let flag = |name: &str| q.get(name).is_some_and(|v| v == "1");
+    // Preloading: into this node's tiers, nothing sent back.
+    if flag("warm") || flag("keep") {
+        let r = if flag("keep") {
+            state.reader.keep_chunk(&handle, index).await
+        } else {
+            state.reader.local_chunk(&handle, index).await.map(|_| ())
+        };
+        return match r {
+            Ok(()) => text(StatusCode::NO_CONTENT, "", ""),
+            Err(e) => origin_failure(&e),
+        };
+    }
     if flag("held") && flag("wait") {
         // Handed here by the chunk's owner: what this node holds or is receiving.
         return match state.reader.holder_chunk(&handle, index).await {

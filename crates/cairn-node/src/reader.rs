@@ -269,6 +269,18 @@ impl ReadThrough {
         self.fetch(obj, index, id).await
     }
 
+    /// A chunk fetched as a read would (through its owner) and kept in this node's tiers, disk
+    /// included: a preloaded replica (`cairn load --replicate`).
+    pub async fn keep_chunk(&self, obj: &ObjectHandle, index: u64) -> Result<(), Arc<OriginError>> {
+        let id = obj.chunk_id(index);
+        if self.store.contains(id) && self.store.peek_ram(id).is_none() {
+            return Ok(());
+        }
+        let b = self.chunk(obj, index).await?;
+        self.store.insert(id, b);
+        Ok(())
+    }
+
     /// A chunk this node holds (tiers or journal), without fetching it from anywhere.
     pub async fn held_chunk(&self, obj: &ObjectHandle, index: u64) -> Option<Bytes> {
         let id = obj.chunk_id(index);

@@ -286,6 +286,9 @@ pub async fn serve_admin(listener: TcpListener, state: Arc<NodeState>) {
                         (_, "/v1/status" | "/v1/pending" | "/v1/sync") => {
                             write_back_admin(&state, req.method(), &path, &q).await
                         }
+                        (_, p) if p == "/v1/load" || p == "/v1/loads" || p.starts_with("/v1/loads/") => {
+                            load_admin(&state, req).await
+                        }
                         _ => admin(&state, &path),
                     };
                     Ok::<_, Infallible>(resp)
@@ -373,6 +376,56 @@ fn admin(state: &NodeState, path: &str) -> Response<Full<Bytes>> {
     *resp.status_mut() = status;
     resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
     resp
+}
+
+/// `POST /v1/load` (a JSON `LoadSpec`): starts a preload, or answers the running job with the same
+/// spec (202 with its status). `GET /v1/loads`: every job this node knows. `GET /v1/loads/<id>`:
+/// one. `DELETE /v1/loads/<id>`: cancels it.
+async fn load_admin(state: &Arc<NodeState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let json = |status: StatusCode, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        r
+    };
+    let error = |status: StatusCode, msg: &str| json(status, serde_json::json!({ "error": msg }).to_string());
+    let path = req.uri().path().to_owned();
+    let id = path.strip_prefix("/v1/loads/");
+    match (req.method().as_str(), id) {
+        ("POST", None) if path == "/v1/load" => {
+            let body =
+                match http_body_util::BodyExt::collect(http_body_util::Limited::new(req.into_body(), 64 << 20)).await {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, &format!("body refused: {e}")),
+                };
+            let spec: crate::load::LoadSpec = match serde_json::from_slice(&body) {
+                Ok(s) => s,
+                Err(e) => return error(StatusCode::BAD_REQUEST, &format!("malformed load: {e}")),
+            };
+            match state.loads.start(state, spec).await {
+                Ok(s) => json(StatusCode::ACCEPTED, serde_json::to_string(&s).unwrap_or_default()),
+                Err(e) => error(StatusCode::BAD_REQUEST, &e),
+            }
+        }
+        ("GET", None) if path == "/v1/loads" => {
+            json(StatusCode::OK, serde_json::to_string(&state.loads.list()).unwrap_or_default())
+        }
+        ("GET", Some(id)) => match state.loads.get(id) {
+            Some(s) => json(StatusCode::OK, serde_json::to_string(&s).unwrap_or_default()),
+            None => error(StatusCode::NOT_FOUND, &format!("no load {id:?} on this node")),
+        },
+        ("DELETE", Some(id)) => {
+            if state.loads.cancel(id) {
+                json(StatusCode::OK, serde_json::to_string(&state.loads.get(id)).unwrap_or_default())
+            } else {
+                error(StatusCode::NOT_FOUND, &format!("no load {id:?} on this node"))
+            }
+        }
+        _ => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use POST /v1/load, GET /v1/loads, GET /v1/loads/<id> or DELETE /v1/loads/<id>",
+        ),
+    }
 }
 
 /// `GET /v1/status`: pending uploads per node. `GET /v1/pending?bucket=&prefix=[&upto=]`: the

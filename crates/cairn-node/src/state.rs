@@ -46,6 +46,8 @@ pub struct NodeState {
     pub incarnation: String,
     /// What `/readyz` reports (`ready.rs`).
     pub readiness: crate::ready::Readiness,
+    /// Preload jobs (`load.rs`).
+    pub loads: crate::load::Loads,
     /// The cache directory's lock, held (`flock`) for as long as the node runs.
     _dir_lock: File,
 }
@@ -120,6 +122,7 @@ impl NodeState {
             listeners: Listeners::new(&config.limits, config.kv.max_connections),
             incarnation,
             readiness: Default::default(),
+            loads: crate::load::Loads::new(dir.join("loads")),
             _dir_lock: dir_lock,
             meta: MetaCache::new(config.cache.metadata_entries, metrics.clone(), cluster.clone()),
             config,

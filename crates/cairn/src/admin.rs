@@ -1,10 +1,12 @@
 //! Operator subcommands over a node's admin endpoint: `sync` (the write-back barrier, with a
-//! progress bar) and `status` (pending uploads per node).
+//! progress bar), `status` (members, pending uploads per node, preloads) and `load` (a preload
+//! with a progress bar).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
+use cairn_node::load::{LoadSpec, LoadStatus};
 use cairn_node::server::{MemberRow, MembersAnswer as Members};
 use cairn_node::writeback::ClusterSummary;
 use http_body_util::{BodyExt, Full};
@@ -40,6 +42,173 @@ pub struct StatusArgs {
     json: bool,
     #[command(flatten)]
     admin: Admin,
+}
+
+#[derive(clap::Args)]
+pub struct LoadArgs {
+    /// BUCKET[/PREFIX] (or s3://BUCKET/PREFIX): every object under it.
+    target: String,
+    /// Load the keys listed in this file (one per line, relative to BUCKET) instead of a prefix.
+    #[arg(long)]
+    list: Option<std::path::PathBuf>,
+    /// Origin bytes per second at most, e.g. 500MiB (default: unlimited).
+    #[arg(long)]
+    rate: Option<cairn_core::ByteSize>,
+    /// Chunks fetched at once.
+    #[arg(long, default_value_t = 16)]
+    parallel: usize,
+    /// Also keep a copy of every chunk on each node of a set: all, zone=NAME or rack=NAME.
+    #[arg(long, default_value = "")]
+    replicate: String,
+    /// Start the load and return; it runs on the node (`cairn status` shows it).
+    #[arg(long)]
+    detach: bool,
+    /// Cancel the running load of the same target instead.
+    #[arg(long)]
+    cancel: bool,
+    #[command(flatten)]
+    admin: Admin,
+}
+
+async fn request_json<T: serde::de::DeserializeOwned>(
+    admin: &Admin,
+    method: http::Method,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<T> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let uri = format!("{}{}", admin.admin.trim_end_matches('/'), path);
+    let req = http::Request::builder().method(method).uri(&uri).body(Full::new(Bytes::from(body)))?;
+    let resp = client.request(req).await.with_context(|| format!("asking {uri}"))?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
+    if !status.is_success() {
+        let msg = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        bail!("{msg}");
+    }
+    serde_json::from_slice(&body).with_context(|| format!("{uri}: unexpected answer"))
+}
+
+fn load_line(s: &LoadStatus) -> String {
+    let rate = indicatif::HumanBytes(s.bytes_per_sec as u64);
+    let eta = s.eta_secs.map_or("-".to_owned(), |e| format!("{e:.0}s"));
+    format!(
+        "{}/{}{} objects, {}/s, ETA {eta}{}",
+        s.objects_done,
+        s.objects_total,
+        if s.listed { "" } else { "+" },
+        rate,
+        if s.error_count > 0 { format!(", {} errors", s.error_count) } else { String::new() }
+    )
+}
+
+pub async fn load(a: LoadArgs) -> Result<()> {
+    let target = a.target.strip_prefix("s3://").unwrap_or(&a.target);
+    let (bucket, prefix) = target.split_once('/').unwrap_or((target, ""));
+    if bucket.is_empty() {
+        bail!("expected BUCKET[/PREFIX], got {:?}", a.target);
+    }
+    let keys = match &a.list {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let keys: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(|l| l.strip_prefix(&format!("s3://{bucket}/")).unwrap_or(l).to_owned())
+                .collect();
+            if keys.is_empty() {
+                bail!("{} lists no keys", path.display());
+            }
+            keys
+        }
+        None => Vec::new(),
+    };
+    let spec = LoadSpec {
+        bucket: bucket.to_owned(),
+        prefix: if keys.is_empty() { prefix.to_owned() } else { String::new() },
+        keys,
+        rate: a.rate.map_or(0, |r| r.bytes()),
+        parallel: a.parallel,
+        replicate: a.replicate.clone(),
+    };
+    if a.cancel {
+        let s: LoadStatus =
+            request_json(&a.admin, http::Method::DELETE, &format!("/v1/loads/{}", spec.id()), Vec::new()).await?;
+        println!("cancelling load {} ({})", s.id, load_line(&s));
+        return Ok(());
+    }
+    let mut s: LoadStatus = request_json(&a.admin, http::Method::POST, "/v1/load", serde_json::to_vec(&spec)?).await?;
+    if s.objects_skipped > 0 || s.objects_done > 0 {
+        eprintln!("load {}: resuming", s.id);
+    }
+    if a.detach {
+        println!("load {} started on the node; `cairn status` shows its progress", s.id);
+        return Ok(());
+    }
+    let pb = ProgressBar::new(s.bytes_total.max(1));
+    pb.set_style(
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    loop {
+        pb.set_length(s.bytes_total.max(1));
+        pb.set_position(s.bytes_done);
+        pb.set_message(load_line(&s));
+        if s.state != "running" {
+            pb.finish_and_clear();
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+        s = request_json(&a.admin, http::Method::GET, &format!("/v1/loads/{}", s.id), Vec::new()).await?;
+    }
+    let replicas =
+        if s.replica_nodes > 0 { format!(", a copy on each of {} nodes", s.replica_nodes) } else { String::new() };
+    match s.state.as_str() {
+        "done" => {
+            println!(
+                "loaded s3://{bucket}/{prefix}: {} objects, {} in {:.1}s ({}/s){replicas}",
+                s.objects_done,
+                indicatif::HumanBytes(s.bytes_done),
+                s.elapsed_secs,
+                indicatif::HumanBytes(s.bytes_per_sec as u64)
+            );
+            Ok(())
+        }
+        other => {
+            for e in &s.errors {
+                eprintln!("  {e}");
+            }
+            bail!(
+                "load {} {other}: {} of {} objects loaded, {} errors",
+                s.id,
+                s.objects_done,
+                s.objects_total,
+                s.error_count
+            )
+        }
+    }
+}
+
+fn print_loads(loads: &[LoadStatus]) {
+    if loads.is_empty() {
+        return;
+    }
+    println!("{:<18} {:<10} {:<40} progress", "load", "state", "what");
+    for s in loads {
+        let what = s.spec.as_ref().map_or(String::new(), |sp| {
+            if sp.keys.is_empty() {
+                format!("s3://{}/{}", sp.bucket, sp.prefix)
+            } else {
+                format!("s3://{} ({} keys)", sp.bucket, sp.keys.len())
+            }
+        });
+        println!("{:<18} {:<10} {:<40} {}", s.id, s.state, what, load_line(s));
+    }
+    println!();
 }
 
 async fn get(admin: &Admin, path_and_query: &str) -> Result<ClusterSummary> {
@@ -175,6 +344,10 @@ pub async fn status(a: StatusArgs) -> Result<()> {
         if let (Some(obj), Some(m)) = (v.as_object_mut(), &members) {
             obj.insert("members".into(), serde_json::to_value(m)?);
         }
+        if let Some(obj) = v.as_object_mut() {
+            let loads: Vec<LoadStatus> = get_json(&a.admin, "/v1/loads").await.unwrap_or_default();
+            obj.insert("loads".into(), serde_json::to_value(loads)?);
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -182,6 +355,8 @@ pub async fn status(a: StatusArgs) -> Result<()> {
         print_members(m);
         println!();
     }
+    let loads: Vec<LoadStatus> = get_json(&a.admin, "/v1/loads").await.unwrap_or_default();
+    print_loads(&loads);
     println!(
         "{:<24} {:>8} {:>16} {:>9} {:>12} {:>16}  last error",
         "node", "objects", "bytes", "replicas", "oldest (s)", "dirty bytes"

@@ -70,6 +70,8 @@ enum Command {
     Sync(admin::SyncArgs),
     /// Show pending uploads (objects, bytes, oldest age) per node.
     Status(admin::StatusArgs),
+    /// Preload every object under BUCKET/PREFIX (or a list of keys) into the cluster.
+    Load(admin::LoadArgs),
     /// Create a cache directory and give it (and what is in it) to a user, so a node can run as
     /// that user on a host directory created by root (the image's init step in Kubernetes).
     PrepareDir(PrepareDirArgs),
@@ -494,6 +496,7 @@ async fn main() -> Result<()> {
         Command::Stat(a) => client::stat(a).await,
         Command::Sync(a) => admin::sync(a).await,
         Command::Status(a) => admin::status(a).await,
+        Command::Load(a) => admin::load(a).await,
         Command::PrepareDir(a) => prepare_dir(&a),
     }
 }
