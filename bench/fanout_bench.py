@@ -10,6 +10,12 @@ Two objects (fresh clusters for each row, so every read is cold):
    sends seven copies of its chunk (3.5x the object).
 2. 1 GiB in 8 MiB chunks: owners are already balanced; fan-out should cost nothing.
 
+Then preloading: `cairn load` of a prefix of 64 objects of 16 MiB (1 GiB) into a fresh 8-node
+cluster, against a plain parallel copy of the same prefix from the origin (`rclone copy
+--transfers 16` of the origin folder to a scratch folder, `AWS_CA_BUNDLE` unset), and then a
+read of every object of the prefix through one node (16 `curl` at a time): its time and the
+origin bytes it cost (0 when the load put everything in the cluster).
+
 Each row reports the time until the last of the 8 readers (`curl`, streamed through sha256sum,
 every digest checked) has the whole object, the largest and the mean of
 `cairn_peer_egress_bytes_total` per node as a multiple of the object, `cairn_origin_bytes_total`
@@ -24,6 +30,7 @@ import os
 import pathlib
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -72,6 +79,48 @@ def herd(bin_path, tmp, name, origin_dir, key, size, digest, chunk, fanout):
         cluster.stop()
 
 
+def load_rows(bin_path, tmp, origin_dir):
+    """`cairn load` of a 1 GiB prefix against `rclone copy --transfers 16`, then a read of it."""
+    prefix_dir = origin_dir / "pfx"
+    prefix_dir.mkdir()
+    digests = {}
+    for i in range(64):
+        digests[f"pfx/o{i:02d}"] = cb.gen_file(prefix_dir / f"o{i:02d}", 16 * MIB, 5000 + i)
+    size = 64 * 16 * MIB
+    env = dict(os.environ)
+    env.pop("AWS_CA_BUNDLE", None)
+    copy_to = tmp / "rclone-copy"
+    started = time.time()
+    subprocess.run(["rclone", "copy", "--transfers", "16", str(prefix_dir), str(copy_to)], env=env, check=True,
+                   capture_output=True)
+    rclone_secs = time.time() - started
+    origins = [f'[[origin]]\nbucket = "b"\nurl = "file://{origin_dir}"\nmetadata = "immutable"\nchunk_size = "8MiB"\n']
+    cluster = cb.Cluster(bin_path, tmp, "load", NODES, origins)
+    try:
+        node = cluster.nodes[0]
+        started = time.time()
+        p = subprocess.run([bin_path, "load", "s3://b/pfx/", "--admin", f"http://{node.ip}:{node.admin}"],
+                           capture_output=True, text=True)
+        load_secs = time.time() - started
+        if p.returncode != 0:
+            raise RuntimeError(f"cairn load failed: {p.stderr}")
+        before = cb.total(cluster.metrics(), "cairn_origin_bytes_total")
+        reader = cluster.nodes[NODES - 1]
+        started = time.time()
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            got = list(pool.map(lambda k: (k, cb.curl_sha256(reader.url(f"/b/{k}"))), sorted(digests)))
+        read_secs = time.time() - started
+        for k, (d, n, code) in got:
+            if (d, n, code) != (digests[k], 16 * MIB, 200):
+                raise RuntimeError(f"read of {k} after the load: status {code}, {n} bytes")
+        after = cb.total(cluster.metrics(), "cairn_origin_bytes_total")
+        cluster.check_metrics()
+    finally:
+        cluster.stop()
+    return {"size": size, "load_secs": load_secs, "rclone_secs": rclone_secs, "read_secs": read_secs,
+            "read_origin": (after - before) / size, "load_origin": before / size}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(cb.ROOT / "bench" / "fanout_results.md"))
@@ -103,6 +152,10 @@ def main():
                 r.update(label=label, scheme="fan-out" if fanout else "owner only")
                 rows.append(r)
                 cb.log(f"{label} {r['scheme']}: {r}")
+        mark = cb.mon_mark()
+        load = load_rows(bin_path, tmp, origin)
+        cb.mon_check(mark, "load")
+        cb.log(f"load: {load}")
     finally:
         cb.stop_all()
         cb.MONITOR.stop()
@@ -119,6 +172,18 @@ def main():
         lines.append(
             f"| {r['label']} | {r['scheme']} | {r['seconds']:.2f} s | {r['max_egress']:.2f}x | {r['mean_egress']:.2f}x "
             f"| {r['origin']:.2f}x | {r['handoffs']:.0f} | {r['reselections']:.0f} |")
+    gb = load["size"] / 1e9
+    lines += [
+        "",
+        "Preloading 64 objects of 16 MiB (1 GiB) into the 8 nodes, against a plain parallel copy of the prefix from the origin:",
+        "",
+        "| | time | GB/s | origin bytes / prefix |",
+        "|---|---|---|---|",
+        f"| `cairn load s3://b/pfx/` | {load['load_secs']:.2f} s | {gb / load['load_secs']:.2f} | {load['load_origin']:.2f}x |",
+        f"| `rclone copy --transfers 16` (reference) | {load['rclone_secs']:.2f} s | {gb / load['rclone_secs']:.2f} | 1.00x |",
+        f"| ratio cairn / rclone (throughput) | | {load['rclone_secs'] / load['load_secs']:.2f}x | |",
+        f"| then reading the prefix through one node | {load['read_secs']:.2f} s | {gb / load['read_secs']:.2f} | {load['read_origin']:.2f}x |",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     pathlib.Path(args.out).write_text(text)

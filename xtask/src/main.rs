@@ -290,6 +290,7 @@ fn test(rest: &[String]) -> Result<()> {
 
 /// `bench [args]`: the single-node benchmark; `bench write [args]`: checkpoint writes;
 /// `bench cluster [args]`: the cluster benchmark; `bench tls [args]`: https against http on hits;
+/// `bench fanout [args]`: 8 nodes reading one object at once, with and without fan-out, and preloads;
 /// `bench soak [args]`: the memory soak.
 fn bench(rest: &[String]) -> Result<()> {
     if let Some((s, args)) = rest.split_first()
@@ -305,6 +306,7 @@ fn bench(rest: &[String]) -> Result<()> {
         Some((w, args)) if w == "write" => ("bench/write_bench.py", args),
         Some((c, args)) if c == "cluster" => ("bench/cluster_bench.py", args),
         Some((t, args)) if t == "tls" => ("bench/tls_bench.py", args),
+        Some((f, args)) if f == "fanout" => ("bench/fanout_bench.py", args),
         _ => ("bench/bench.py", rest),
     };
     run(Command::new("python3").current_dir(&root).env("CAIRN_BIN", release_bin()).arg(root.join(script)).args(args))
