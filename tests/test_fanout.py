@@ -41,7 +41,7 @@ def read_all_at_once(nodes, key):
 def herd(cluster_factory, fanout):  # noqa: F811
     c = cluster_factory(8, chunk=CHUNK, more_sections=f"fanout = {str(fanout).lower()}")
     data = payload(OBJECT, seed=41)
-    c.origin.put_direct("data/weights.bin", data)
+    c.origin.put_direct("weights.bin", data)
     digests = read_all_at_once(c.nodes, "weights.bin")
     assert digests == [hashlib.sha256(data).hexdigest()] * 8
     return c, [egress(n) for n in c.nodes]
@@ -56,6 +56,8 @@ def test_herd_of_readers_spreads_the_sending(cluster_factory):  # noqa: F811
     c.stop()
 
     c, p2p = herd(cluster_factory, fanout=True)
+    print(f"egress per node / object: owner only {[round(e / OBJECT, 2) for e in owner_only]}, "
+          f"fan-out {[round(e / OBJECT, 2) for e in p2p]}")
     # No node sends more than twice the object, the origin is read once, and the rest came from
     # holders the owners handed readers to.
     assert max(p2p) <= 2 * OBJECT, p2p
@@ -79,7 +81,7 @@ def holder_fails(cluster_factory, sig):  # noqa: F811
     # An object none of whose chunks the victim owns (it fetches those from the origin itself).
     for attempt in range(20):
         key = f"ckpt-{attempt}.bin"
-        c.origin.put_direct(f"data/{key}", data)
+        c.origin.put_direct(key, data)
         before = victim.metric("cairn_origin_bytes_total")
         assert read_all_at_once([victim], key) == [want]
         if victim.metric("cairn_origin_bytes_total") == before:

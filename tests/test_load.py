@@ -22,7 +22,7 @@ def objects(c, prefix, count, seed):
         size = [1, CHUNK, CHUNK + 7, 5 * CHUNK + 3, 0][i % 5] + i
         data = payload(size, seed=seed + i)
         key = f"{prefix}obj-{i:03d}"
-        c.origin.put_direct(f"data/{key}", data)
+        c.origin.put_direct(key, data)
         out[key] = data
     return out
 
@@ -88,7 +88,7 @@ def test_bad_loads_are_refused_clearly(cluster_factory):  # noqa: F811
     r = requests.post(f"{admin(c.nodes[0])}/v1/load", json={"bucket": "data", "parallel": 0}, timeout=5)
     assert r.status_code == 400 and "parallel" in r.json()["error"]
     # A key that does not exist fails the job, naming the key, and loads the rest.
-    c.origin.put_direct("data/real", b"x" * 1000)
+    c.origin.put_direct("real", b"x" * 1000)
     lst = c.tmp / "missing.txt"
     lst.write_text("real\nmissing-key\n")
     p = cli(c.nodes[0], "load", "data", "--list", str(lst))
