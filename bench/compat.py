@@ -40,6 +40,9 @@ import time
 import urllib.request
 import xml.etree.ElementTree as ET
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from bench import free_port, stop, wait_port  # noqa: E402
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PIN = "8f0ae7b404a3a2fcf7038bf1e6bf29544fe9b6a3"
 TARBALL = f"https://codeload.github.com/ceph/s3-tests/tar.gz/{PIN}"
@@ -107,35 +110,6 @@ def area_of(test):
         if any(w in test for w in words):
             return area
     raise AssertionError("unreachable: the last area matches everything")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, timeout=30.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
-
-
-def stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def s3_tests_checkout(source):
