@@ -160,34 +160,37 @@ impl<K: std::hash::Hash + Eq + Clone, N: Clone + PartialEq> Tracker<K, N> {
         t.holders.retain(|h| &h.node != requester);
         removed += before - t.holders.len();
         let busy = t.sending > 0 || t.direct_ms.len() as u32 >= cfg.direct_budget;
-        let mut eligible: Vec<usize> = if direct || !busy {
+        // Holders are kept in the order they came (the longest-standing first: the most likely to
+        // have the whole chunk), and one is dropped once it has its `max_children`, so the first
+        // few are the ones to name: filling them in turn keeps the tree breadth-first (depth
+        // log(max_children) of the requesters) rather than a chain, in constant time.
+        let named: Vec<usize> = if direct || !busy {
             Vec::new()
         } else {
-            (0..t.holders.len()).filter(|&i| t.holders[i].children < cfg.max_children).collect()
+            (0..t.holders.len())
+                .filter(|&i| t.holders[i].children < cfg.max_children)
+                .take(cfg.holders_per_answer)
+                .collect()
         };
-        let decision = if eligible.is_empty() {
+        let decision = if named.is_empty() {
             t.sending += 1;
             t.direct_ms.push(now_ms);
             Decision::Serve
         } else {
-            // The longest-standing holders with spare capacity first: they are the most likely to
-            // have the whole chunk, and filling them in turn keeps the tree breadth-first (depth
-            // log(max_children) of the requesters) rather than a chain.
-            eligible.sort_by_key(|&i| t.holders[i].since_ms);
-            eligible.truncate(cfg.holders_per_answer);
+            let answer = named.iter().map(|&i| t.holders[i].node.clone()).collect();
             // Only the first is charged: the others are fallbacks.
-            t.holders[eligible[0]].children += 1;
-            Decision::Redirect(eligible.iter().map(|&i| t.holders[i].node.clone()).collect())
-        };
-        if t.holders.len() >= cfg.holders_per_chunk {
-            // The oldest holder with no spare capacity goes, else the oldest.
-            let full = (0..t.holders.len())
-                .filter(|&i| t.holders[i].children >= cfg.max_children)
-                .min_by_key(|&i| t.holders[i].since_ms);
-            if let Some(i) = full.or_else(|| (0..t.holders.len()).min_by_key(|&i| t.holders[i].since_ms)) {
-                t.holders.remove(i);
+            let first = named[0];
+            t.holders[first].children += 1;
+            if t.holders[first].children >= cfg.max_children {
+                t.holders.remove(first);
                 removed += 1;
             }
+            Decision::Redirect(answer)
+        };
+        if t.holders.len() >= cfg.holders_per_chunk {
+            // The oldest goes.
+            t.holders.remove(0);
+            removed += 1;
         }
         t.holders.push(Holder { node: requester.clone(), since_ms: now_ms, children: 0 });
         self.holders = self.holders + 1 - removed;
