@@ -65,6 +65,9 @@ const TARGET_MAX_EGRESS: f64 = 2.0;
 const TARGET_TIME_OVER_IDEAL: f64 = 2.0;
 const TARGET_ORIGIN: f64 = 1.0;
 
+/// Wall-clock seconds between progress lines on stderr.
+const PROGRESS_EVERY_S: f64 = 30.0;
+
 pub struct Options {
     sizes: Vec<usize>,
     object: u64,
@@ -420,6 +423,10 @@ pub struct Sim {
     /// Flows out of each endpoint (index n is the origin) and into each node.
     ups: Vec<Vec<u32>>,
     downs: Vec<Vec<u32>>,
+    /// Endpoints whose flows need new rates (see [`Sim::mark`]).
+    dirty: Vec<(u32, bool)>,
+    dirty_up: Vec<bool>,
+    dirty_down: Vec<bool>,
 
     out: Outcome,
 }
@@ -469,6 +476,9 @@ impl Sim {
             free_flows: Vec::new(),
             ups: (0..=nodes).map(|_| Vec::new()).collect(),
             downs: (0..nodes).map(|_| Vec::new()).collect(),
+            dirty: Vec::new(),
+            dirty_up: vec![false; nodes + 1],
+            dirty_down: vec![false; nodes],
             out: Outcome { nodes, object: o.object, egress: vec![0; nodes], owned, ..Default::default() },
         };
         // Every node starts at time 0, in an order drawn from the seed (ties go in push order).
@@ -511,10 +521,22 @@ impl Sim {
 
     pub fn run(mut self) -> Outcome {
         let wall = Instant::now();
+        let mut report_at = PROGRESS_EVERY_S;
         while let Some(Event { at, ev, .. }) = self.heap.pop() {
             debug_assert!(at >= self.now);
             self.now = at;
             self.out.events += 1;
+            if self.out.events.is_multiple_of(1 << 20) && wall.elapsed().as_secs_f64() >= report_at {
+                report_at += PROGRESS_EVERY_S;
+                let done = self.lo.iter().map(|&l| u64::from(l)).sum::<u64>();
+                eprintln!(
+                    "    {:.0} s wall: {:.3} s simulated, {:.1}% of (node, chunk) pairs held, {} events",
+                    wall.elapsed().as_secs_f64(),
+                    self.now as f64 / 1e9,
+                    100.0 * done as f64 / (u64::from(self.n) * u64::from(self.k)) as f64,
+                    thousands(self.out.events)
+                );
+            }
             match ev {
                 Ev::Start(node) => {
                     self.reading[node as usize] = true;
@@ -544,6 +566,7 @@ impl Sim {
                     }
                 }
             }
+            self.rerate_marked();
         }
         self.out.wall_s = wall.elapsed().as_secs_f64();
         self.out.done_s = self.done_at.iter().map(|&t| t as f64 / 1e9).collect();
@@ -765,8 +788,29 @@ impl Sim {
         };
         self.ups[src as usize].push(id);
         self.downs[dst as usize].push(id);
-        self.rerate(src, true);
-        self.rerate(dst, false);
+        self.mark(src, true);
+        self.mark(dst, false);
+    }
+
+    /// Endpoint `e`'s flows (out of it if `up`) need new rates at the end of this event: a flow
+    /// ending and the next starting at one instant cost one pass, not two.
+    fn mark(&mut self, e: u32, up: bool) {
+        let flag = if up { &mut self.dirty_up[e as usize] } else { &mut self.dirty_down[e as usize] };
+        if !*flag {
+            *flag = true;
+            self.dirty.push((e, up));
+        }
+    }
+
+    fn rerate_marked(&mut self) {
+        while let Some((e, up)) = self.dirty.pop() {
+            if up {
+                self.dirty_up[e as usize] = false;
+            } else {
+                self.dirty_down[e as usize] = false;
+            }
+            self.rerate(e, up);
+        }
     }
 
     fn end_flow(&mut self, id: u32) {
@@ -787,8 +831,8 @@ impl Sim {
             self.flows[moved as usize].dst_pos = dst_pos as u32;
         }
         self.free_flows.push(id);
-        self.rerate(src, true);
-        self.rerate(dst, false);
+        self.mark(src, true);
+        self.mark(dst, false);
         match kind {
             FlowKind::Origin { owner, chunk } => {
                 self.out.origin_bytes += bytes;
