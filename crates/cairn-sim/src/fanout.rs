@@ -337,8 +337,12 @@ pub struct Outcome {
     pub object: u64,
     /// Simulated seconds at which each node held the whole object.
     pub done_s: Vec<f64>,
-    /// Bytes each node sent to peers.
+    /// Bytes each node sent to peers, and of those, as the chunk's owner.
     pub egress: Vec<u64>,
+    pub egress_owner: Vec<u64>,
+    /// Holder sends to a requester that had been told to try another holder first (not charged
+    /// to this holder's `max_children`).
+    pub fallback_sends: u64,
     pub origin_bytes: u64,
     pub origin_fetches: u64,
     pub handoffs: u64,
@@ -479,7 +483,14 @@ impl Sim {
             dirty: Vec::new(),
             dirty_up: vec![false; nodes + 1],
             dirty_down: vec![false; nodes],
-            out: Outcome { nodes, object: o.object, egress: vec![0; nodes], owned, ..Default::default() },
+            out: Outcome {
+                nodes,
+                object: o.object,
+                egress: vec![0; nodes],
+                egress_owner: vec![0; nodes],
+                owned,
+                ..Default::default()
+            },
         };
         // Every node starts at time 0, in an order drawn from the seed (ties go in push order).
         let mut order: Vec<u32> = (0..n as u32).collect();
@@ -762,6 +773,11 @@ impl Sim {
         if src < self.n {
             self.out.egress[src as usize] += bytes;
             self.out.transfers += 1;
+            match kind {
+                FlowKind::Serve { .. } => self.out.egress_owner[src as usize] += bytes,
+                FlowKind::Holder { req } if self.reqs[req as usize].next > 0 => self.out.fallback_sends += 1,
+                _ => {}
+            }
         }
         let flow = Flow {
             src,
@@ -999,6 +1015,15 @@ pub fn run(o: &Options) {
                     thousands(r.busy),
                     thousands(r.not_held),
                     thousands(r.directs)
+                );
+                let top = (0..r.nodes).max_by_key(|&i| r.egress[i]).unwrap_or(0);
+                let holder = r.egress[top] - r.egress_owner[top];
+                println!(
+                    "|   … busiest sender | {:.2}× as owner of {} chunks, {:.2}× as holder; {} holder sends over all nodes went to a requester whose first holder had failed | | | | | | | |",
+                    r.egress_owner[top] as f64 / o.object as f64,
+                    r.owned[top],
+                    holder as f64 / o.object as f64,
+                    thousands(r.fallback_sends)
                 );
             }
             if mode == Mode::OwnerOnly {
