@@ -378,7 +378,7 @@ fn print_tables(rows: &[Row], options: &Options, notes: &[String]) {
 
 /// `n` nodes, split evenly over three zones, filled into racks of 40 in id order; weight 100, or
 /// 50 to 200 spread pseudo-randomly.
-fn cluster_map(n: usize, mixed_weights: bool) -> ClusterMap {
+pub(crate) fn cluster_map(n: usize, mixed_weights: bool) -> ClusterMap {
     let mut nodes = Vec::with_capacity(n);
     for (z, zone) in ZONES.iter().enumerate() {
         let in_zone = n / ZONES.len() + usize::from(z < n % ZONES.len());
@@ -418,7 +418,7 @@ fn first_owners(structure: &impl Scheme, chunks: u64, out: &mut Vec<usize>) -> V
         .collect()
 }
 
-fn splitmix64(x: u64) -> u64 {
+pub(crate) fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -437,7 +437,7 @@ fn duration(d: Duration) -> String {
     }
 }
 
-fn thousands(n: u64) -> String {
+pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
