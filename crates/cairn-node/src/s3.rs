@@ -447,7 +447,12 @@ impl CairnS3 {
             accept_ranges: Some("bytes".into()),
             ..Default::default()
         };
-        set_object_attrs!(output, info, checksum_mode_enabled(input.checksum_mode.as_ref()));
+        // A range's bytes do not have the object's checksum: S3 sends none for them.
+        set_object_attrs!(
+            output,
+            info,
+            checksum_mode_enabled(input.checksum_mode.as_ref()) && output.content_range.is_none()
+        );
         Ok(S3Response::new(output))
     }
 
@@ -781,7 +786,12 @@ impl S3 for CairnS3 {
                 accept_ranges: Some("bytes".into()),
                 ..Default::default()
             };
-            set_object_attrs!(output, info, checksum_mode_enabled(input.checksum_mode.as_ref()));
+            // A range's bytes do not have the object's checksum: S3 sends none for them.
+            set_object_attrs!(
+                output,
+                info,
+                checksum_mode_enabled(input.checksum_mode.as_ref()) && output.content_range.is_none()
+            );
             let mut resp = S3Response::new(output);
             if partial {
                 resp.status = Some(http::StatusCode::PARTIAL_CONTENT);
