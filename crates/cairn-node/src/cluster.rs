@@ -525,7 +525,7 @@ impl Cluster {
         key: &str,
     ) -> Result<(ObjectInfo, Duration), PeerError> {
         let query = meta_query(origin, bucket, key);
-        let (parts, _) = self.call(node, Method::GET, format!("/meta?{query}"), Bytes::new()).await?;
+        let (parts, body) = self.call(node, Method::GET, format!("/meta?{query}"), Bytes::new()).await?;
         let h = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let bad = || PeerError::Unavailable(format!("peer {}: malformed metadata response", node.id));
         let size = h("x-cairn-size").and_then(|v| v.parse().ok()).ok_or_else(bad)?;
@@ -537,6 +537,8 @@ impl Cluster {
             etag,
             last_modified: chrono::DateTime::from_timestamp_nanos(nanos),
             content_type: h("x-cairn-content-type"),
+            // The attributes come as JSON in the body (none from an older peer).
+            attrs: serde_json::from_slice(&body).unwrap_or_default(),
         };
         Ok((info, Duration::from_millis(age_ms)))
     }

@@ -5,7 +5,9 @@
 //! and the admin endpoint (and the KV endpoint, `kv.rs`) until the returned [`RunningNode`] is dropped or shut down.
 
 pub mod cluster;
+pub mod conditional;
 pub mod gossip;
+pub mod integrity;
 pub mod kube;
 pub mod kv;
 pub mod kv_conn;

@@ -43,6 +43,12 @@ pub const UPLOAD_RENEW: Duration = Duration::from_secs(15);
 /// `local` write whose writer lost its disk) or its holders cannot be reached. Holders announce
 /// every `writeback::ANNOUNCE_EVERY`.
 pub const PENDING_LEASE: Duration = Duration::from_secs(30);
+/// How long a conditional write holds its key without renewing the claim; writers renew it every
+/// `CLAIM_RENEW` while they write, so a crashed writer blocks the key's conditional writes for at
+/// most this long.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(45);
+/// How often a conditional write renews its claim.
+pub const CLAIM_RENEW: Duration = Duration::from_secs(15);
 /// Keys whose write state is kept; idle ones are forgotten first past this.
 const MAX_KEY_WRITES: usize = 1_000_000;
 /// A key with no write pending is remembered this long, so a late upload of an older write can
@@ -72,6 +78,11 @@ struct KeyWrites {
     /// Ticket of the newest write known to be in the origin.
     committed: u64,
     uploading: Option<(Uploader, Instant)>,
+    /// The conditional write that holds the key while it writes, and when it last renewed.
+    claim: Option<(String, Instant)>,
+    /// The last write uploaded by way of this owner and the origin's ETag it got: an `If-Match`
+    /// naming the write's pending version still matches that version.
+    uploaded: Option<(String, String)>,
     touched: Option<Instant>,
 }
 
@@ -172,14 +183,17 @@ impl MetaCache {
     fn with_writes<T>(&self, key: &MetaKey, f: impl FnOnce(&mut KeyWrites) -> T) -> T {
         let mut writes = self.writes.lock();
         if writes.len() >= MAX_KEY_WRITES && !writes.contains_key(key) {
-            writes.retain(|_, w| w.current.is_some() || w.uploading.is_some());
+            writes.retain(|_, w| w.current.is_some() || w.uploading.is_some() || w.claim.is_some());
         }
         let w = writes.entry(key.clone()).or_default();
         w.touched = Some(Instant::now());
         let out = f(w);
         if writes.len().is_multiple_of(1024) {
             writes.retain(|_, w| {
-                w.live().is_some() || w.uploading.is_some() || w.touched.is_some_and(|t| t.elapsed() < KEY_WRITES_IDLE)
+                w.live().is_some()
+                    || w.uploading.is_some()
+                    || w.claim.is_some()
+                    || w.touched.is_some_and(|t| t.elapsed() < KEY_WRITES_IDLE)
             });
         }
         out
@@ -252,6 +266,7 @@ impl MetaCache {
                 w.uploading = None;
             }
             let info = info?;
+            w.uploaded = Some((who.wid.clone(), info.etag.clone()));
             w.committed = w.committed.max(ticket);
             if w.live().is_some_and(|c| c.wid == who.wid || c.ticket <= ticket) {
                 w.current = None;
@@ -279,6 +294,37 @@ impl MetaCache {
         });
         // What this owner cached of the object is older than the operation.
         self.remove(key);
+    }
+
+    /// Takes (or renews) the key's claim for conditional write `id`: false while another
+    /// conditional write holds it. Taking and checking are one step under the lock, so of two
+    /// writers only one holds the claim.
+    pub fn try_claim(&self, key: &MetaKey, id: &str) -> bool {
+        self.with_writes(key, |w| {
+            if let Some((other, since)) = &w.claim
+                && other != id
+                && since.elapsed() < CLAIM_LEASE
+            {
+                return false;
+            }
+            w.claim = Some((id.to_owned(), Instant::now()));
+            true
+        })
+    }
+
+    /// Whether `pending` (a pending version's write id) is the write whose upload gave the key
+    /// its origin ETag `etag`.
+    pub fn uploaded_as(&self, key: &MetaKey, wid: &str, etag: &str) -> bool {
+        self.writes.lock().get(key).and_then(|w| w.uploaded.as_ref()).is_some_and(|(w, e)| w == wid && e == etag)
+    }
+
+    /// Gives back the claim of conditional write `id`, if it still holds it.
+    pub fn release_claim(&self, key: &MetaKey, id: &str) {
+        self.with_writes(key, |w| {
+            if w.claim.as_ref().is_some_and(|(c, _)| c == id) {
+                w.claim = None;
+            }
+        });
     }
 
     /// Gives back a key's turn without a commit (an origin operation that failed).

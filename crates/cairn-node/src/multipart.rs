@@ -67,6 +67,8 @@ pub struct UploadTarget {
     pub bucket: String,
     pub key: String,
     pub content_type: Option<String>,
+    /// Attributes of the object the upload completes (user metadata, other headers).
+    pub attrs: cairn_origin::ObjectAttrs,
 }
 
 #[derive(Clone, Debug)]
@@ -112,7 +114,13 @@ impl Multipart {
         let id = format!("{:032x}", rand::random::<u128>());
         let dir = self.root.join(&id);
         tokio::fs::create_dir_all(&dir).await?;
-        let text = format!("{}\n{}\n{}\n", target.bucket, target.key, target.content_type.as_deref().unwrap_or(""));
+        let text = format!(
+            "{}\n{}\n{}\n{}\n",
+            target.bucket,
+            target.key,
+            target.content_type.as_deref().unwrap_or(""),
+            serde_json::to_string(&target.attrs).unwrap_or_default()
+        );
         let written = async {
             tokio::fs::write(dir.join("target.tmp"), text).await?;
             tokio::fs::rename(dir.join("target.tmp"), dir.join("target")).await
@@ -134,6 +142,7 @@ impl Multipart {
             bucket: lines.next().unwrap_or_default().to_owned(),
             key: lines.next().unwrap_or_default().to_owned(),
             content_type: lines.next().filter(|s| !s.is_empty()).map(str::to_owned),
+            attrs: lines.next().and_then(|l| serde_json::from_str(l).ok()).unwrap_or_default(),
         };
         if t.bucket != bucket || t.key != key {
             return Err(MultipartError::NoSuchUpload);

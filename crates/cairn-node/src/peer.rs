@@ -266,6 +266,17 @@ async fn handle(state: &NodeState, cluster: &Cluster, conn: &PeerConn, req: Requ
             let s = writeback::wb_summary_local(state, q.get("bucket").map(String::as_str), prefix, upto);
             text(StatusCode::OK, "", serde_json::to_string(&s).unwrap_or_default())
         }
+        (Method::POST, "/wb/claim") => match json_body::<crate::conditional::ClaimMsg>(req).await {
+            Ok(msg) => json(&crate::conditional::decide(state, &msg).await),
+            Err(r) => r,
+        },
+        (Method::POST, "/wb/unclaim") => match json_body::<crate::conditional::ClaimMsg>(req).await {
+            Ok(msg) => {
+                crate::conditional::release_at_owner(state, &msg);
+                text(StatusCode::NO_CONTENT, "", "")
+            }
+            Err(r) => r,
+        },
         (Method::POST, p) if p.starts_with("/wb/") => wb_meta(state, &p["/wb/".len()..], req).await,
         (Method::POST, "/kv") => match &state.kv {
             Some(kv) => crate::kv_route::serve_peer(kv, req).await,
@@ -372,7 +383,7 @@ async fn get_meta(state: &NodeState, q: &HashMap<String, String>) -> Resp {
     match state.meta.get_local(&entry.origin, entry.config.metadata, k.clone()).await {
         Ok(info) => {
             let age = state.meta.age(&k).unwrap_or_default();
-            let mut r = text(StatusCode::OK, "", "");
+            let mut r = text(StatusCode::OK, "", serde_json::to_string(&info.attrs).unwrap_or_default());
             let h = r.headers_mut();
             let mut set = |name: &'static str, v: String| {
                 if let Ok(v) = http::HeaderValue::from_str(&v) {

@@ -10,12 +10,15 @@ use std::time::{Instant, SystemTime};
 
 use cairn_core::key::{KeyError, validate_key};
 use cairn_core::{Durability, ObjectVersion};
-use cairn_origin::{BodyStream, ErrorKind, ListPage, ObjectInfo};
+use cairn_origin::{BodyStream, ErrorKind, ListPage, ObjectAttrs, ObjectInfo, WriteAttrs};
 use cairn_store::journal;
 use futures::{StreamExt, TryStreamExt};
+use parking_lot::Mutex;
 use s3s::dto::*;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 
+use crate::conditional::{Claim, Condition};
+use crate::integrity::{self, Expected, Verifier};
 use crate::meta::MetaKey;
 use crate::multipart::{MultipartError, UploadTarget};
 use crate::reader::ObjectHandle;
@@ -113,7 +116,75 @@ fn bare_etag(s: &str) -> &str {
 }
 
 fn etag_of(info: &ObjectInfo) -> ETag {
-    ETag::Strong(bare_etag(&info.etag).to_owned())
+    ETag::Strong(bare_etag(info.client_etag()).to_owned())
+}
+
+/// The attributes a write request gives its object (user metadata, the headers S3 keeps).
+fn request_attrs(
+    cache_control: Option<&String>,
+    content_disposition: Option<&String>,
+    content_encoding: Option<&String>,
+    content_language: Option<&String>,
+    expires: Option<&Timestamp>,
+    metadata: Option<&Metadata>,
+) -> ObjectAttrs {
+    let expires = expires.and_then(|t| {
+        let mut buf = Vec::new();
+        t.format(TimestampFormat::HttpDate, &mut buf).ok()?;
+        String::from_utf8(buf).ok()
+    });
+    ObjectAttrs {
+        cache_control: cache_control.cloned(),
+        content_disposition: content_disposition.cloned(),
+        content_encoding: content_encoding.cloned(),
+        content_language: content_language.cloned(),
+        expires,
+        metadata: metadata
+            .map(|m| m.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect())
+            .unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+/// The stored checksums of an object, as S3 answers them.
+fn checksum_of(attrs: &ObjectAttrs) -> Checksum {
+    let get = |name: &str| attrs.checksums.get(name).cloned();
+    Checksum {
+        checksum_crc32: get("CRC32"),
+        checksum_crc32c: get("CRC32C"),
+        checksum_crc64nvme: get("CRC64NVME"),
+        checksum_sha1: get("SHA1"),
+        checksum_sha256: get("SHA256"),
+        checksum_type: (!attrs.checksums.is_empty()).then(|| ChecksumType::from_static(ChecksumType::FULL_OBJECT)),
+    }
+}
+
+fn checksum_mode_enabled(mode: Option<&ChecksumMode>) -> bool {
+    mode.is_some_and(|m| m.as_str().eq_ignore_ascii_case(ChecksumMode::ENABLED))
+}
+
+/// Sets an object's stored headers and user metadata (and its checksums, when asked for with
+/// `x-amz-checksum-mode: ENABLED`) on a GetObject or HeadObject answer.
+macro_rules! set_object_attrs {
+    ($out:expr, $info:expr, $checksums:expr) => {{
+        let a = &$info.attrs;
+        $out.cache_control = a.cache_control.clone();
+        $out.content_disposition = a.content_disposition.clone();
+        $out.content_encoding = a.content_encoding.clone();
+        $out.content_language = a.content_language.clone();
+        $out.expires = a.expires.as_deref().and_then(|e| Timestamp::parse(TimestampFormat::HttpDate, e).ok());
+        $out.metadata =
+            (!a.metadata.is_empty()).then(|| a.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+        if $checksums {
+            let c = checksum_of(a);
+            $out.checksum_crc32 = c.checksum_crc32;
+            $out.checksum_crc32c = c.checksum_crc32c;
+            $out.checksum_crc64nvme = c.checksum_crc64nvme;
+            $out.checksum_sha1 = c.checksum_sha1;
+            $out.checksum_sha256 = c.checksum_sha256;
+            $out.checksum_type = c.checksum_type;
+        }
+    }};
 }
 
 fn timestamp(t: chrono::DateTime<chrono::Utc>) -> Timestamp {
@@ -127,7 +198,7 @@ fn seconds(t: &Timestamp) -> i64 {
 fn etag_matches(cond: &ETagCondition, info: &ObjectInfo) -> bool {
     match cond {
         ETagCondition::Any => true,
-        ETagCondition::ETag(e) => e.value() == bare_etag(&info.etag),
+        ETagCondition::ETag(e) => e.value() == bare_etag(info.client_etag()),
     }
 }
 
@@ -366,7 +437,7 @@ impl CairnS3 {
         };
         let len = range.end - range.start;
         let body = self.state.reader.stream(handle, range, first);
-        let output = GetObjectOutput {
+        let mut output = GetObjectOutput {
             body: Some(StreamingBlob::wrap(body)),
             content_length: Some(len as i64),
             content_range,
@@ -376,6 +447,12 @@ impl CairnS3 {
             accept_ranges: Some("bytes".into()),
             ..Default::default()
         };
+        // A range's bytes do not have the object's checksum: S3 sends none for them.
+        set_object_attrs!(
+            output,
+            info,
+            checksum_mode_enabled(input.checksum_mode.as_ref()) && output.content_range.is_none()
+        );
         Ok(S3Response::new(output))
     }
 
@@ -422,6 +499,23 @@ impl CairnS3 {
         let page =
             entry.origin.list(bucket, prefix, delimiter, start_after, max).await.map_err(|e| origin_error(&e))?;
         Ok((page, max as i32))
+    }
+
+    /// Runs `write` under `condition` (`If-None-Match: *` / `If-Match`), decided at the owner of
+    /// the key's metadata and held there until the write is visible; unconditional writes just run.
+    async fn conditionally<T>(
+        &self,
+        entry: &OriginEntry,
+        bucket: &str,
+        key: &str,
+        condition: Option<Condition>,
+        write: impl Future<Output = S3Result<T>>,
+    ) -> S3Result<T> {
+        let Some(condition) = condition else { return write.await };
+        let claim = Claim::take(&self.state, entry, bucket, key, condition).await?;
+        let r = write.await;
+        claim.release().await;
+        r
     }
 
     /// The key's turn for an origin operation: waits for a running upload of the key, so it
@@ -543,15 +637,47 @@ impl CairnS3 {
             ));
         }
         let content_type = if replace { input.content_type.clone() } else { source.info.content_type.clone() };
+        // The bytes are the source's, so its checksums hold for the copy either way.
+        let mut attrs = if replace {
+            let mut a = request_attrs(
+                input.cache_control.as_ref(),
+                input.content_disposition.as_ref(),
+                input.content_encoding.as_ref(),
+                input.content_language.as_ref(),
+                input.expires.as_ref(),
+                input.metadata.as_ref(),
+            );
+            a.checksums = source.info.attrs.checksums.clone();
+            a
+        } else {
+            source.info.attrs.clone()
+        };
+        attrs.etag = None;
+        let attrs: WriteAttrs = Arc::new(Mutex::new(attrs));
         let body = std::mem::replace(&mut source.body, futures::stream::empty().boxed());
         let over = AtomicBool::new(false);
-        let written = match durability {
-            Durability::Origin => self.put_body(entry, bucket, key, body, &over, content_type).await,
-            d => writeback::write_stream(&self.state, entry, bucket, key, body, content_type, d, Some(source.len))
-                .await
-                .map(Some)
-                .map_err(|e| write_error(e, limit, false)),
-        };
+        let condition = Condition::of_headers(&req.headers)?;
+        let written = self
+            .conditionally(entry, bucket, key, condition, async {
+                match durability {
+                    Durability::Origin => self.put_body(entry, bucket, key, body, &over, content_type, attrs).await,
+                    d => writeback::write_stream(
+                        &self.state,
+                        entry,
+                        bucket,
+                        key,
+                        body,
+                        content_type,
+                        attrs,
+                        d,
+                        Some(source.len),
+                    )
+                    .await
+                    .map(Some)
+                    .map_err(|e| write_error(e, limit, false)),
+                }
+            })
+            .await;
         let etag = written.map_err(|e| self.copy_failed(&source, e))?;
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
@@ -599,6 +725,7 @@ impl CairnS3 {
     }
 
     /// Streams a request body to the origin under the node's size limit.
+    #[allow(clippy::too_many_arguments)]
     async fn put_body(
         &self,
         entry: &OriginEntry,
@@ -607,10 +734,11 @@ impl CairnS3 {
         body: BodyStream,
         over: &AtomicBool,
         content_type: Option<String>,
+        attrs: WriteAttrs,
     ) -> S3Result<Option<String>> {
         let turn = self.origin_turn(entry, bucket, key).await?;
         crate::metrics::Metrics::add(&self.state.metrics.origin_put, 1);
-        let r = entry.origin.put(bucket, key, body, content_type).await;
+        let r = entry.origin.put(bucket, key, body, content_type, attrs).await;
         writeback::end_origin_op(&self.state, turn, r.is_ok()).await;
         self.invalidate(entry, bucket, key).await;
         match r {
@@ -649,7 +777,7 @@ impl S3 for CairnS3 {
             )?;
             let (range, content_range) = resolve_range(input.range.as_ref(), info.size)?;
             let partial = content_range.is_some();
-            let mut resp = S3Response::new(HeadObjectOutput {
+            let mut output = HeadObjectOutput {
                 content_length: Some((range.end - range.start) as i64),
                 content_range,
                 content_type: info.content_type.clone(),
@@ -657,7 +785,14 @@ impl S3 for CairnS3 {
                 last_modified: Some(timestamp(info.last_modified)),
                 accept_ranges: Some("bytes".into()),
                 ..Default::default()
-            });
+            };
+            // A range's bytes do not have the object's checksum: S3 sends none for them.
+            set_object_attrs!(
+                output,
+                info,
+                checksum_mode_enabled(input.checksum_mode.as_ref()) && output.content_range.is_none()
+            );
+            let mut resp = S3Response::new(output);
             if partial {
                 resp.status = Some(http::StatusCode::PARTIAL_CONTENT);
             }
@@ -812,28 +947,47 @@ impl S3 for CairnS3 {
             }
             let durability = durability(&req.headers, entry)?;
             let over = Arc::new(AtomicBool::new(false));
+            let condition = Condition::of(input.if_match.as_ref(), input.if_none_match.as_ref())?;
+            let expected = Expected::from_request(&req.headers, req.trailing_headers.clone())?;
+            let attrs: WriteAttrs = Arc::new(Mutex::new(request_attrs(
+                input.cache_control.as_ref(),
+                input.content_disposition.as_ref(),
+                input.content_encoding.as_ref(),
+                input.content_language.as_ref(),
+                input.expires.as_ref(),
+                input.metadata.as_ref(),
+            )));
             let body = limited_body(input.body, limit, over.clone());
-            let etag = match durability {
-                Durability::Origin => {
-                    self.put_body(entry, bucket, key, body, &over, input.content_type.clone()).await?
-                }
-                d => Some(
-                    writeback::write_stream(
-                        &self.state,
-                        entry,
-                        bucket,
-                        key,
-                        body,
-                        input.content_type.clone(),
-                        d,
-                        input.content_length.map(|n| n as u64),
-                    )
-                    .await
-                    .map_err(|e| {
-                        write_error(e, &self.state.config.limits.max_put_size, over.load(Ordering::Relaxed))
-                    })?,
-                ),
+            let (body, verified) = Verifier::wrap(body, expected, Some(attrs.clone()));
+            let write = async {
+                Ok(match durability {
+                    Durability::Origin => {
+                        self.put_body(entry, bucket, key, body, &over, input.content_type.clone(), attrs.clone())
+                            .await?
+                    }
+                    d => Some(
+                        writeback::write_stream(
+                            &self.state,
+                            entry,
+                            bucket,
+                            key,
+                            body,
+                            input.content_type.clone(),
+                            attrs.clone(),
+                            d,
+                            input.content_length.map(|n| n as u64),
+                        )
+                        .await
+                        .map_err(|e| {
+                            write_error(e, &self.state.config.limits.max_put_size, over.load(Ordering::Relaxed))
+                        })?,
+                    ),
+                })
             };
+            let etag = self
+                .conditionally(entry, bucket, key, condition, write)
+                .await
+                .map_err(|e| integrity::or_verification(&verified, e))?;
             Ok(S3Response::new(PutObjectOutput {
                 e_tag: etag.map(|e| ETag::Strong(bare_etag(&e).to_owned())),
                 ..Default::default()
@@ -905,8 +1059,20 @@ impl S3 for CairnS3 {
             if !entry.origin.bucket_exists(&input.bucket).await.map_err(|e| origin_error(&e))? {
                 return Err(s3_error!(NoSuchBucket));
             }
-            let target =
-                UploadTarget { bucket: input.bucket.clone(), key: input.key.clone(), content_type: input.content_type };
+            let attrs = request_attrs(
+                input.cache_control.as_ref(),
+                input.content_disposition.as_ref(),
+                input.content_encoding.as_ref(),
+                input.content_language.as_ref(),
+                input.expires.as_ref(),
+                input.metadata.as_ref(),
+            );
+            let target = UploadTarget {
+                bucket: input.bucket.clone(),
+                key: input.key.clone(),
+                content_type: input.content_type,
+                attrs,
+            };
             let id = self.state.multipart.create(&target).await.map_err(multipart_error)?;
             Ok(S3Response::new(CreateMultipartUploadOutput {
                 bucket: Some(input.bucket),
@@ -926,14 +1092,15 @@ impl S3 for CairnS3 {
             if input.content_length.is_some_and(|n| n as u64 > limit) {
                 return Err(multipart_error(MultipartError::EntityTooLarge(limit)));
             }
+            let expected = Expected::from_request(&req.headers, req.trailing_headers.clone())?;
             let over = Arc::new(AtomicBool::new(false));
-            let body = limited_body(input.body, u64::MAX, over);
+            let (body, verified) = Verifier::wrap(limited_body(input.body, u64::MAX, over), expected, None);
             let etag = self
                 .state
                 .multipart
                 .write_part(&input.upload_id, input.part_number, body, limit)
                 .await
-                .map_err(multipart_error)?;
+                .map_err(|e| integrity::or_verification(&verified, multipart_error(e)))?;
             Ok(S3Response::new(UploadPartOutput { e_tag: Some(ETag::Strong(etag)), ..Default::default() }))
         })
         .await
@@ -1001,26 +1168,49 @@ impl S3 for CairnS3 {
             if total > self.state.config.limits.max_part_size.bytes() * u64::from(self.state.config.limits.max_parts) {
                 return Err(s3_error!(EntityTooLarge));
             }
-            let etag = match durability(&req.headers, entry)? {
-                Durability::Origin => {
-                    let over = AtomicBool::new(false);
-                    let body = crate::multipart::Multipart::body(parts);
-                    self.put_body(entry, bucket, key, body, &over, target.content_type).await?
-                }
-                d => {
-                    // The parts move into the journal without copying; its record needs room. Made
-                    // before the parts move, so a full disk leaves the upload as it was.
-                    let chunks = total.div_ceil(entry.config.chunk_size.bytes());
-                    if let Err(e) = self.state.multipart.room().make_async(journal::record_bytes(chunks)).await {
-                        return Err(multipart_error(e.into()));
+            let durability = durability(&req.headers, entry)?;
+            let condition = Condition::of(input.if_match.as_ref(), input.if_none_match.as_ref())?;
+            let claim = match condition {
+                Some(c) => Some(Claim::take(&self.state, entry, bucket, key, c).await?),
+                None => None,
+            };
+            let written = async {
+                Ok::<_, S3Error>(match durability {
+                    Durability::Origin => {
+                        let over = AtomicBool::new(false);
+                        let body = crate::multipart::Multipart::body(parts);
+                        let attrs = Arc::new(Mutex::new(target.attrs));
+                        self.put_body(entry, bucket, key, body, &over, target.content_type, attrs).await?
                     }
-                    Some(
-                        writeback::write_parts(&self.state, entry, bucket, key, parts, target.content_type, d)
+                    d => {
+                        // The parts move into the journal without copying; its record needs room. Made
+                        // before the parts move, so a full disk leaves the upload as it was.
+                        let chunks = total.div_ceil(entry.config.chunk_size.bytes());
+                        if let Err(e) = self.state.multipart.room().make_async(journal::record_bytes(chunks)).await {
+                            return Err(multipart_error(e.into()));
+                        }
+                        Some(
+                            writeback::write_parts(
+                                &self.state,
+                                entry,
+                                bucket,
+                                key,
+                                parts,
+                                target.content_type,
+                                target.attrs,
+                                d,
+                            )
                             .await
                             .map_err(|e| write_error(e, &self.state.config.limits.max_part_size, false))?,
-                    )
-                }
-            };
+                        )
+                    }
+                })
+            }
+            .await;
+            if let Some(claim) = claim {
+                claim.release().await;
+            }
+            let etag = written?;
             self.state.multipart.remove(&input.upload_id).await.map_err(multipart_error)?;
             Ok(S3Response::new(CompleteMultipartUploadOutput {
                 bucket: Some(bucket.to_owned()),
@@ -1042,6 +1232,41 @@ impl S3 for CairnS3 {
             self.state.multipart.target(&input.upload_id, &input.bucket, &input.key).await.map_err(multipart_error)?;
             self.state.multipart.remove(&input.upload_id).await.map_err(multipart_error)?;
             Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+        })
+        .await
+    }
+
+    async fn get_object_attributes(
+        &self,
+        req: S3Request<GetObjectAttributesInput>,
+    ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
+        self.timed("GetObjectAttributes", async {
+            let input = req.input;
+            let (bucket, key) = (input.bucket.as_str(), input.key.as_str());
+            check_key(key)?;
+            if input.version_id.is_some() {
+                return Err(s3_error!(NotImplemented, "GetObjectAttributes of a versionId is not supported"));
+            }
+            let entry = self.origin(bucket)?;
+            let info = self.object_info(entry, bucket, key).await?;
+            // One header, `x-amz-object-attributes: ETag,ObjectSize`, may name several.
+            let wanted = |name: &str| {
+                input
+                    .object_attributes
+                    .iter()
+                    .flat_map(|a| a.as_str().split(','))
+                    .any(|a| a.trim().eq_ignore_ascii_case(name))
+            };
+            Ok(S3Response::new(GetObjectAttributesOutput {
+                e_tag: wanted(ObjectAttributes::ETAG).then(|| etag_of(&info)),
+                checksum: (wanted(ObjectAttributes::CHECKSUM) && !info.attrs.checksums.is_empty())
+                    .then(|| checksum_of(&info.attrs)),
+                object_size: wanted(ObjectAttributes::OBJECT_SIZE).then_some(info.size as i64),
+                storage_class: wanted(ObjectAttributes::STORAGE_CLASS)
+                    .then(|| StorageClass::from_static(StorageClass::STANDARD)),
+                last_modified: Some(timestamp(info.last_modified)),
+                ..Default::default()
+            }))
         })
         .await
     }

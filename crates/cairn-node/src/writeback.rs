@@ -22,7 +22,7 @@ use cairn_core::chunk::pending_version;
 use cairn_core::cluster::NodeEntry;
 use cairn_core::config::WritebackSection;
 use cairn_core::{Durability, ObjectVersion};
-use cairn_origin::{BodyStream, ObjectInfo};
+use cairn_origin::{BodyStream, ObjectAttrs, ObjectInfo, WriteAttrs};
 use cairn_store::journal::{Journal, Role, Segment, WriteRecord};
 use futures::{StreamExt, TryStreamExt};
 use http::Method;
@@ -110,6 +110,8 @@ pub struct InfoMsg {
     pub etag: String,
     pub modified_ns: i64,
     pub content_type: Option<String>,
+    #[serde(default)]
+    pub attrs: ObjectAttrs,
 }
 
 impl InfoMsg {
@@ -119,6 +121,7 @@ impl InfoMsg {
             etag: i.etag.clone(),
             modified_ns: i.last_modified.timestamp_nanos_opt().unwrap_or(0),
             content_type: i.content_type.clone(),
+            attrs: i.attrs.clone(),
         }
     }
 
@@ -128,6 +131,7 @@ impl InfoMsg {
             etag: self.etag.clone(),
             last_modified: chrono::DateTime::from_timestamp_nanos(self.modified_ns),
             content_type: self.content_type.clone(),
+            attrs: self.attrs.clone(),
         }
     }
 }
@@ -166,7 +170,13 @@ fn pending_info(rec: &WriteRecord) -> ObjectInfo {
         etag: rec.version.clone(),
         last_modified: chrono::DateTime::from_timestamp_nanos(rec.ticket as i64),
         content_type: rec.content_type.clone(),
+        attrs: record_attrs(rec),
     }
+}
+
+/// The attributes a journaled write keeps for its object.
+fn record_attrs(rec: &WriteRecord) -> ObjectAttrs {
+    serde_json::from_value(rec.attrs.clone()).unwrap_or_default()
 }
 
 /// A writer's answer about writes a replica holder keeps.
@@ -389,6 +399,7 @@ pub async fn write_stream(
     key: &str,
     mut body: BodyStream,
     content_type: Option<String>,
+    attrs: WriteAttrs,
     durability: Durability,
     expected_size: Option<u64>,
 ) -> Result<String, WriteError> {
@@ -463,7 +474,9 @@ pub async fn write_stream(
         blocking(move || f.sync_data()).await.map_err(|e| io_error("journal fsync", e))?;
     }
     let segments = vec![Segment { file: "data".into(), len: guard.bytes }];
-    finish(state, entry, bucket, key, content_type, durability, guard, segments, sums, pusher).await
+    // The body has ended: checksums sent as trailers are in the attributes now.
+    let attrs = attrs.lock().clone();
+    finish(state, entry, bucket, key, (content_type, attrs), durability, guard, segments, sums, pusher).await
 }
 
 async fn flush(
@@ -539,6 +552,7 @@ impl Drop for Active<'_> {
 }
 
 /// Moves the staged parts of a multipart upload into the journal and acknowledges the object.
+#[allow(clippy::too_many_arguments)]
 pub async fn write_parts(
     state: &Arc<NodeState>,
     entry: &OriginEntry,
@@ -546,6 +560,7 @@ pub async fn write_parts(
     key: &str,
     parts: Vec<StagedPart>,
     content_type: Option<String>,
+    attrs: ObjectAttrs,
     durability: Durability,
 ) -> Result<String, WriteError> {
     let wb = &state.writeback;
@@ -571,7 +586,7 @@ pub async fn write_parts(
     })
     .await
     .map_err(|e| io_error("journal parts", e))?;
-    finish(state, entry, bucket, key, content_type, durability, guard, segments, sums, None).await
+    finish(state, entry, bucket, key, (content_type, attrs), durability, guard, segments, sums, None).await
 }
 
 /// xxh3 of each `chunk_size` piece of the concatenated segments.
@@ -606,7 +621,7 @@ async fn finish(
     entry: &OriginEntry,
     bucket: &str,
     key: &str,
-    content_type: Option<String>,
+    (content_type, attrs): (Option<String>, ObjectAttrs),
     durability: Durability,
     mut guard: Uncommitted<'_>,
     segments: Vec<Segment>,
@@ -624,6 +639,7 @@ async fn finish(
         size,
         chunk_size: entry.config.chunk_size.bytes(),
         content_type,
+        attrs: serde_json::to_value(&attrs).unwrap_or_default(),
         version: pending_version(&wid, &wb.node_id),
         writer: wb.node_id.clone(),
         writer_incarnation: wb.incarnation.clone(),
@@ -995,7 +1011,8 @@ async fn upload(state: &Arc<NodeState>, wid: &str) {
     let mut backoff = cfg.retry_min.0;
     let info = loop {
         let body = journal_body(wb.journal.clone(), rec.clone());
-        let put = entry.origin.put(&rec.bucket, &rec.key, body, rec.content_type.clone());
+        let attrs = Arc::new(Mutex::new(record_attrs(&rec)));
+        let put = entry.origin.put(&rec.bucket, &rec.key, body, rec.content_type.clone(), attrs);
         match renewing_turn(state, &msg, put).await {
             Ok(put) => {
                 Metrics::add(&state.metrics.origin_put, 1);
@@ -1006,6 +1023,7 @@ async fn upload(state: &Arc<NodeState>, wid: &str) {
                         etag: put.etag.unwrap_or_else(|| rec.version.clone()),
                         last_modified: chrono::Utc::now(),
                         content_type: rec.content_type.clone(),
+                        attrs: record_attrs(&rec),
                     },
                 };
             }

@@ -10,12 +10,16 @@
 mod list;
 mod store;
 
+use std::collections::BTreeMap;
 use std::ops::Range;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 
 pub use list::{ListPage, ListedObject};
 pub use store::StoreOrigin;
@@ -28,7 +32,46 @@ pub struct ObjectInfo {
     pub etag: String,
     pub last_modified: DateTime<Utc>,
     pub content_type: Option<String>,
+    pub attrs: ObjectAttrs,
 }
+
+impl ObjectInfo {
+    /// The ETag clients see: the MD5 of the content where the origin's own ETag is not (a
+    /// `file://` origin), else the origin's.
+    pub fn client_etag(&self) -> &str {
+        self.attrs.etag.as_deref().unwrap_or(&self.etag)
+    }
+}
+
+/// What an object keeps besides its bytes and content type: the other HTTP headers S3 stores
+/// with it, its user metadata (`x-amz-meta-*`) and the additional checksums it was written with.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectAttrs {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_disposition: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_encoding: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_language: Option<String>,
+    /// As the client sent it (an HTTP date).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    /// User metadata, keys lowercase without the `x-amz-meta-` prefix.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// Base64 checksums by S3 algorithm name (`CRC32`, `SHA256`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checksums: BTreeMap<String, String>,
+    /// The ETag to show clients when the origin's differs from the content's MD5 (quoted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+}
+
+/// Attributes of an object being written, shared with the body's verifier: checksums are
+/// added when the body ends, so a store reads them only after the last byte.
+pub type WriteAttrs = Arc<Mutex<ObjectAttrs>>;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BucketInfo {
@@ -93,8 +136,16 @@ pub trait Origin: Send + Sync + 'static {
     /// (else [`ErrorKind::VersionChanged`]).
     async fn get_range(&self, bucket: &str, key: &str, range: Range<u64>, etag: &str) -> Result<Bytes>;
 
-    /// Stores the whole body as the object's new version; large bodies go up as a multipart upload.
-    async fn put(&self, bucket: &str, key: &str, body: BodyStream, content_type: Option<String>) -> Result<PutInfo>;
+    /// Stores the whole body as the object's new version with its content type and attributes;
+    /// large bodies go up as a multipart upload.
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: BodyStream,
+        content_type: Option<String>,
+        attrs: WriteAttrs,
+    ) -> Result<PutInfo>;
 
     async fn delete(&self, bucket: &str, key: &str) -> Result<()>;
 

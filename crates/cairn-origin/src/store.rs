@@ -22,7 +22,7 @@ use object_store::{
 use parking_lot::Mutex;
 
 use crate::list::{ListPage, ListedObject, paginate};
-use crate::{BodyStream, BucketInfo, Error, ErrorKind, ObjectInfo, Origin, PutInfo, Result};
+use crate::{BodyStream, BucketInfo, Error, ErrorKind, ObjectAttrs, ObjectInfo, Origin, PutInfo, Result, WriteAttrs};
 
 /// Bodies up to this size go up in one PUT; larger ones as a multipart upload.
 const SINGLE_PUT_MAX: usize = 8 << 20;
@@ -30,6 +30,43 @@ const SINGLE_PUT_MAX: usize = 8 << 20;
 const UPLOAD_PART_SIZE: usize = 16 << 20;
 /// Parts of one upload in flight at once.
 const UPLOAD_CONCURRENCY: usize = 4;
+/// Extended attribute of a `file://` origin file written through cairn: its content's MD5, its
+/// content type and attributes, and the file's own ETag when they were written (a file changed
+/// since, in place, keeps the attribute but no longer matches it, so it is ignored).
+const LOCAL_XATTR: &str = "user.cairn.attrs";
+/// Largest extended attribute value Linux takes.
+const XATTR_MAX: usize = 64 * 1024;
+/// User metadata key (at S3, Azure and GCS origins) holding what their own attributes cannot:
+/// `Expires` and the checksums, as JSON. A C#-style identifier, as Azure requires.
+const RESERVED_METADATA: &str = "cairnattrs";
+
+/// What [`LOCAL_XATTR`] holds.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LocalAttrs {
+    /// The file's ETag (inode, size, mtime) right after cairn wrote it.
+    etag: String,
+    md5: String,
+    #[serde(default)]
+    content_type: Option<String>,
+    #[serde(default)]
+    attrs: ObjectAttrs,
+}
+
+/// The extended attribute of `file`, if cairn wrote one.
+fn read_local_attrs(file: &std::path::Path) -> Option<LocalAttrs> {
+    let mut buf = vec![0u8; XATTR_MAX];
+    let n = rustix::fs::getxattr(file, LOCAL_XATTR, &mut buf[..]).ok()?;
+    serde_json::from_slice(&buf[..n]).ok()
+}
+
+/// What an origin cannot hold as an attribute of its own, under [`RESERVED_METADATA`].
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Reserved {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    checksums: BTreeMap<String, String>,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Scheme {
@@ -256,6 +293,152 @@ impl StoreOrigin {
             }),
             last_modified: meta.last_modified,
             content_type: attributes.and_then(|a| a.get(&Attribute::ContentType)).map(|v| v.to_string()),
+            attrs: attributes.map(Self::object_attrs).unwrap_or_default(),
+        }
+    }
+
+    /// The attributes an origin returned, as cairn keeps them.
+    fn object_attrs(a: &Attributes) -> ObjectAttrs {
+        let get = |k: &Attribute| a.get(k).map(|v| v.to_string());
+        let mut out = ObjectAttrs {
+            cache_control: get(&Attribute::CacheControl),
+            content_disposition: get(&Attribute::ContentDisposition),
+            content_encoding: get(&Attribute::ContentEncoding),
+            content_language: get(&Attribute::ContentLanguage),
+            ..Default::default()
+        };
+        for (k, v) in a.iter() {
+            if let Attribute::Metadata(name) = k {
+                if name.eq_ignore_ascii_case(RESERVED_METADATA) {
+                    let r: Reserved = serde_json::from_str(v.as_ref()).unwrap_or_default();
+                    out.expires = r.expires;
+                    out.checksums = r.checksums;
+                } else {
+                    out.metadata.insert(name.to_ascii_lowercase(), v.to_string());
+                }
+            }
+        }
+        out
+    }
+
+    /// `object_store` attributes for a write to a cloud origin.
+    fn attributes(content_type: Option<String>, attrs: &ObjectAttrs) -> Attributes {
+        let mut a = Attributes::new();
+        let mut set = |k: Attribute, v: &Option<String>| {
+            if let Some(v) = v {
+                a.insert(k, v.clone().into());
+            }
+        };
+        set(Attribute::ContentType, &content_type);
+        set(Attribute::CacheControl, &attrs.cache_control);
+        set(Attribute::ContentDisposition, &attrs.content_disposition);
+        set(Attribute::ContentEncoding, &attrs.content_encoding);
+        set(Attribute::ContentLanguage, &attrs.content_language);
+        for (k, v) in &attrs.metadata {
+            a.insert(Attribute::Metadata(k.clone().into()), v.clone().into());
+        }
+        if attrs.expires.is_some() || !attrs.checksums.is_empty() {
+            let r = Reserved { expires: attrs.expires.clone(), checksums: attrs.checksums.clone() };
+            if let Ok(json) = serde_json::to_string(&r) {
+                a.insert(Attribute::Metadata(RESERVED_METADATA.into()), json.into());
+            }
+        }
+        a
+    }
+
+    /// The folder a `file://` origin keeps `bucket` in.
+    fn local_dir(&self, bucket: &str) -> Option<PathBuf> {
+        let root = self.local_root.as_ref()?;
+        Some(match &self.mode {
+            Mode::Single { .. } => root.clone(),
+            Mode::Account { .. } => root.join(bucket),
+        })
+    }
+
+    /// The file of an object of a `file://` origin.
+    fn local_file(dir: &std::path::Path, path: &Path) -> Option<PathBuf> {
+        LocalFileSystem::new_with_prefix(dir).ok()?.path_to_filesystem(path).ok()
+    }
+
+    /// Adds what cairn stored in a `file://` origin file's extended attribute to its metadata,
+    /// if the file is still as cairn wrote it.
+    async fn with_local_attrs(&self, bucket: &str, path: &Path, mut info: ObjectInfo) -> ObjectInfo {
+        let Some(dir) = self.local_dir(bucket) else { return info };
+        let path = path.clone();
+        let found =
+            tokio::task::spawn_blocking(move || Self::local_file(&dir, &path).and_then(|f| read_local_attrs(&f)))
+                .await
+                .ok()
+                .flatten();
+        if let Some(la) = found
+            && la.etag == info.etag
+        {
+            info.content_type = la.content_type;
+            info.attrs = la.attrs;
+            info.attrs.etag = Some(format!("\"{}\"", la.md5));
+        }
+        info
+    }
+
+    /// Records the MD5, content type and attributes of a file cairn just wrote.
+    async fn write_local_attrs(&self, bucket: &str, path: &Path, la: LocalAttrs) {
+        let Some(dir) = self.local_dir(bucket) else { return };
+        let path = path.clone();
+        let r = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let file = Self::local_file(&dir, &path).ok_or_else(|| std::io::Error::other("no file path"))?;
+            let value = serde_json::to_vec(&la).map_err(std::io::Error::other)?;
+            rustix::fs::setxattr(&file, LOCAL_XATTR, &value, rustix::fs::XattrFlags::empty())?;
+            Ok(())
+        })
+        .await;
+        if let Ok(Err(e)) = r {
+            tracing::warn!(origin = %self.name, bucket, error = %e, "could not store an object's attributes in its file's extended attribute; it keeps none");
+        }
+    }
+}
+
+impl StoreOrigin {
+    /// After a PUT: on a folder origin, records the MD5 and attributes with the file and answers
+    /// the MD5 as ETag.
+    async fn put_done(
+        &self,
+        bucket: &str,
+        path: &Path,
+        etag: Option<String>,
+        md5: Option<md5::Md5>,
+        content_type: Option<String>,
+        attrs: &WriteAttrs,
+    ) -> PutInfo {
+        use md5::Digest as _;
+        let (Some(md5), Some(native)) = (md5, etag.clone()) else { return PutInfo { etag } };
+        let md5 = hex::encode(md5.finalize());
+        let mut attrs = attrs.lock().clone();
+        attrs.etag = None;
+        self.write_local_attrs(bucket, path, LocalAttrs { etag: native, md5: md5.clone(), content_type, attrs }).await;
+        PutInfo { etag: Some(format!("\"{md5}\"")) }
+    }
+
+    /// Replaces the ETags of files cairn wrote to a folder origin with their content's MD5.
+    async fn local_listing_etags(&self, bucket: &str, root: &Path, objects: &mut [ListedObject]) {
+        let Some(dir) = self.local_dir(bucket) else { return };
+        let wanted: Vec<(Path, Option<String>)> =
+            objects.iter().filter_map(|o| Self::path(root, &o.key).ok().map(|p| (p, o.etag.clone()))).collect();
+        let found = tokio::task::spawn_blocking(move || {
+            let Ok(fs) = LocalFileSystem::new_with_prefix(&dir) else { return Vec::new() };
+            wanted
+                .into_iter()
+                .map(|(p, etag)| {
+                    let la = fs.path_to_filesystem(&p).ok().and_then(|f| read_local_attrs(&f));
+                    la.filter(|la| Some(&la.etag) == etag.as_ref()).map(|la| format!("\"{}\"", la.md5))
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default();
+        for (o, md5) in objects.iter_mut().zip(found) {
+            if md5.is_some() {
+                o.etag = md5;
+            }
         }
     }
 }
@@ -275,7 +458,7 @@ impl Origin for StoreOrigin {
         let path = Self::path(&prefix, key)?;
         let opts = GetOptions { head: true, ..Default::default() };
         match store.get_opts(&path, opts).await {
-            Ok(r) => Ok(Self::info(&r.meta, Some(&r.attributes))),
+            Ok(r) => Ok(self.with_local_attrs(bucket, &path, Self::info(&r.meta, Some(&r.attributes))).await),
             Err(e) => {
                 let err = self.map_err(e, bucket, key);
                 if err.kind == ErrorKind::NoSuchKey {
@@ -293,7 +476,10 @@ impl Origin for StoreOrigin {
         match store.get_opts(&path, opts).await {
             Ok(r) => {
                 let info = Self::info(&r.meta, Some(&r.attributes));
-                Ok((info.etag != etag).then_some(info))
+                if info.etag == etag {
+                    return Ok(None);
+                }
+                Ok(Some(self.with_local_attrs(bucket, &path, info).await))
             }
             Err(object_store::Error::NotModified { .. }) => Ok(None),
             Err(e) => Err(self.map_err(e, bucket, key)),
@@ -324,16 +510,16 @@ impl Origin for StoreOrigin {
         key: &str,
         mut body: BodyStream,
         content_type: Option<String>,
+        attrs: WriteAttrs,
     ) -> Result<PutInfo> {
+        use md5::Digest as _;
         let (store, prefix) = self.store(bucket)?;
         self.require_bucket(bucket).await?;
         let path = Self::path(&prefix, key)?;
-        let mut attributes = Attributes::new();
-        if let Some(ct) = content_type
-            && self.scheme != Scheme::Local
-        {
-            attributes.insert(Attribute::ContentType, ct.into());
-        }
+        let local = self.scheme == Scheme::Local;
+        // A folder origin keeps no attributes of its own: cairn stores them (and the MD5 the
+        // client sees as ETag) in an extended attribute once the file is written.
+        let mut md5 = local.then(md5::Md5::new);
         let body_err = |e: std::io::Error| Error::new(ErrorKind::Body, format!("request body failed: {e}"));
         // Small bodies: one PUT.
         let mut first: Vec<Bytes> = Vec::new();
@@ -343,6 +529,9 @@ impl Origin for StoreOrigin {
             match body.next().await {
                 Some(chunk) => {
                     let chunk = chunk.map_err(body_err)?;
+                    if let Some(h) = &mut md5 {
+                        h.update(&chunk);
+                    }
                     first_len += chunk.len();
                     first.push(chunk);
                 }
@@ -352,13 +541,17 @@ impl Origin for StoreOrigin {
                 }
             }
         }
+        // The whole body is here for a single PUT, so checksums sent as trailers are known.
+        let attributes = |attrs: &WriteAttrs| {
+            if local { Attributes::new() } else { Self::attributes(content_type.clone(), &attrs.lock()) }
+        };
         if ended {
             let payload: PutPayload = first.into_iter().collect();
-            let opts = PutOptions { attributes, ..Default::default() };
+            let opts = PutOptions { attributes: attributes(&attrs), ..Default::default() };
             let r = store.put_opts(&path, payload, opts).await.map_err(|e| self.map_err(e, bucket, key))?;
-            return Ok(PutInfo { etag: r.e_tag });
+            return Ok(self.put_done(bucket, &path, r.e_tag, md5, content_type, &attrs).await);
         }
-        let opts = object_store::PutMultipartOptions { attributes, ..Default::default() };
+        let opts = object_store::PutMultipartOptions { attributes: attributes(&attrs), ..Default::default() };
         let upload = store.put_multipart_opts(&path, opts).await.map_err(|e| self.map_err(e, bucket, key))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART_SIZE);
         for chunk in first {
@@ -367,6 +560,9 @@ impl Origin for StoreOrigin {
         let result: Result<()> = async {
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(body_err)?;
+                if let Some(h) = &mut md5 {
+                    h.update(&chunk);
+                }
                 writer.wait_for_capacity(UPLOAD_CONCURRENCY).await.map_err(|e| self.map_err(e, bucket, key))?;
                 writer.put(chunk);
             }
@@ -378,7 +574,7 @@ impl Origin for StoreOrigin {
             return Err(e);
         }
         let r = writer.finish().await.map_err(|e| self.map_err(e, bucket, key))?;
-        Ok(PutInfo { etag: r.e_tag })
+        Ok(self.put_done(bucket, &path, r.e_tag, md5, content_type, &attrs).await)
     }
 
     async fn delete(&self, bucket: &str, key: &str) -> Result<()> {
@@ -439,7 +635,11 @@ impl Origin for StoreOrigin {
             };
             (all, Vec::new())
         };
-        Ok(paginate(objects, dirs, prefix, delimiter, start_after, max_keys))
+        let mut page = paginate(objects, dirs, prefix, delimiter, start_after, max_keys);
+        if self.scheme == Scheme::Local {
+            self.local_listing_etags(bucket, &root, &mut page.objects).await;
+        }
+        Ok(page)
     }
 
     async fn bucket_exists(&self, bucket: &str) -> Result<bool> {

@@ -66,6 +66,9 @@ pub struct WriteRecord {
     pub size: u64,
     pub chunk_size: u64,
     pub content_type: Option<String>,
+    /// The object's other attributes (user metadata, checksums, ...) as JSON, for the upload.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub attrs: serde_json::Value,
     /// The object's version until it is in the origin; chunk ids are computed from it.
     pub version: String,
     /// Node that accepted the write ("" on a node outside a cluster).
@@ -405,6 +408,7 @@ mod tests {
             size: data.len() as u64,
             chunk_size,
             content_type: None,
+            attrs: serde_json::Value::Null,
             version: "v".into(),
             writer: String::new(),
             writer_incarnation: String::new(),
