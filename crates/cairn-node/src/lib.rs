@@ -13,6 +13,7 @@ pub mod kv_route;
 pub mod meta;
 pub mod metrics;
 pub mod multipart;
+pub mod part_layout;
 pub mod peer;
 pub mod peer_auth;
 pub mod reader;
