@@ -152,6 +152,21 @@ fn etag_matches(cond: &ETagCondition, info: &ObjectInfo) -> bool {
     }
 }
 
+/// `304 Not Modified`, with the object's ETag and Last-Modified (RFC 9110 asks for both).
+fn not_modified(info: &ObjectInfo) -> S3Error {
+    let mut err = s3_error!(NotModified);
+    let mut headers = http::HeaderMap::new();
+    let etag = format!("\"{}\"", bare_etag(&info.etag));
+    let modified = info.last_modified.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    for (name, value) in [(http::header::ETAG, etag), (http::header::LAST_MODIFIED, modified)] {
+        if let Ok(v) = http::HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    }
+    err.set_headers(headers);
+    err
+}
+
 /// HTTP preconditions in RFC 9110 order: If-Match, If-Unmodified-Since, If-None-Match,
 /// If-Modified-Since.
 fn check_preconditions(
@@ -173,12 +188,12 @@ fn check_preconditions(
     }
     if let Some(c) = if_none_match {
         if etag_matches(c, info) {
-            return Err(s3_error!(NotModified));
+            return Err(not_modified(info));
         }
     } else if let Some(t) = if_modified_since
         && modified <= seconds(t)
     {
-        return Err(s3_error!(NotModified));
+        return Err(not_modified(info));
     }
     Ok(())
 }
