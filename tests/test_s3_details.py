@@ -464,3 +464,31 @@ def test_folder_origin_key_conflicts_are_a_clear_409(make_node, tmp_path, prefix
         assert "conflicts with an existing key" in message
     assert s3.get_object(Bucket="data", Key=f"{prefix}a/b")["Body"].read() == b"object a/b"
     assert (tmp_path / "o" / prefix / "a" / "b").read_bytes() == b"object a/b"
+
+
+def test_completion_whose_replication_fails_can_be_retried(tmp_path, prefix):
+    """At `replicated`, a completion whose parts are already in the journal when pushing them to
+    the other node fails: the upload keeps its parts, and the retry completes it."""
+    import signal
+
+    from test_cluster import Cluster
+
+    wb = '[writeback]\nreplicas = 2\nretry_min = "100ms"\nretry_max = "500ms"\n'
+    c = Cluster(tmp_path, 2, more_sections=wb)
+    try:
+        s3 = c.nodes[0].s3()
+        s3.meta.events.register("before-sign.s3.*",
+                                lambda request, **_: request.headers.__setitem__("x-cairn-durability", "replicated"))
+        key = f"{prefix}replicated.bin"
+        up, parts, body = upload_parts(s3, key, [5 * MIB, 999], seed=9)
+        c.nodes[1].stop(signal.SIGKILL)
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            s3.complete_multipart_upload(Bucket="data", Key=key, UploadId=up, MultipartUpload={"Parts": parts})
+        assert error_of(e)[:2] == (503, "ServiceUnavailable")
+        assert [p["PartNumber"] for p in s3.list_parts(Bucket="data", Key=key, UploadId=up)["Parts"]] == [1, 2]
+        c.nodes[1].start()
+        r = s3.complete_multipart_upload(Bucket="data", Key=key, UploadId=up, MultipartUpload={"Parts": parts})
+        assert r["ResponseMetadata"]["HTTPStatusCode"] == 200
+        assert s3.get_object(Bucket="data", Key=key)["Body"].read() == body
+    finally:
+        c.stop()

@@ -108,22 +108,22 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn layouts_follow_the_version_and_are_bounded_by_forget() {
-        let dir = tempfile::tempdir().unwrap();
-        let l = PartLayouts::open(dir.path().join("pl")).unwrap();
-        l.record("o", "b", "k", "e1", vec![5, 3]).await.unwrap();
+    async fn layouts_follow_the_version_and_survive_a_restart() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let l = PartLayouts::open(dir.path().join("pl")).expect("open");
+        l.record("o", "b", "k", "e1", vec![5, 3]).await.expect("record");
         assert_eq!(l.get("o", "b", "k", "e1", 8).await, Some(vec![5, 3]));
         assert_eq!(l.get("o", "b", "k", "e2", 8).await, None);
         assert_eq!(l.get("o", "b", "k", "e1", 9).await, None);
         assert_eq!(l.get("o", "b", "other", "e1", 8).await, None);
         // A pending version's layout holds after its upload changes the ETag, at the same size.
-        l.record("o", "b", "p", "cairn-w-1-n", vec![4, 4]).await.unwrap();
+        l.record("o", "b", "p", "cairn-w-1-n", vec![4, 4]).await.expect("record");
         assert_eq!(l.get("o", "b", "p", "originetag", 8).await, Some(vec![4, 4]));
         assert_eq!(l.get("o", "b", "p", "cairn-w-2-n", 8).await, None);
         l.forget("o", "b", "p").await;
         assert_eq!(l.get("o", "b", "p", "originetag", 8).await, None);
         drop(l);
-        let l = PartLayouts::open(dir.path().join("pl")).unwrap();
+        let l = PartLayouts::open(dir.path().join("pl")).expect("open");
         assert_eq!(l.get("o", "b", "k", "e1", 8).await, Some(vec![5, 3]));
     }
 }

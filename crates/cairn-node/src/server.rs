@@ -404,7 +404,7 @@ impl Service<Request<Incoming>> for Front {
                 (st.returned.take(), st.polled)
             };
             if let Some(body) = unread {
-                let keep = !(expects_continue && !polled) && drain(body).await;
+                let keep = (polled || !expects_continue) && drain(body).await;
                 if !keep {
                     resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
                 }
