@@ -48,14 +48,14 @@ def egress(m):
 
 
 def herd(bin_path, tmp, name, origin_dir, key, size, digest, chunk, fanout):
-    origins = [f'[[origin]]\nbucket = "b"\nurl = "file://{origin_dir}"\nmetadata = "immutable"\nchunk_size = "{chunk}"\n']
+    origins = [f'[[origin]]\nbucket = "bench"\nurl = "file://{origin_dir}"\nmetadata = "immutable"\nchunk_size = "{chunk}"\n']
     cluster = cb.Cluster(bin_path, tmp, name, NODES, origins, extra_cluster=f"fanout = {str(fanout).lower()}\n")
     try:
         barrier = threading.Barrier(NODES)
 
         def read(node):
             barrier.wait()
-            return cb.curl_sha256(node.url(f"/b/{key}"))
+            return cb.curl_sha256(node.url(f"/bench/{key}"))
 
         started = time.time()
         with concurrent.futures.ThreadPoolExecutor(NODES) as pool:
@@ -94,12 +94,12 @@ def load_rows(bin_path, tmp, origin_dir):
     subprocess.run(["rclone", "copy", "--transfers", "16", str(prefix_dir), str(copy_to)], env=env, check=True,
                    capture_output=True)
     rclone_secs = time.time() - started
-    origins = [f'[[origin]]\nbucket = "b"\nurl = "file://{origin_dir}"\nmetadata = "immutable"\nchunk_size = "8MiB"\n']
+    origins = [f'[[origin]]\nbucket = "bench"\nurl = "file://{origin_dir}"\nmetadata = "immutable"\nchunk_size = "8MiB"\n']
     cluster = cb.Cluster(bin_path, tmp, "load", NODES, origins)
     try:
         node = cluster.nodes[0]
         started = time.time()
-        p = subprocess.run([bin_path, "load", "s3://b/pfx/", "--admin", f"http://{node.ip}:{node.admin}"],
+        p = subprocess.run([bin_path, "load", "s3://bench/pfx/", "--admin", f"http://{node.ip}:{node.admin}"],
                            capture_output=True, text=True)
         load_secs = time.time() - started
         if p.returncode != 0:
@@ -108,7 +108,7 @@ def load_rows(bin_path, tmp, origin_dir):
         reader = cluster.nodes[NODES - 1]
         started = time.time()
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            got = list(pool.map(lambda k: (k, cb.curl_sha256(reader.url(f"/b/{k}"))), sorted(digests)))
+            got = list(pool.map(lambda k: (k, cb.curl_sha256(reader.url(f"/bench/{k}"))), sorted(digests)))
         read_secs = time.time() - started
         for k, (d, n, code) in got:
             if (d, n, code) != (digests[k], 16 * MIB, 200):
@@ -179,7 +179,7 @@ def main():
         "",
         "| | time | GB/s | origin bytes / prefix |",
         "|---|---|---|---|",
-        f"| `cairn load s3://b/pfx/` | {load['load_secs']:.2f} s | {gb / load['load_secs']:.2f} | {load['load_origin']:.2f}x |",
+        f"| `cairn load s3://bench/pfx/` | {load['load_secs']:.2f} s | {gb / load['load_secs']:.2f} | {load['load_origin']:.2f}x |",
         f"| `rclone copy --transfers 16` (reference) | {load['rclone_secs']:.2f} s | {gb / load['rclone_secs']:.2f} | 1.00x |",
         f"| ratio cairn / rclone (throughput) | | {load['rclone_secs'] / load['load_secs']:.2f}x | |",
         f"| then reading the prefix through one node | {load['read_secs']:.2f} s | {gb / load['read_secs']:.2f} | {load['read_origin']:.2f}x |",

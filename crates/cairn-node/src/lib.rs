@@ -16,6 +16,7 @@ pub mod load;
 pub mod meta;
 pub mod metrics;
 pub mod multipart;
+pub mod part_layout;
 pub mod peer;
 pub mod peer_auth;
 pub mod reader;
@@ -54,6 +55,18 @@ struct AllowAnonymous;
 impl s3s::access::S3Access for AllowAnonymous {
     async fn check(&self, _cx: &mut s3s::access::S3AccessContext<'_>) -> s3s::S3Result<()> {
         Ok(())
+    }
+}
+
+/// The configured access keys; an unknown key is `InvalidAccessKeyId`, as S3 answers.
+struct Keys(SimpleAuth);
+
+#[async_trait::async_trait]
+impl s3s::auth::S3Auth for Keys {
+    async fn get_secret_key(&self, access_key: &str) -> s3s::S3Result<s3s::auth::SecretKey> {
+        self.0.lookup(access_key).cloned().ok_or_else(|| {
+            s3s::s3_error!(InvalidAccessKeyId, "The AWS Access Key Id you provided does not exist in our records.")
+        })
     }
 }
 
@@ -110,7 +123,7 @@ pub async fn start(mut config: Config) -> Result<RunningNode, StartError> {
         for k in &cfg.auth.keys {
             auth.register(k.access_key.clone(), k.secret_key.clone().into());
         }
-        builder.set_auth(auth);
+        builder.set_auth(Keys(auth));
     }
     if cfg.auth.allow_anonymous {
         builder.set_access(AllowAnonymous);

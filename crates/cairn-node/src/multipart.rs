@@ -8,20 +8,30 @@
 //!
 //! Parts are written through the cache's `Room`: clean disk-tier chunks are evicted to make room
 //! for them, and a part that still does not fit fails with `DiskFull` (507) and leaves no file.
+//!
+//! A completion that fails leaves the upload as it was, so the client's retry can complete it. A
+//! completion that succeeded is remembered (`<cache dir>/uploads-completed/<upload id>`, for
+//! `COMPLETED_KEEP`, at most `COMPLETED_MAX`), so a retry of it (an SDK that timed out waiting)
+//! answers the same ETag instead of `NoSuchUpload`. Completions of one upload run one at a time.
 
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use md5::{Digest, Md5};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 use cairn_origin::BodyStream;
 use cairn_store::{Room, is_disk_full};
+
+use crate::part_layout::PartLayouts;
 
 /// S3's smallest part (all but the last part).
 pub const MIN_PART_SIZE: u64 = 5 << 20;
@@ -29,6 +39,10 @@ pub const MIN_PART_SIZE: u64 = 5 << 20;
 const READ_BLOCK: usize = 1 << 20;
 /// Body bytes gathered before they are written to a staged part (and room is made for them).
 const STAGE_BATCH: usize = 1 << 20;
+/// How long a completed upload is remembered, so a retried completion answers its ETag.
+pub const COMPLETED_KEEP: Duration = Duration::from_secs(3600);
+/// Completed uploads remembered at most (the oldest are forgotten first).
+pub const COMPLETED_MAX: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MultipartError {
@@ -80,17 +94,125 @@ pub struct StagedPart {
     pub path: PathBuf,
 }
 
+/// What a successful completion answered, kept for its retries.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Completed {
+    pub bucket: String,
+    pub key: String,
+    pub etag: Option<String>,
+}
+
 pub struct Multipart {
     root: PathBuf,
     max_uploads: usize,
     max_parts: u32,
     room: Room,
+    /// Part boundaries of the objects completed here (for `partNumber` reads).
+    pub layouts: PartLayouts,
+    completed_dir: PathBuf,
+    /// Remembered completions, oldest first (upload id, when completed).
+    completed: Mutex<VecDeque<(String, SystemTime)>>,
+    /// One completion at a time per upload id.
+    completing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Held while an upload completes; its retries wait for it.
+pub struct CompletionTurn<'a> {
+    multipart: &'a Multipart,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for CompletionTurn<'_> {
+    fn drop(&mut self) {
+        // The guard is still held here, so this entry counts two: the map's and the guard's.
+        self.multipart.completing.lock().retain(|_, m| Arc::strong_count(m) > 2);
+    }
 }
 
 impl Multipart {
     pub fn open(root: PathBuf, max_uploads: usize, max_parts: u32, room: Room) -> io::Result<Self> {
         std::fs::create_dir_all(&root)?;
-        Ok(Self { root, max_uploads, max_parts, room })
+        let mut name = root.file_name().unwrap_or_default().to_os_string();
+        name.push("-completed");
+        let completed_dir = root.with_file_name(name);
+        let layouts = PartLayouts::open(root.with_file_name("part-layouts"))?;
+        std::fs::create_dir_all(&completed_dir)?;
+        let mut completed = Vec::new();
+        for e in std::fs::read_dir(&completed_dir)? {
+            let e = e?;
+            let at = e.metadata()?.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            completed.push((e.file_name().to_string_lossy().into_owned(), at));
+        }
+        completed.sort_by_key(|(_, at)| *at);
+        let mp = Self {
+            root,
+            max_uploads,
+            max_parts,
+            room,
+            layouts,
+            completed_dir,
+            completed: Mutex::new(completed.into()),
+            completing: Mutex::new(HashMap::new()),
+        };
+        mp.forget_old_completions();
+        Ok(mp)
+    }
+
+    /// Waits for any other completion of this upload to finish.
+    pub async fn completion_turn(&self, id: &str) -> CompletionTurn<'_> {
+        let lock = self.completing.lock().entry(id.to_owned()).or_default().clone();
+        CompletionTurn { multipart: self, _guard: lock.lock_owned().await }
+    }
+
+    /// What an earlier completion of this upload (of this bucket and key) answered.
+    pub async fn completed(&self, id: &str, bucket: &str, key: &str) -> Option<Completed> {
+        let fresh = self
+            .completed
+            .lock()
+            .iter()
+            .any(|(i, at)| i == id && at.elapsed().map_or(true, |age| age < COMPLETED_KEEP));
+        if !fresh || self.upload_dir(id).is_ok() {
+            return None;
+        }
+        let text = tokio::fs::read(self.completed_dir.join(id)).await.ok()?;
+        let done: Completed = serde_json::from_slice(&text).ok()?;
+        (done.bucket == bucket && done.key == key).then_some(done)
+    }
+
+    /// Records a successful completion, then removes the staged upload. The object is written
+    /// by now, so failures here are logged, not answered.
+    pub async fn finish(&self, id: &str, done: &Completed) {
+        let written = async {
+            let body = serde_json::to_vec(done).map_err(io::Error::other)?;
+            let tmp = self.completed_dir.join(format!("{id}.tmp"));
+            tokio::fs::write(&tmp, body).await?;
+            tokio::fs::rename(&tmp, self.completed_dir.join(id)).await
+        }
+        .await;
+        match written {
+            Ok(()) => {
+                let mut c = self.completed.lock();
+                c.retain(|(i, _)| i != id);
+                c.push_back((id.to_owned(), SystemTime::now()));
+            }
+            Err(e) => tracing::warn!(upload = id, error = %e, "could not remember a completed upload"),
+        }
+        self.forget_old_completions();
+        if let Err(e) = self.remove(id).await {
+            tracing::warn!(upload = id, error = %e, "could not remove a completed upload's staged parts");
+        }
+    }
+
+    fn forget_old_completions(&self) {
+        let mut c = self.completed.lock();
+        while let Some((id, at)) = c.front() {
+            let old = at.elapsed().is_ok_and(|age| age >= COMPLETED_KEEP);
+            if !old && c.len() <= COMPLETED_MAX {
+                break;
+            }
+            let _ = std::fs::remove_file(self.completed_dir.join(id));
+            c.pop_front();
+        }
     }
 
     fn upload_dir(&self, id: &str) -> Result<PathBuf, MultipartError> {
@@ -136,18 +258,38 @@ impl Multipart {
     /// The upload's target, checked against the bucket and key the request names.
     pub async fn target(&self, id: &str, bucket: &str, key: &str) -> Result<UploadTarget, MultipartError> {
         let dir = self.upload_dir(id)?;
-        let text = tokio::fs::read_to_string(dir.join("target")).await?;
-        let mut lines = text.lines();
-        let t = UploadTarget {
-            bucket: lines.next().unwrap_or_default().to_owned(),
-            key: lines.next().unwrap_or_default().to_owned(),
-            content_type: lines.next().filter(|s| !s.is_empty()).map(str::to_owned),
-            attrs: lines.next().and_then(|l| serde_json::from_str(l).ok()).unwrap_or_default(),
-        };
+        let t = self.read_target(&dir).await?;
         if t.bucket != bucket || t.key != key {
             return Err(MultipartError::NoSuchUpload);
         }
         Ok(t)
+    }
+
+    /// Every upload in progress: id, target and when it was initiated, ordered by key, then id
+    /// (so that a key marker and an upload id marker name one place in the list).
+    pub async fn uploads(&self) -> Result<Vec<(String, UploadTarget, SystemTime)>, MultipartError> {
+        let mut out = Vec::new();
+        let mut rd = tokio::fs::read_dir(&self.root).await?;
+        while let Some(e) = rd.next_entry().await? {
+            let id = e.file_name().to_string_lossy().into_owned();
+            let Ok(dir) = self.upload_dir(&id) else { continue };
+            let Ok(meta) = tokio::fs::metadata(dir.join("target")).await else { continue };
+            let Ok(t) = self.read_target(&dir).await else { continue };
+            out.push((id, t, meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+        }
+        out.sort_by(|a, b| (&a.1.key, &a.0).cmp(&(&b.1.key, &b.0)));
+        Ok(out)
+    }
+
+    async fn read_target(&self, dir: &Path) -> Result<UploadTarget, MultipartError> {
+        let text = tokio::fs::read_to_string(dir.join("target")).await?;
+        let mut lines = text.lines();
+        Ok(UploadTarget {
+            bucket: lines.next().unwrap_or_default().to_owned(),
+            key: lines.next().unwrap_or_default().to_owned(),
+            content_type: lines.next().filter(|s| !s.is_empty()).map(str::to_owned),
+            attrs: lines.next().and_then(|l| serde_json::from_str(l).ok()).unwrap_or_default(),
+        })
     }
 
     /// Streams one part to disk; returns its ETag (hex MD5). A part number uploaded again

@@ -20,7 +20,7 @@ use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use crate::conditional::{Claim, Condition};
 use crate::integrity::{self, Expected, Verifier};
 use crate::meta::MetaKey;
-use crate::multipart::{MultipartError, UploadTarget};
+use crate::multipart::{Completed, MultipartError, UploadTarget};
 use crate::reader::ObjectHandle;
 use crate::state::{NodeState, OriginEntry};
 use crate::writeback::{self, WriteError};
@@ -30,6 +30,11 @@ pub struct CairnS3 {
 }
 
 fn origin_error(e: &cairn_origin::Error) -> S3Error {
+    if e.kind == ErrorKind::KeyConflict {
+        let mut err = S3Error::with_message(S3ErrorCode::Custom("KeyConflict".into()), e.message.clone());
+        err.set_status_code(http::StatusCode::CONFLICT);
+        return err;
+    }
     let code = match e.kind {
         ErrorKind::NoSuchKey => S3ErrorCode::NoSuchKey,
         ErrorKind::NoSuchBucket => S3ErrorCode::NoSuchBucket,
@@ -39,7 +44,7 @@ fn origin_error(e: &cairn_origin::Error) -> S3Error {
         ErrorKind::InvalidKey => S3ErrorCode::InvalidArgument,
         ErrorKind::Unsupported => S3ErrorCode::NotImplemented,
         ErrorKind::Body => S3ErrorCode::IncompleteBody,
-        ErrorKind::Backend => S3ErrorCode::ServiceUnavailable,
+        ErrorKind::KeyConflict | ErrorKind::Backend => S3ErrorCode::ServiceUnavailable,
     };
     S3Error::with_message(code, e.message.clone())
 }
@@ -70,6 +75,22 @@ fn insufficient_storage(message: String) -> S3Error {
     err.set_status_code(http::StatusCode::INSUFFICIENT_STORAGE);
     err
 }
+
+fn completed_output(bucket: &str, key: &str, etag: Option<String>) -> CompleteMultipartUploadOutput {
+    CompleteMultipartUploadOutput {
+        bucket: Some(bucket.to_owned()),
+        key: Some(key.to_owned()),
+        e_tag: etag.map(|e| ETag::Strong(bare_etag(&e).to_owned())),
+        location: Some(format!("/{bucket}/{key}")),
+        ..Default::default()
+    }
+}
+
+/// Part numbers run from 1 to this (S3's limit).
+const MAX_PART_NUMBER: i32 = 10_000;
+
+/// ListMultipartUploads answers at most this many uploads and common prefixes (S3's limit).
+const MAX_LIST_UPLOADS: i32 = 1000;
 
 /// Header choosing a write's durability: `local`, `replicated` or `origin`.
 pub const DURABILITY_HEADER: &str = "x-cairn-durability";
@@ -202,6 +223,21 @@ fn etag_matches(cond: &ETagCondition, info: &ObjectInfo) -> bool {
     }
 }
 
+/// `304 Not Modified`, with the object's ETag and Last-Modified (RFC 9110 asks for both).
+fn not_modified(info: &ObjectInfo) -> S3Error {
+    let mut err = s3_error!(NotModified);
+    let mut headers = http::HeaderMap::new();
+    let etag = format!("\"{}\"", bare_etag(&info.etag));
+    let modified = info.last_modified.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    for (name, value) in [(http::header::ETAG, etag), (http::header::LAST_MODIFIED, modified)] {
+        if let Ok(v) = http::HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    }
+    err.set_headers(headers);
+    err
+}
+
 /// HTTP preconditions in RFC 9110 order: If-Match, If-Unmodified-Since, If-None-Match,
 /// If-Modified-Since.
 fn check_preconditions(
@@ -223,12 +259,12 @@ fn check_preconditions(
     }
     if let Some(c) = if_none_match {
         if etag_matches(c, info) {
-            return Err(s3_error!(NotModified));
+            return Err(not_modified(info));
         }
     } else if let Some(t) = if_modified_since
         && modified <= seconds(t)
     {
-        return Err(s3_error!(NotModified));
+        return Err(not_modified(info));
     }
     Ok(())
 }
@@ -368,6 +404,7 @@ impl CairnS3 {
     /// Forgets an object's metadata (here and at the owner of its metadata key) and drops the
     /// chunks of the version this node had cached.
     async fn invalidate(&self, entry: &OriginEntry, bucket: &str, key: &str) {
+        self.state.multipart.layouts.forget(entry.origin.name(), bucket, key).await;
         if let Some(cluster) = &self.state.cluster {
             let route = cluster.route(crate::cluster::Cluster::meta_key(entry.origin.name(), bucket, key));
             // Owners of the metadata for reads (cluster.replicas) and for writes
@@ -394,14 +431,11 @@ impl CairnS3 {
         let input = req.input;
         let (bucket, key) = (input.bucket.as_str(), input.key.as_str());
         check_key(key)?;
-        if input.part_number.is_some() {
-            return Err(s3_error!(NotImplemented, "GetObject with partNumber is not supported"));
-        }
         let entry = self.origin(bucket)?;
         // A version change between our metadata and the origin's bytes is retried once with
         // fresh metadata; after the first byte is sent a change aborts the response instead.
         let mut attempt = 0;
-        let (info, handle, range, content_range, first) = loop {
+        let (info, handle, range, content_range, parts_count, first) = loop {
             attempt += 1;
             let info = self.object_info(entry, bucket, key).await?;
             check_preconditions(
@@ -411,17 +445,18 @@ impl CairnS3 {
                 input.if_none_match.as_ref(),
                 input.if_modified_since.as_ref(),
             )?;
-            let (range, content_range) = resolve_range(input.range.as_ref(), info.size)?;
+            let (range, content_range, parts_count) =
+                self.resolve_part(entry, bucket, key, &info, input.part_number, input.range.as_ref()).await?;
             let handle = Self::handle(entry, bucket, key, &info);
             let layout = handle.layout();
             let Some((first_index, first_piece)) = layout.pieces(range.clone()).next() else {
-                break (info, handle, range, content_range, None);
+                break (info, handle, range, content_range, parts_count, None);
             };
             match self.state.reader.chunk(&handle, first_index).await {
                 Ok(b) if b.len() >= first_piece.end => {
                     let last = (range.end - 1) / handle.chunk_size;
                     self.state.reader.note_read(&handle, first_index, last);
-                    break (info, handle, range, content_range, Some(b));
+                    break (info, handle, range, content_range, parts_count, Some(b));
                 }
                 Ok(_) => return Err(s3_error!(InternalError, "cached chunk is shorter than the object claims")),
                 Err(e) if e.kind == ErrorKind::VersionChanged && attempt == 1 => {
@@ -445,6 +480,7 @@ impl CairnS3 {
             e_tag: Some(etag_of(&info)),
             last_modified: Some(timestamp(info.last_modified)),
             accept_ranges: Some("bytes".into()),
+            parts_count,
             ..Default::default()
         };
         // A range's bytes do not have the object's checksum: S3 sends none for them.
@@ -636,6 +672,8 @@ impl CairnS3 {
                 format!("the copy source is {} bytes, over the {limit} limit", source.len),
             ));
         }
+        entry.origin.check_writable(bucket, key).await.map_err(|e| origin_error(&e))?;
+        self.state.multipart.layouts.forget(entry.origin.name(), bucket, key).await;
         let content_type = if replace { input.content_type.clone() } else { source.info.content_type.clone() };
         // The bytes are the source's, so its checksums hold for the copy either way.
         let mut attrs = if replace {
@@ -724,6 +762,136 @@ impl CairnS3 {
         }))
     }
 
+    /// The byte range a read asks for (`partNumber` or `Range`), its Content-Range, and the
+    /// object's part count when it asks for a part of an object completed as a multipart upload
+    /// on this node (other objects are one part).
+    async fn resolve_part(
+        &self,
+        entry: &OriginEntry,
+        bucket: &str,
+        key: &str,
+        info: &ObjectInfo,
+        part_number: Option<i32>,
+        range: Option<&s3s::dto::Range>,
+    ) -> S3Result<(Range<u64>, Option<String>, Option<i32>)> {
+        let Some(number) = part_number else {
+            let (r, cr) = resolve_range(range, info.size)?;
+            return Ok((r, cr, None));
+        };
+        if range.is_some() {
+            return Err(s3_error!(InvalidRequest, "Cannot specify both Range header and partNumber query parameter"));
+        }
+        if !(1..=MAX_PART_NUMBER).contains(&number) {
+            return Err(s3_error!(InvalidArgument, "Part number must be an integer between 1 and 10000, inclusive"));
+        }
+        let layout =
+            self.state.multipart.layouts.get(entry.origin.name(), bucket, key, bare_etag(&info.etag), info.size).await;
+        let count = layout.as_ref().map(|p| p.len() as i32);
+        let parts = layout.unwrap_or_else(|| vec![info.size]);
+        let Some(&len) = parts.get(number as usize - 1) else {
+            let mut err = S3Error::with_message(
+                S3ErrorCode::Custom("InvalidPartNumber".into()),
+                "The requested partnumber is not satisfiable",
+            );
+            err.set_status_code(http::StatusCode::RANGE_NOT_SATISFIABLE);
+            return Err(err);
+        };
+        let start: u64 = parts[..number as usize - 1].iter().sum();
+        if info.size == 0 {
+            return Ok((0..0, None, count));
+        }
+        let cr = format!("bytes {}-{}/{}", start, start + len - 1, info.size);
+        Ok((start..start + len, Some(cr), count))
+    }
+
+    /// ListMultipartUploads: this node's uploads in progress, by key then upload id, with prefix,
+    /// delimiter, key and upload id markers and `max-uploads` (at most 1000).
+    async fn list_multipart_uploads_inner(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let input = req.input;
+        let bucket = input.bucket.as_str();
+        let entry = self.origin(bucket)?;
+        if !entry.origin.bucket_exists(bucket).await.map_err(|e| origin_error(&e))? {
+            return Err(s3_error!(NoSuchBucket));
+        }
+        let max = match input.max_uploads {
+            Some(n) if n < 0 => return Err(s3_error!(InvalidArgument, "max-uploads must not be negative")),
+            Some(n) => n.min(MAX_LIST_UPLOADS),
+            None => MAX_LIST_UPLOADS,
+        };
+        let prefix = input.prefix.as_deref().unwrap_or("");
+        let delimiter = input.delimiter.as_deref().filter(|d| !d.is_empty());
+        let key_marker = input.key_marker.as_deref().unwrap_or("");
+        // An upload id marker counts only with a key marker: uploads of that key after that id.
+        let id_marker = input.upload_id_marker.as_deref().filter(|_| !key_marker.is_empty());
+        let all = self.state.multipart.uploads().await.map_err(multipart_error)?;
+        let past_markers = |key: &str, id: &str| match id_marker {
+            Some(m) => key > key_marker || (key == key_marker && id > m),
+            None => key > key_marker,
+        };
+        let mut uploads = Vec::new();
+        let mut prefixes: Vec<String> = Vec::new();
+        let (mut next_key, mut next_id, mut truncated) = (None, None, false);
+        for (id, target, initiated) in all {
+            let key = target.key.as_str();
+            if target.bucket != bucket || !key.starts_with(prefix) || !past_markers(key, &id) {
+                continue;
+            }
+            let rolled =
+                delimiter.and_then(|d| key[prefix.len()..].find(d).map(|at| &key[..prefix.len() + at + d.len()]));
+            if let Some(p) = rolled {
+                // A marker that is this common prefix was the last entry of the previous page.
+                if prefixes.last().map(String::as_str) == Some(p) || p == key_marker {
+                    continue;
+                }
+            }
+            if uploads.len() + prefixes.len() >= max as usize {
+                truncated = true;
+                break;
+            }
+            match rolled {
+                Some(p) => {
+                    prefixes.push(p.to_owned());
+                    (next_key, next_id) = (Some(p.to_owned()), None);
+                }
+                None => {
+                    (next_key, next_id) = (Some(key.to_owned()), Some(id.clone()));
+                    uploads.push(MultipartUpload {
+                        key: Some(key.to_owned()),
+                        upload_id: Some(id),
+                        initiated: Some(Timestamp::from(initiated)),
+                        storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
+                        owner: Some(Owner { display_name: Some("cairn".into()), id: Some("cairn".into()) }),
+                        initiator: Some(Initiator { display_name: Some("cairn".into()), id: Some("cairn".into()) }),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        let encode = input.encoding_type.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL);
+        let enc = |s: &str| if encode { url_encode(s) } else { s.to_owned() };
+        for u in &mut uploads {
+            u.key = u.key.as_deref().map(enc);
+        }
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(input.bucket.clone()),
+            prefix: Some(enc(prefix)),
+            delimiter: input.delimiter.as_deref().map(enc),
+            key_marker: Some(enc(key_marker)),
+            upload_id_marker: Some(id_marker.unwrap_or("").to_owned()),
+            max_uploads: Some(max),
+            is_truncated: Some(truncated),
+            next_key_marker: next_key.filter(|_| truncated).map(|k| enc(&k)),
+            next_upload_id_marker: next_id.filter(|_| truncated),
+            encoding_type: input.encoding_type.clone(),
+            uploads: Some(uploads),
+            common_prefixes: Some(prefixes.iter().map(|p| CommonPrefix { prefix: Some(enc(p)) }).collect()),
+            ..Default::default()
+        }))
+    }
+
     /// Streams a request body to the origin under the node's size limit.
     #[allow(clippy::too_many_arguments)]
     async fn put_body(
@@ -775,7 +943,8 @@ impl S3 for CairnS3 {
                 input.if_none_match.as_ref(),
                 input.if_modified_since.as_ref(),
             )?;
-            let (range, content_range) = resolve_range(input.range.as_ref(), info.size)?;
+            let (range, content_range, parts_count) =
+                self.resolve_part(entry, bucket, key, &info, input.part_number, input.range.as_ref()).await?;
             let partial = content_range.is_some();
             let mut output = HeadObjectOutput {
                 content_length: Some((range.end - range.start) as i64),
@@ -784,6 +953,7 @@ impl S3 for CairnS3 {
                 e_tag: Some(etag_of(&info)),
                 last_modified: Some(timestamp(info.last_modified)),
                 accept_ranges: Some("bytes".into()),
+                parts_count,
                 ..Default::default()
             };
             // A range's bytes do not have the object's checksum: S3 sends none for them.
@@ -946,6 +1116,8 @@ impl S3 for CairnS3 {
                 ));
             }
             let durability = durability(&req.headers, entry)?;
+            entry.origin.check_writable(bucket, key).await.map_err(|e| origin_error(&e))?;
+            self.state.multipart.layouts.forget(entry.origin.name(), bucket, key).await;
             let over = Arc::new(AtomicBool::new(false));
             let condition = Condition::of(input.if_match.as_ref(), input.if_none_match.as_ref())?;
             let expected = Expected::from_request(&req.headers, req.trailing_headers.clone())?;
@@ -1148,6 +1320,13 @@ impl S3 for CairnS3 {
         .await
     }
 
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        self.timed("ListMultipartUploads", self.list_multipart_uploads_inner(req)).await
+    }
+
     async fn complete_multipart_upload(
         &self,
         req: S3Request<CompleteMultipartUploadInput>,
@@ -1156,6 +1335,10 @@ impl S3 for CairnS3 {
             let input = req.input;
             let (bucket, key) = (input.bucket.as_str(), input.key.as_str());
             let entry = self.origin(bucket)?;
+            let _turn = self.state.multipart.completion_turn(&input.upload_id).await;
+            if let Some(done) = self.state.multipart.completed(&input.upload_id, bucket, key).await {
+                return Ok(S3Response::new(completed_output(bucket, key, done.etag)));
+            }
             let target = self.state.multipart.target(&input.upload_id, bucket, key).await.map_err(multipart_error)?;
             let wanted: Vec<(i32, String)> = input
                 .multipart_upload
@@ -1165,6 +1348,8 @@ impl S3 for CairnS3 {
                 .map(|p| (p.part_number.unwrap_or(0), p.e_tag.map(|e| e.value().to_owned()).unwrap_or_default()))
                 .collect();
             let (parts, total) = self.state.multipart.plan(&input.upload_id, &wanted).await.map_err(multipart_error)?;
+            let part_sizes: Vec<u64> = parts.iter().map(|p| p.size).collect();
+            entry.origin.check_writable(bucket, key).await.map_err(|e| origin_error(&e))?;
             if total > self.state.config.limits.max_part_size.bytes() * u64::from(self.state.config.limits.max_parts) {
                 return Err(s3_error!(EntityTooLarge));
             }
@@ -1183,8 +1368,8 @@ impl S3 for CairnS3 {
                         self.put_body(entry, bucket, key, body, &over, target.content_type, attrs).await?
                     }
                     d => {
-                        // The parts move into the journal without copying; its record needs room. Made
-                        // before the parts move, so a full disk leaves the upload as it was.
+                        // The parts are linked into the journal without copying; its record needs room.
+                        // Made before they are linked, so a full disk leaves the upload as it was.
                         let chunks = total.div_ceil(entry.config.chunk_size.bytes());
                         if let Err(e) = self.state.multipart.room().make_async(journal::record_bytes(chunks)).await {
                             return Err(multipart_error(e.into()));
@@ -1211,14 +1396,15 @@ impl S3 for CairnS3 {
                 claim.release().await;
             }
             let etag = written?;
-            self.state.multipart.remove(&input.upload_id).await.map_err(multipart_error)?;
-            Ok(S3Response::new(CompleteMultipartUploadOutput {
-                bucket: Some(bucket.to_owned()),
-                key: Some(key.to_owned()),
-                e_tag: etag.map(|e| ETag::Strong(bare_etag(&e).to_owned())),
-                location: Some(format!("/{bucket}/{key}")),
-                ..Default::default()
-            }))
+            if let Some(e) = &etag {
+                let layouts = &self.state.multipart.layouts;
+                if let Err(err) = layouts.record(entry.origin.name(), bucket, key, bare_etag(e), part_sizes).await {
+                    tracing::warn!(bucket, key, error = %err, "could not record the object's part boundaries");
+                }
+            }
+            let done = Completed { bucket: bucket.to_owned(), key: key.to_owned(), etag };
+            self.state.multipart.finish(&input.upload_id, &done).await;
+            Ok(S3Response::new(completed_output(bucket, key, done.etag)))
         })
         .await
     }

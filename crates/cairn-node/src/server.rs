@@ -213,12 +213,130 @@ pub fn connection_ended(admission: &Admission, peer: SocketAddr, result: Result<
     }
 }
 
+/// Unread request body bytes a refused request may leave: read and dropped, so the connection
+/// stays usable. A longer rest closes the connection after the answer.
+const DRAIN_MAX: u64 = 8 << 20;
+/// Time given to reading that rest.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// S3's limit on a presigned URL's `X-Amz-Expires` (seven days).
+const MAX_PRESIGNED_EXPIRES: u64 = 604_800;
+/// Failed authentications within `AUTH_WARN_WINDOW` that make one WARN line (each one is DEBUG).
+const AUTH_WARN_BURST: u64 = 20;
+const AUTH_WARN_WINDOW: Duration = Duration::from_secs(60);
+
 /// Wraps the s3s service with checks it does not make itself.
 #[derive(Clone)]
 struct Front {
     s3: S3Service,
     max_header_bytes: usize,
+    peer: SocketAddr,
+    auth_log: Arc<AuthFailures>,
 }
+
+/// Counts failed authentications, so a burst is one WARN line rather than one line each.
+#[derive(Default)]
+struct AuthFailures {
+    window: Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl AuthFailures {
+    fn note(&self, peer: SocketAddr, code: &str) {
+        tracing::debug!(%peer, code, "request refused: authentication failed");
+        let mut w = self.window.lock();
+        let now = std::time::Instant::now();
+        if w.0.is_none_or(|start| now.duration_since(start) >= AUTH_WARN_WINDOW) {
+            *w = (Some(now), 0);
+        }
+        w.1 += 1;
+        if w.1 == AUTH_WARN_BURST {
+            tracing::warn!(%peer, code, window = ?AUTH_WARN_WINDOW, "{AUTH_WARN_BURST} failed authentications in the window");
+        }
+    }
+}
+
+/// A request body that tells whether it was read to its end, and gives the body back to the
+/// front when s3s drops it unread, so the rest can be drained.
+struct Tracked {
+    inner: Option<Incoming>,
+    state: Arc<Mutex<BodyState>>,
+}
+
+#[derive(Default)]
+struct BodyState {
+    polled: bool,
+    ended: bool,
+    returned: Option<Incoming>,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let Some(inner) = self.inner.as_mut() else { return std::task::Poll::Ready(None) };
+        let r = std::pin::Pin::new(inner).poll_frame(cx);
+        let mut st = self.state.lock();
+        st.polled = true;
+        if matches!(r, std::task::Poll::Ready(None)) {
+            st.ended = true;
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(hyper::body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.as_ref().map(hyper::body::Body::size_hint).unwrap_or_default()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let mut st = self.state.lock();
+        if let Some(inner) = self.inner.take()
+            && !st.ended
+            && !hyper::body::Body::is_end_stream(&inner)
+        {
+            st.returned = Some(inner);
+        }
+    }
+}
+
+/// Reads and drops the rest of a body, up to `DRAIN_MAX` bytes within `DRAIN_TIMEOUT`; whether
+/// it reached the end.
+async fn drain(mut body: Incoming) -> bool {
+    use http_body_util::BodyExt;
+    let read = async {
+        let mut seen = 0u64;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > DRAIN_MAX {
+                return false;
+            }
+        }
+        true
+    };
+    tokio::time::timeout(DRAIN_TIMEOUT, read).await.unwrap_or(false)
+}
+
+/// `X-Amz-Expires` of a presigned URL over S3's seven days.
+fn presigned_expires_too_long(uri: &http::Uri) -> bool {
+    uri.query().is_some_and(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .any(|(k, v)| k == "X-Amz-Expires" && v.parse::<u64>().map_or(v.len() > 6, |n| n > MAX_PRESIGNED_EXPIRES))
+    })
+}
+
+/// S3's message for a signature mismatch, which s3s leaves out.
+const SIGNATURE_MISMATCH: &str =
+    "The request signature we calculated does not match the signature you provided. Check your key and signing method.";
 
 fn xml_error(status: StatusCode, code: &str, message: &str) -> Response<s3s::Body> {
     let body = format!(
@@ -237,23 +355,99 @@ impl Service<Request<Incoming>> for Front {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
-        if header_bytes > self.max_header_bytes {
+        let refusal = if header_bytes > self.max_header_bytes {
             let msg =
                 format!("your request header section is {header_bytes} bytes; the limit is {}", self.max_header_bytes);
-            let resp = xml_error(StatusCode::BAD_REQUEST, "RequestHeaderSectionTooLarge", &msg);
-            return Box::pin(async move { Ok(resp) });
-        }
-        Service::call(&self.s3, req)
+            Some(xml_error(StatusCode::BAD_REQUEST, "RequestHeaderSectionTooLarge", &msg))
+        } else if presigned_expires_too_long(req.uri()) {
+            let msg = format!("X-Amz-Expires must be less than a week (in seconds) that is; {MAX_PRESIGNED_EXPIRES}");
+            Some(xml_error(StatusCode::BAD_REQUEST, "AuthorizationQueryParametersError", &msg))
+        } else {
+            None
+        };
+        let expects_continue =
+            req.headers().get(http::header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let state = Arc::new(Mutex::new(BodyState::default()));
+        let method = req.method().clone();
+        let (parts, body) = req.into_parts();
+        let req = Request::from_parts(parts, s3s::Body::http_body(Tracked { inner: Some(body), state: state.clone() }));
+        let (s3, peer, auth_log) = (self.s3.clone(), self.peer, self.auth_log.clone());
+        Box::pin(async move {
+            let mut resp = match refusal {
+                Some(r) => {
+                    drop(req);
+                    r
+                }
+                None => s3.call(req).await?,
+            };
+            // s3s answers HeadObject with 200 whatever the operation says; a HEAD of a range or a
+            // part is a 206, as its GET.
+            if method == http::Method::HEAD
+                && resp.status() == StatusCode::OK
+                && resp.headers().contains_key(http::header::CONTENT_RANGE)
+            {
+                *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+            }
+            let status = resp.status();
+            if status == StatusCode::FORBIDDEN || status == StatusCode::UNAUTHORIZED {
+                resp = note_auth_failure(resp, peer, &auth_log);
+            } else if status.is_server_error() {
+                tracing::warn!(%peer, %status, "S3 request failed");
+            } else if status.is_client_error() {
+                tracing::debug!(%peer, %status, "S3 request refused");
+            }
+            // The body s3s did not read: with `Expect: 100-continue` and nothing read, the client
+            // was never told to send it and may or may not; otherwise drain a bounded rest. When
+            // the connection's next bytes cannot be known to start a request, close it.
+            let (unread, polled) = {
+                let mut st = state.lock();
+                (st.returned.take(), st.polled)
+            };
+            if let Some(body) = unread {
+                let keep = (polled || !expects_continue) && drain(body).await;
+                if !keep {
+                    resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                }
+            }
+            Ok(resp)
+        })
     }
 }
 
+/// Logs a refused authentication at DEBUG (bursts at WARN) and gives a signature mismatch S3's
+/// message.
+fn note_auth_failure(resp: Response<s3s::Body>, peer: SocketAddr, log: &AuthFailures) -> Response<s3s::Body> {
+    let Some(body) = resp.body().bytes() else {
+        log.note(peer, "");
+        return resp;
+    };
+    let text = String::from_utf8_lossy(&body);
+    let code = text.split("<Code>").nth(1).and_then(|r| r.split("</Code>").next()).unwrap_or("").to_owned();
+    log.note(peer, &code);
+    if code == "SignatureDoesNotMatch" && !text.contains("<Message>") {
+        let mut out = xml_error(resp.status(), &code, SIGNATURE_MISMATCH);
+        for (k, v) in resp.headers() {
+            if k != http::header::CONTENT_LENGTH && k != http::header::CONTENT_TYPE {
+                out.headers_mut().insert(k.clone(), v.clone());
+            }
+        }
+        return out;
+    }
+    resp
+}
+
 pub async fn serve_s3(listener: TcpListener, s3: S3Service, state: Arc<NodeState>) {
-    let front = Front { s3, max_header_bytes: state.config.limits.max_header_bytes };
+    let auth_log = Arc::new(AuthFailures::default());
     let admission = state.listeners.s3.clone();
     let head_timeout = state.config.limits.header_read_timeout.0;
     let tls = crate::tls::Acceptor::new(state.tls.as_ref(), crate::tls::Listener::S3);
     accept_loop(listener, admission.clone(), close_silently, move |stream, peer, slot| {
-        let front = front.clone();
+        let front = Front {
+            s3: s3.clone(),
+            max_header_bytes: state.config.limits.max_header_bytes,
+            peer,
+            auth_log: auth_log.clone(),
+        };
         let metrics = state.metrics.clone();
         let admission = admission.clone();
         let tls = tls.clone();

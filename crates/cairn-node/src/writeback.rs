@@ -551,7 +551,7 @@ impl Drop for Active<'_> {
     }
 }
 
-/// Moves the staged parts of a multipart upload into the journal and acknowledges the object.
+/// Links the staged parts of a multipart upload into the journal and acknowledges the object.
 #[allow(clippy::too_many_arguments)]
 pub async fn write_parts(
     state: &Arc<NodeState>,
@@ -577,7 +577,8 @@ pub async fn write_parts(
         let mut segments = Vec::with_capacity(parts.len());
         for p in &parts {
             let name = format!("p{:05}", p.number);
-            std::fs::rename(&p.path, dir.join(&name))?;
+            // Linked, not moved: a completion that fails after this leaves the upload whole.
+            std::fs::hard_link(&p.path, dir.join(&name))?;
             std::fs::File::open(dir.join(&name))?.sync_data()?;
             segments.push(Segment { file: name, len: p.size });
         }

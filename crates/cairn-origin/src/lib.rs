@@ -97,6 +97,9 @@ pub enum ErrorKind {
     Unsupported,
     /// The request body stream failed (client went away, short body).
     Body,
+    /// The key cannot be stored beside an existing one: on a folder origin `a/b` cannot be both
+    /// an object and the folder of `a/b/c` (S3 allows both).
+    KeyConflict,
     /// Anything else: network, throttling that outlived retries, permissions.
     Backend,
 }
@@ -148,6 +151,12 @@ pub trait Origin: Send + Sync + 'static {
     ) -> Result<PutInfo>;
 
     async fn delete(&self, bucket: &str, key: &str) -> Result<()>;
+
+    /// Whether `key` can be stored next to the keys already there ([`ErrorKind::KeyConflict`]
+    /// when not), so a write that could never reach the origin is refused before it is taken.
+    async fn check_writable(&self, _bucket: &str, _key: &str) -> Result<()> {
+        Ok(())
+    }
 
     /// One page of an S3-style listing: keys are relative to the bucket, sorted, after
     /// `start_after`, at most `max_keys` entries (objects plus common prefixes).

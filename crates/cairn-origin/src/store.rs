@@ -281,8 +281,43 @@ impl StoreOrigin {
                 ErrorKind::InvalidKey,
                 format!("object key {key:?} has a path segment too long for the origin"),
             ),
+            // EEXIST, ENOTDIR, EISDIR: a folder where the key needs a file, or the reverse.
+            other
+                if self.scheme == Scheme::Local
+                    && ["os error 17", "os error 20", "os error 21"].iter().any(|c| other.to_string().contains(c)) =>
+            {
+                key_conflict(key, None)
+            }
             other => Error::new(ErrorKind::Backend, format!("origin {} failed on {bucket}/{key}: {other}", self.name)),
         }
+    }
+
+    /// On a folder origin: an existing object whose key is a folder of `key` (`a/b` for
+    /// `a/b/c`), or a folder at `key` itself.
+    async fn local_conflict(&self, bucket: &str, key: &str) -> Result<()> {
+        let Some(root) = &self.local_root else { return Ok(()) };
+        let dir = match &self.mode {
+            Mode::Single { .. } => root.clone(),
+            Mode::Account { .. } => match self.local_bucket_dir(bucket) {
+                Some(d) => d,
+                None => return Ok(()),
+            },
+        };
+        let path = Self::path(&Path::default(), key)?;
+        let parts: Vec<String> = path.parts().map(|p| p.as_ref().to_owned()).collect();
+        let mut at = dir;
+        for (i, part) in parts.iter().enumerate() {
+            at.push(part);
+            let Ok(meta) = tokio::fs::symlink_metadata(&at).await else { return Ok(()) };
+            let last = i + 1 == parts.len();
+            if !last && !meta.is_dir() {
+                return Err(key_conflict(key, Some(&parts[..=i].join("/"))));
+            }
+            if last && meta.is_dir() {
+                return Err(key_conflict(key, None));
+            }
+        }
+        Ok(())
     }
 
     fn info(meta: &object_store::ObjectMeta, attributes: Option<&Attributes>) -> ObjectInfo {
@@ -443,6 +478,15 @@ impl StoreOrigin {
     }
 }
 
+/// The error for a key a folder origin cannot store beside an existing one.
+fn key_conflict(key: &str, object: Option<&str>) -> Error {
+    let why = match object {
+        Some(o) => format!("the object {o:?} exists, and a folder origin cannot also hold keys under it"),
+        None => "the origin is a folder, where a key cannot be both an object and a folder of other keys".to_owned(),
+    };
+    Error::new(ErrorKind::KeyConflict, format!("object key {key:?} conflicts with an existing key: {why}"))
+}
+
 #[async_trait]
 impl Origin for StoreOrigin {
     fn name(&self) -> &str {
@@ -575,6 +619,10 @@ impl Origin for StoreOrigin {
         }
         let r = writer.finish().await.map_err(|e| self.map_err(e, bucket, key))?;
         Ok(self.put_done(bucket, &path, r.e_tag, md5, content_type, &attrs).await)
+    }
+
+    async fn check_writable(&self, bucket: &str, key: &str) -> Result<()> {
+        if self.scheme == Scheme::Local { self.local_conflict(bucket, key).await } else { Ok(()) }
     }
 
     async fn delete(&self, bucket: &str, key: &str) -> Result<()> {

@@ -371,8 +371,19 @@ impl ServeArgs {
 }
 
 fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let spec = std::env::var("CAIRN_LOG").unwrap_or_default();
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&spec)
+        .ok()
+        .filter(|_| !spec.is_empty())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    // s3s logs every refused request at ERROR (twice for a failed authentication); the node
+    // logs them itself (client errors at DEBUG, bursts of failed authentications at WARN, server
+    // errors at WARN). `CAIRN_LOG=...,s3s=debug` brings s3s's own lines back.
+    if !spec.contains("s3s")
+        && let Ok(d) = "s3s=off".parse()
+    {
+        filter = filter.add_directive(d);
+    }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if json {
