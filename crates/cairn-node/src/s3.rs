@@ -608,13 +608,24 @@ impl CairnS3 {
         over: &AtomicBool,
         content_type: Option<String>,
     ) -> S3Result<Option<String>> {
-        let turn = self.origin_turn(entry, bucket, key).await?;
+        let (body, turn) = writeback::turn_at_body_end(&self.state, entry, bucket, key, body);
         crate::metrics::Metrics::add(&self.state.metrics.origin_put, 1);
         let r = entry.origin.put(bucket, key, body, content_type).await;
-        writeback::end_origin_op(&self.state, turn, r.is_ok()).await;
+        let turn = turn.lock().take();
+        let busy = match turn {
+            Some(Ok(turn)) => {
+                writeback::end_origin_op(&self.state, turn, r.is_ok()).await;
+                None
+            }
+            Some(Err(busy)) => Some(busy.to_string()),
+            None => None,
+        };
         self.invalidate(entry, bucket, key).await;
         match r {
             Ok(info) => Ok(info.etag),
+            Err(_) if busy.is_some() => {
+                Err(S3Error::with_message(S3ErrorCode::ServiceUnavailable, busy.unwrap_or_default()))
+            }
             Err(_) if over.load(Ordering::Relaxed) => Err(S3Error::with_message(
                 S3ErrorCode::EntityTooLarge,
                 format!("the body exceeds the {} limit", self.state.config.limits.max_put_size),
