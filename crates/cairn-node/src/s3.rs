@@ -182,7 +182,8 @@ fn resolve_range(range: Option<&s3s::dto::Range>, size: u64) -> S3Result<(Range<
     }
 }
 
-/// `x-amz-copy-source-range`: `bytes=first-last`, both given, inside the source.
+/// `x-amz-copy-source-range`: `bytes=first-last`, both given (else `InvalidArgument`), inside
+/// the source (else `InvalidRange`, as S3 answers).
 fn copy_range(header: &str, size: u64) -> S3Result<Range<u64>> {
     let bad = || {
         S3Error::with_message(
@@ -192,8 +193,14 @@ fn copy_range(header: &str, size: u64) -> S3Result<Range<u64>> {
     };
     let (first, last) = header.strip_prefix("bytes=").and_then(|r| r.split_once('-')).ok_or_else(bad)?;
     let (first, last): (u64, u64) = (first.parse().map_err(|_| bad())?, last.parse().map_err(|_| bad())?);
-    if first > last || last >= size {
+    if first > last {
         return Err(bad());
+    }
+    if last >= size {
+        return Err(S3Error::with_message(
+            S3ErrorCode::InvalidRange,
+            format!("the range {header:?} is not satisfiable for a copy source of {size} bytes"),
+        ));
     }
     Ok(first..last + 1)
 }
