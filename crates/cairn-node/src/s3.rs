@@ -182,6 +182,11 @@ fn resolve_range(range: Option<&s3s::dto::Range>, size: u64) -> S3Result<(Range<
     }
 }
 
+/// A listing parameter as S3 reads it: empty is not given (`delimiter=` is no delimiter).
+fn given(param: Option<String>) -> Option<String> {
+    param.filter(|p| !p.is_empty())
+}
+
 /// `x-amz-copy-source-range`: `bytes=first-last`, both given (else `InvalidArgument`), inside
 /// the source (else `InvalidRange`, as S3 answers).
 fn copy_range(header: &str, size: u64) -> S3Result<Range<u64>> {
@@ -698,15 +703,16 @@ impl S3 for CairnS3 {
                 None => None,
             };
             let start_after = after_token.as_deref().or(input.start_after.as_deref());
+            let delimiter = given(input.delimiter.clone());
             let (page, max) =
-                self.list_page(&input.bucket, &prefix, input.delimiter.as_deref(), start_after, input.max_keys).await?;
+                self.list_page(&input.bucket, &prefix, delimiter.as_deref(), start_after, input.max_keys).await?;
             let encode = input.encoding_type.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL);
             let (objects, prefixes) = Self::list_page_objects(&page, encode);
             let enc = |s: String| if encode { url_encode(&s) } else { s };
             Ok(S3Response::new(ListObjectsV2Output {
                 name: Some(input.bucket.clone()),
                 prefix: Some(enc(prefix)),
-                delimiter: input.delimiter.clone().map(enc),
+                delimiter: delimiter.map(enc),
                 max_keys: Some(max),
                 key_count: Some((objects.len() + prefixes.len()) as i32),
                 is_truncated: Some(page.next_start_after.is_some()),
@@ -726,16 +732,19 @@ impl S3 for CairnS3 {
         self.timed("ListObjects", async {
             let input = req.input;
             let prefix = input.prefix.clone().unwrap_or_default();
+            let delimiter = given(input.delimiter.clone());
             let (page, max) = self
-                .list_page(&input.bucket, &prefix, input.delimiter.as_deref(), input.marker.as_deref(), input.max_keys)
+                .list_page(&input.bucket, &prefix, delimiter.as_deref(), input.marker.as_deref(), input.max_keys)
                 .await?;
             let encode = input.encoding_type.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL);
             let (objects, prefixes) = Self::list_page_objects(&page, encode);
             let enc = |s: String| if encode { url_encode(&s) } else { s };
             Ok(S3Response::new(ListObjectsOutput {
                 name: Some(input.bucket.clone()),
-                prefix: Some(enc(prefix)),
-                delimiter: input.delimiter.clone().map(enc),
+                // S3 sends ListObjects' (V1) Prefix as given, even with encoding-type=url, and
+                // clients (boto3) do not decode it.
+                prefix: Some(prefix),
+                delimiter: delimiter.map(enc),
                 marker: Some(input.marker.clone().map(enc).unwrap_or_default()),
                 max_keys: Some(max),
                 is_truncated: Some(page.next_start_after.is_some()),
