@@ -182,6 +182,58 @@ fn resolve_range(range: Option<&s3s::dto::Range>, size: u64) -> S3Result<(Range<
     }
 }
 
+/// Most buckets one ListBuckets page may ask for (`max-buckets`), as in S3.
+const MAX_BUCKETS_PER_PAGE: i32 = 10_000;
+
+/// One page of ListBuckets: the names after the continuation token (the last name of the
+/// previous page, hex-encoded), under the prefix, at most `max` of them.
+struct BucketPage {
+    prefix: String,
+    after: Option<String>,
+    max: usize,
+}
+
+impl BucketPage {
+    fn of(input: &ListBucketsInput) -> S3Result<Self> {
+        let max = match input.max_buckets {
+            None => MAX_BUCKETS_PER_PAGE,
+            Some(n) if (1..=MAX_BUCKETS_PER_PAGE).contains(&n) => n,
+            Some(n) => {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::InvalidArgument,
+                    format!("max-buckets must be between 1 and {MAX_BUCKETS_PER_PAGE}, not {n}"),
+                ));
+            }
+        };
+        let after = match &input.continuation_token {
+            Some(t) => Some(
+                hex::decode(t)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| s3_error!(InvalidArgument, "the continuation token provided is incorrect"))?,
+            ),
+            None => None,
+        };
+        Ok(Self { prefix: input.prefix.clone().unwrap_or_default(), after, max: max as usize })
+    }
+
+    /// This page of `sorted` buckets, and the token of the next page when there is one.
+    fn cut(&self, sorted: Vec<Bucket>) -> (Vec<Bucket>, Option<String>) {
+        let mut page: Vec<Bucket> = sorted
+            .into_iter()
+            .filter(|b| b.name.as_deref().is_some_and(|n| n.starts_with(&self.prefix)))
+            .filter(|b| self.after.as_deref().is_none_or(|a| b.name.as_deref().is_some_and(|n| n > a)))
+            .take(self.max + 1)
+            .collect();
+        if page.len() <= self.max {
+            return (page, None);
+        }
+        page.truncate(self.max);
+        let token = page.last().and_then(|b| b.name.as_deref()).map(hex::encode);
+        (page, token)
+    }
+}
+
 /// A listing parameter as S3 reads it: empty is not given (`delimiter=` is no delimiter).
 fn given(param: Option<String>) -> Option<String> {
     param.filter(|p| !p.is_empty())
@@ -758,8 +810,10 @@ impl S3 for CairnS3 {
         .await
     }
 
-    async fn list_buckets(&self, _req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
+    async fn list_buckets(&self, req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
         self.timed("ListBuckets", async {
+            let input = req.input;
+            let page = BucketPage::of(&input)?;
             let mut buckets = Vec::new();
             for entry in &self.state.origins {
                 match entry.origin.list_buckets().await {
@@ -774,8 +828,11 @@ impl S3 for CairnS3 {
             }
             buckets.sort_by(|a, b| a.name.cmp(&b.name));
             buckets.dedup_by(|a, b| a.name == b.name);
+            let (buckets, continuation_token) = page.cut(buckets);
             Ok(S3Response::new(ListBucketsOutput {
                 buckets: Some(buckets),
+                continuation_token,
+                prefix: input.prefix,
                 owner: Some(Owner { display_name: Some("cairn".into()), id: Some("cairn".into()) }),
                 ..Default::default()
             }))
@@ -808,7 +865,12 @@ impl S3 for CairnS3 {
                 .state
                 .origin_for(bucket)
                 .ok_or_else(|| s3_error!(NotImplemented, "no account-mode origin is configured to hold new buckets"))?;
-            entry.origin.create_bucket(bucket).await.map_err(|e| origin_error(&e))?;
+            match entry.origin.create_bucket(bucket).await {
+                // us-east-1 answers a creator that already has the bucket with success and leaves
+                // the bucket as it is; other regions answer 409 BucketAlreadyOwnedByYou.
+                Err(e) if e.kind == ErrorKind::BucketAlreadyExists && self.state.config.node.region == "us-east-1" => {}
+                r => r.map_err(|e| origin_error(&e))?,
+            }
             Ok(S3Response::new(CreateBucketOutput { location: Some(format!("/{bucket}")) }))
         })
         .await
