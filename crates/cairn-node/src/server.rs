@@ -28,6 +28,7 @@ use parking_lot::Mutex;
 use s3s::service::S3Service;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::s3_front::{self, xml_error};
 use crate::state::NodeState;
 
 /// Read buffer of a connection; requests whose head does not fit are refused by hyper (431).
@@ -220,30 +221,29 @@ struct Front {
     max_header_bytes: usize,
 }
 
-fn xml_error(status: StatusCode, code: &str, message: &str) -> Response<s3s::Body> {
-    let body = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>"
-    );
-    let mut resp = Response::new(s3s::Body::from(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/xml"));
-    resp
-}
-
 impl Service<Request<Incoming>> for Front {
     type Response = Response<s3s::Body>;
     type Error = s3s::HttpError;
     type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        let id = s3_front::new_request_id();
         let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
         if header_bytes > self.max_header_bytes {
             let msg =
                 format!("your request header section is {header_bytes} bytes; the limit is {}", self.max_header_bytes);
             let resp = xml_error(StatusCode::BAD_REQUEST, "RequestHeaderSectionTooLarge", &msg);
-            return Box::pin(async move { Ok(resp) });
+            return Box::pin(async move { Ok(s3_front::with_request_id(resp, &id)) });
         }
-        Service::call(&self.s3, req)
+        s3_front::amz_date_from_date(req.headers_mut());
+        let s3 = self.s3.clone();
+        Box::pin(async move {
+            let resp = match s3_front::with_known_length(req).await {
+                Ok(req) => s3.call(req).await?,
+                Err(refused) => refused,
+            };
+            Ok(s3_front::with_request_id(resp, &id))
+        })
     }
 }
 
