@@ -834,7 +834,6 @@ impl S3 for CairnS3 {
                 continuation_token,
                 prefix: input.prefix,
                 owner: Some(Owner { display_name: Some("cairn".into()), id: Some("cairn".into()) }),
-                ..Default::default()
             }))
         })
         .await

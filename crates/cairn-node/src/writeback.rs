@@ -909,7 +909,12 @@ pub async fn begin_origin_op(
     take_origin_turn(state, entry.origin.name(), bucket, key).await
 }
 
-async fn take_origin_turn(state: &Arc<NodeState>, origin: &str, bucket: &str, key: &str) -> Result<OriginTurn, TurnBusy> {
+async fn take_origin_turn(
+    state: &Arc<NodeState>,
+    origin: &str,
+    bucket: &str,
+    key: &str,
+) -> Result<OriginTurn, TurnBusy> {
     let msg = WriteMsg {
         origin: origin.to_owned(),
         bucket: bucket.to_owned(),
