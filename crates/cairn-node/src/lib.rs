@@ -22,6 +22,7 @@ pub mod peer_auth;
 pub mod reader;
 pub mod ready;
 pub mod s3;
+pub mod s3_front;
 pub mod server;
 pub mod singleflight;
 pub mod state;

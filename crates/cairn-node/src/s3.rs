@@ -289,7 +289,65 @@ fn resolve_range(range: Option<&s3s::dto::Range>, size: u64) -> S3Result<(Range<
     }
 }
 
-/// `x-amz-copy-source-range`: `bytes=first-last`, both given, inside the source.
+/// Most buckets one ListBuckets page may ask for (`max-buckets`), as in S3.
+const MAX_BUCKETS_PER_PAGE: i32 = 10_000;
+
+/// One page of ListBuckets: the names after the continuation token (the last name of the
+/// previous page, hex-encoded), under the prefix, at most `max` of them.
+struct BucketPage {
+    prefix: String,
+    after: Option<String>,
+    max: usize,
+}
+
+impl BucketPage {
+    fn of(input: &ListBucketsInput) -> S3Result<Self> {
+        let max = match input.max_buckets {
+            None => MAX_BUCKETS_PER_PAGE,
+            Some(n) if (1..=MAX_BUCKETS_PER_PAGE).contains(&n) => n,
+            Some(n) => {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::InvalidArgument,
+                    format!("max-buckets must be between 1 and {MAX_BUCKETS_PER_PAGE}, not {n}"),
+                ));
+            }
+        };
+        let after = match &input.continuation_token {
+            Some(t) => Some(
+                hex::decode(t)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| s3_error!(InvalidArgument, "the continuation token provided is incorrect"))?,
+            ),
+            None => None,
+        };
+        Ok(Self { prefix: input.prefix.clone().unwrap_or_default(), after, max: max as usize })
+    }
+
+    /// This page of `sorted` buckets, and the token of the next page when there is one.
+    fn cut(&self, sorted: Vec<Bucket>) -> (Vec<Bucket>, Option<String>) {
+        let mut page: Vec<Bucket> = sorted
+            .into_iter()
+            .filter(|b| b.name.as_deref().is_some_and(|n| n.starts_with(&self.prefix)))
+            .filter(|b| self.after.as_deref().is_none_or(|a| b.name.as_deref().is_some_and(|n| n > a)))
+            .take(self.max + 1)
+            .collect();
+        if page.len() <= self.max {
+            return (page, None);
+        }
+        page.truncate(self.max);
+        let token = page.last().and_then(|b| b.name.as_deref()).map(hex::encode);
+        (page, token)
+    }
+}
+
+/// A listing parameter as S3 reads it: empty is not given (`delimiter=` is no delimiter).
+fn given(param: Option<String>) -> Option<String> {
+    param.filter(|p| !p.is_empty())
+}
+
+/// `x-amz-copy-source-range`: `bytes=first-last`, both given (else `InvalidArgument`), inside
+/// the source (else `InvalidRange`, as S3 answers).
 fn copy_range(header: &str, size: u64) -> S3Result<Range<u64>> {
     let bad = || {
         S3Error::with_message(
@@ -299,8 +357,14 @@ fn copy_range(header: &str, size: u64) -> S3Result<Range<u64>> {
     };
     let (first, last) = header.strip_prefix("bytes=").and_then(|r| r.split_once('-')).ok_or_else(bad)?;
     let (first, last): (u64, u64) = (first.parse().map_err(|_| bad())?, last.parse().map_err(|_| bad())?);
-    if first > last || last >= size {
+    if first > last {
         return Err(bad());
+    }
+    if last >= size {
+        return Err(S3Error::with_message(
+            S3ErrorCode::InvalidRange,
+            format!("the range {header:?} is not satisfiable for a copy source of {size} bytes"),
+        ));
     }
     Ok(first..last + 1)
 }
@@ -904,13 +968,24 @@ impl CairnS3 {
         content_type: Option<String>,
         attrs: WriteAttrs,
     ) -> S3Result<Option<String>> {
-        let turn = self.origin_turn(entry, bucket, key).await?;
+        let (body, turn) = writeback::turn_at_body_end(&self.state, entry, bucket, key, body);
         crate::metrics::Metrics::add(&self.state.metrics.origin_put, 1);
         let r = entry.origin.put(bucket, key, body, content_type, attrs).await;
-        writeback::end_origin_op(&self.state, turn, r.is_ok()).await;
+        let turn = turn.lock().take();
+        let busy = match turn {
+            Some(Ok(turn)) => {
+                writeback::end_origin_op(&self.state, turn, r.is_ok()).await;
+                None
+            }
+            Some(Err(busy)) => Some(busy.to_string()),
+            None => None,
+        };
         self.invalidate(entry, bucket, key).await;
         match r {
             Ok(info) => Ok(info.etag),
+            Err(_) if busy.is_some() => {
+                Err(S3Error::with_message(S3ErrorCode::ServiceUnavailable, busy.unwrap_or_default()))
+            }
             Err(_) if over.load(Ordering::Relaxed) => Err(S3Error::with_message(
                 S3ErrorCode::EntityTooLarge,
                 format!("the body exceeds the {} limit", self.state.config.limits.max_put_size),
@@ -985,15 +1060,16 @@ impl S3 for CairnS3 {
                 None => None,
             };
             let start_after = after_token.as_deref().or(input.start_after.as_deref());
+            let delimiter = given(input.delimiter.clone());
             let (page, max) =
-                self.list_page(&input.bucket, &prefix, input.delimiter.as_deref(), start_after, input.max_keys).await?;
+                self.list_page(&input.bucket, &prefix, delimiter.as_deref(), start_after, input.max_keys).await?;
             let encode = input.encoding_type.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL);
             let (objects, prefixes) = Self::list_page_objects(&page, encode);
             let enc = |s: String| if encode { url_encode(&s) } else { s };
             Ok(S3Response::new(ListObjectsV2Output {
                 name: Some(input.bucket.clone()),
                 prefix: Some(enc(prefix)),
-                delimiter: input.delimiter.clone().map(enc),
+                delimiter: delimiter.map(enc),
                 max_keys: Some(max),
                 key_count: Some((objects.len() + prefixes.len()) as i32),
                 is_truncated: Some(page.next_start_after.is_some()),
@@ -1013,16 +1089,19 @@ impl S3 for CairnS3 {
         self.timed("ListObjects", async {
             let input = req.input;
             let prefix = input.prefix.clone().unwrap_or_default();
+            let delimiter = given(input.delimiter.clone());
             let (page, max) = self
-                .list_page(&input.bucket, &prefix, input.delimiter.as_deref(), input.marker.as_deref(), input.max_keys)
+                .list_page(&input.bucket, &prefix, delimiter.as_deref(), input.marker.as_deref(), input.max_keys)
                 .await?;
             let encode = input.encoding_type.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL);
             let (objects, prefixes) = Self::list_page_objects(&page, encode);
             let enc = |s: String| if encode { url_encode(&s) } else { s };
             Ok(S3Response::new(ListObjectsOutput {
                 name: Some(input.bucket.clone()),
-                prefix: Some(enc(prefix)),
-                delimiter: input.delimiter.clone().map(enc),
+                // S3 sends ListObjects' (V1) Prefix as given, even with encoding-type=url, and
+                // clients (boto3) do not decode it.
+                prefix: Some(prefix),
+                delimiter: delimiter.map(enc),
                 marker: Some(input.marker.clone().map(enc).unwrap_or_default()),
                 max_keys: Some(max),
                 is_truncated: Some(page.next_start_after.is_some()),
@@ -1036,8 +1115,10 @@ impl S3 for CairnS3 {
         .await
     }
 
-    async fn list_buckets(&self, _req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
+    async fn list_buckets(&self, req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
         self.timed("ListBuckets", async {
+            let input = req.input;
+            let page = BucketPage::of(&input)?;
             let mut buckets = Vec::new();
             for entry in &self.state.origins {
                 match entry.origin.list_buckets().await {
@@ -1052,10 +1133,12 @@ impl S3 for CairnS3 {
             }
             buckets.sort_by(|a, b| a.name.cmp(&b.name));
             buckets.dedup_by(|a, b| a.name == b.name);
+            let (buckets, continuation_token) = page.cut(buckets);
             Ok(S3Response::new(ListBucketsOutput {
                 buckets: Some(buckets),
+                continuation_token,
+                prefix: input.prefix,
                 owner: Some(Owner { display_name: Some("cairn".into()), id: Some("cairn".into()) }),
-                ..Default::default()
             }))
         })
         .await
@@ -1086,7 +1169,12 @@ impl S3 for CairnS3 {
                 .state
                 .origin_for(bucket)
                 .ok_or_else(|| s3_error!(NotImplemented, "no account-mode origin is configured to hold new buckets"))?;
-            entry.origin.create_bucket(bucket).await.map_err(|e| origin_error(&e))?;
+            match entry.origin.create_bucket(bucket).await {
+                // us-east-1 answers a creator that already has the bucket with success and leaves
+                // the bucket as it is; other regions answer 409 BucketAlreadyOwnedByYou.
+                Err(e) if e.kind == ErrorKind::BucketAlreadyExists && self.state.config.node.region == "us-east-1" => {}
+                r => r.map_err(|e| origin_error(&e))?,
+            }
             Ok(S3Response::new(CreateBucketOutput { location: Some(format!("/{bucket}")) }))
         })
         .await

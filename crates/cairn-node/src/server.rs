@@ -28,6 +28,7 @@ use parking_lot::Mutex;
 use s3s::service::S3Service;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::s3_front::{self, xml_error};
 use crate::state::NodeState;
 
 /// Read buffer of a connection; requests whose head does not fit are refused by hyper (431).
@@ -338,22 +339,13 @@ fn presigned_expires_too_long(uri: &http::Uri) -> bool {
 const SIGNATURE_MISMATCH: &str =
     "The request signature we calculated does not match the signature you provided. Check your key and signing method.";
 
-fn xml_error(status: StatusCode, code: &str, message: &str) -> Response<s3s::Body> {
-    let body = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>"
-    );
-    let mut resp = Response::new(s3s::Body::from(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/xml"));
-    resp
-}
-
 impl Service<Request<Incoming>> for Front {
     type Response = Response<s3s::Body>;
     type Error = s3s::HttpError;
     type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        let id = s3_front::new_request_id();
         let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
         let refusal = if header_bytes > self.max_header_bytes {
             let msg =
@@ -365,6 +357,7 @@ impl Service<Request<Incoming>> for Front {
         } else {
             None
         };
+        s3_front::amz_date_from_date(req.headers_mut());
         let expects_continue =
             req.headers().get(http::header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         let state = Arc::new(Mutex::new(BodyState::default()));
@@ -378,7 +371,10 @@ impl Service<Request<Incoming>> for Front {
                     drop(req);
                     r
                 }
-                None => s3.call(req).await?,
+                None => match s3_front::with_known_length(req).await {
+                    Ok(req) => s3.call(req).await?,
+                    Err(refused) => refused,
+                },
             };
             // s3s answers HeadObject with 200 whatever the operation says; a HEAD of a range or a
             // part is a 206, as its GET.
@@ -409,7 +405,7 @@ impl Service<Request<Incoming>> for Front {
                     resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
                 }
             }
-            Ok(resp)
+            Ok(s3_front::with_request_id(resp, &id))
         })
     }
 }

@@ -923,8 +923,17 @@ pub async fn begin_origin_op(
     bucket: &str,
     key: &str,
 ) -> Result<OriginTurn, TurnBusy> {
+    take_origin_turn(state, entry.origin.name(), bucket, key).await
+}
+
+async fn take_origin_turn(
+    state: &Arc<NodeState>,
+    origin: &str,
+    bucket: &str,
+    key: &str,
+) -> Result<OriginTurn, TurnBusy> {
     let msg = WriteMsg {
-        origin: entry.origin.name().to_owned(),
+        origin: origin.to_owned(),
         bucket: bucket.to_owned(),
         key: key.to_owned(),
         wid: format!("op-{}", new_wid()),
@@ -958,6 +967,34 @@ pub async fn end_origin_op(state: &Arc<NodeState>, turn: OriginTurn, done: bool)
     if let Err(e) = meta_broadcast(state, op, &turn.msg, false).await {
         tracing::debug!(bucket = %turn.msg.bucket, key = %turn.msg.key, error = %e, "could not tell the key's owners about an origin operation");
     }
+}
+
+/// Where [`turn_at_body_end`] leaves the turn it took (or why it could not take it).
+pub type TurnSlot = Arc<Mutex<Option<Result<OriginTurn, TurnBusy>>>>;
+
+/// Wraps a write-through body so that the key's turn (and the ticket that orders the write) is
+/// taken once the body has been received whole, just before the origin commits it: a client
+/// still sending holds no turn, so a concurrent writer of the key is not kept waiting by it. The
+/// origin only makes an object visible at the end of its body, so operations stay ordered. The
+/// body fails when the turn cannot be had; either way the outcome is in the slot.
+pub fn turn_at_body_end(
+    state: &Arc<NodeState>,
+    entry: &OriginEntry,
+    bucket: &str,
+    key: &str,
+    body: BodyStream,
+) -> (BodyStream, TurnSlot) {
+    let slot: TurnSlot = Arc::new(Mutex::new(None));
+    let (state, out) = (state.clone(), slot.clone());
+    let (origin, bucket, key) = (entry.origin.name().to_owned(), bucket.to_owned(), key.to_owned());
+    let end = futures::stream::once(async move {
+        let turn = take_origin_turn(&state, &origin, &bucket, &key).await;
+        let failed = turn.as_ref().err().map(|busy| io::Error::other(busy.to_string()));
+        *out.lock() = Some(turn);
+        failed.map(Err)
+    })
+    .filter_map(std::future::ready);
+    (body.chain(end).boxed(), slot)
 }
 
 /// Starts the uploader and the replica watcher.
