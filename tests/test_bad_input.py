@@ -225,12 +225,12 @@ def test_wrong_secret_key_is_signature_mismatch(bnode):
     assert_serving(bnode)
 
 
-def test_unknown_access_key_is_not_signed_up(bnode):
-    # s3s's SimpleAuth answers an unknown access key with NotSignedUp (403).
+def test_unknown_access_key_is_invalid_access_key_id(bnode):
+    # As S3 answers it (s3s's own answer, NotSignedUp, is rewritten).
     bad = bnode.s3(access_key="nobody", secret_key=SECRET_KEY)
     with pytest.raises(ClientError) as e:
         bad.get_object(Bucket="data", Key=GOOD_KEY)
-    assert s3_code(e) == ("NotSignedUp", 403)
+    assert s3_code(e) == ("InvalidAccessKeyId", 403)
     assert_serving(bnode)
 
 

@@ -227,7 +227,7 @@ fn etag_matches(cond: &ETagCondition, info: &ObjectInfo) -> bool {
 fn not_modified(info: &ObjectInfo) -> S3Error {
     let mut err = s3_error!(NotModified);
     let mut headers = http::HeaderMap::new();
-    let etag = format!("\"{}\"", bare_etag(&info.etag));
+    let etag = format!("\"{}\"", bare_etag(info.client_etag()));
     let modified = info.last_modified.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
     for (name, value) in [(http::header::ETAG, etag), (http::header::LAST_MODIFIED, modified)] {
         if let Ok(v) = http::HeaderValue::from_str(&value) {
@@ -849,7 +849,7 @@ impl CairnS3 {
             return Err(s3_error!(InvalidArgument, "Part number must be an integer between 1 and 10000, inclusive"));
         }
         let layout =
-            self.state.multipart.layouts.get(entry.origin.name(), bucket, key, bare_etag(&info.etag), info.size).await;
+            self.state.multipart.layouts.get(entry.origin.name(), bucket, key, bare_etag(info.client_etag()), info.size).await;
         let count = layout.as_ref().map(|p| p.len() as i32);
         let parts = layout.unwrap_or_else(|| vec![info.size]);
         let Some(&len) = parts.get(number as usize - 1) else {
