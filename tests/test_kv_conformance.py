@@ -253,6 +253,11 @@ def test_same_replies_as_redis_server(kv, redis_server, case):
     want = replies(*redis_server, CASES[case], prefix)
     got = replies(kv.host, kv.kv_port, CASES[case], prefix)
     for cmd, w, g in zip(CASES[case], want, got):
+        if cmd[0] == "PEXPIRETIME" and isinstance(w, tuple) and isinstance(g, tuple) and w[0] == g[0] == ":":
+            # cairn keeps expiries relative to its own clock: the absolute time it gives back may
+            # be the one set less a millisecond when a clock tick passes in between (SEMANTICS.md).
+            assert 0 <= int(w[1]) - int(g[1]) <= 1, f"{' '.join(cmd)[:120]}: cairn {g!r}, redis-server {w!r}"
+            continue
         assert g == w, f"{' '.join(cmd)[:120]}: cairn {g!r}, redis-server {w!r}"
 
 
