@@ -848,8 +848,12 @@ impl CairnS3 {
         if !(1..=MAX_PART_NUMBER).contains(&number) {
             return Err(s3_error!(InvalidArgument, "Part number must be an integer between 1 and 10000, inclusive"));
         }
-        let layout =
-            self.state.multipart.layouts.get(entry.origin.name(), bucket, key, bare_etag(info.client_etag()), info.size).await;
+        let layout = self
+            .state
+            .multipart
+            .layouts
+            .get(entry.origin.name(), bucket, key, bare_etag(info.client_etag()), info.size)
+            .await;
         let count = layout.as_ref().map(|p| p.len() as i32);
         let parts = layout.unwrap_or_else(|| vec![info.size]);
         let Some(&len) = parts.get(number as usize - 1) else {
