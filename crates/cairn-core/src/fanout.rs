@@ -284,7 +284,7 @@ mod tests {
             }
             d
         };
-        assert!((1..=n).map(depth).max().unwrap() <= 12);
+        assert!((1..=n).map(depth).max().is_some_and(|d| d <= 12));
     }
 
     #[test]
