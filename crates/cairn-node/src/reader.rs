@@ -185,12 +185,9 @@ impl ReadThrough {
                 let guard_sending = Some((tracker.clone(), id));
                 let permit = self.upload_slot().await;
                 let guard = UploadGuard { _permit: permit, sending: guard_sending };
+                // The digest is computed only when a requester is handed to holders: a chunk
+                // read by one node never pays for hashing it.
                 let b = self.local_chunk(obj, index).await?;
-                let mut t = tracker.lock();
-                if t.digest(&id).is_none() {
-                    t.set_digest(&id, cairn_core::fanout::digest(&b));
-                }
-                drop(t);
                 Metrics::add(&self.metrics.peer_egress_owner, b.len() as u64);
                 Ok(OwnerAnswer::Bytes(b, guard))
             }

@@ -132,6 +132,14 @@ fn check_key(key: &str) -> S3Result<()> {
 }
 
 /// An ETag's value without quotes or weak marker, as compared and as sent back.
+/// A continuation token this node gave out: the hex of the last key (or name) of a page.
+fn decode_token(t: &str) -> S3Result<String> {
+    hex::decode(t)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| s3_error!(InvalidArgument, "the continuation token provided is incorrect"))
+}
+
 fn bare_etag(s: &str) -> &str {
     s.trim_start_matches("W/").trim_matches('"')
 }
@@ -312,15 +320,7 @@ impl BucketPage {
                 ));
             }
         };
-        let after = match &input.continuation_token {
-            Some(t) => Some(
-                hex::decode(t)
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or_else(|| s3_error!(InvalidArgument, "the continuation token provided is incorrect"))?,
-            ),
-            None => None,
-        };
+        let after = input.continuation_token.as_deref().map(decode_token).transpose()?;
         Ok(Self { prefix: input.prefix.clone().unwrap_or_default(), after, max: max as usize })
     }
 
@@ -1054,15 +1054,7 @@ impl S3 for CairnS3 {
         self.timed("ListObjectsV2", async {
             let input = req.input;
             let prefix = input.prefix.clone().unwrap_or_default();
-            let after_token = match &input.continuation_token {
-                Some(t) => Some(
-                    hex::decode(t)
-                        .ok()
-                        .and_then(|b| String::from_utf8(b).ok())
-                        .ok_or_else(|| s3_error!(InvalidArgument, "the continuation token provided is incorrect"))?,
-                ),
-                None => None,
-            };
+            let after_token = input.continuation_token.as_deref().map(decode_token).transpose()?;
             let start_after = after_token.as_deref().or(input.start_after.as_deref());
             let delimiter = given(input.delimiter.clone());
             let (page, max) =
