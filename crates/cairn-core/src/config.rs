@@ -124,8 +124,12 @@ pub struct CacheSection {
     /// share of the device (`"10%"`) or a byte size (`"2GiB"`). The write-back journal and staged
     /// multipart parts may use it, and evict clean cache chunks for room.
     pub free_space_reserve: SpaceReserve,
-    /// Chunks fetched ahead of a sequential reader.
+    /// Chunks fetched ahead of a sequential reader at first. The window grows (by half) each time
+    /// the reader has to wait for a fetch, up to `readahead_max`, and the window reached is
+    /// remembered per origin, so a distant origin gets a deep readahead and loopback a short one.
     pub readahead_chunks: usize,
+    /// The most one sequential reader's readahead window holds, in bytes.
+    pub readahead_max: ByteSize,
     /// Object metadata entries kept in memory.
     pub metadata_entries: usize,
     /// Origin range GETs running at once on this node.
@@ -140,6 +144,7 @@ impl Default for CacheSection {
             disk_capacity: ByteSize::gib(20),
             free_space_reserve: DEFAULT_FREE_SPACE_RESERVE,
             readahead_chunks: 8,
+            readahead_max: ByteSize::mib(256),
             metadata_entries: 100_000,
             max_origin_fetches: 64,
         }

@@ -509,6 +509,19 @@ impl Cluster {
         self.call(node, Method::GET, chunk_path(q, &extra), Bytes::new()).await.map(|_| ())
     }
 
+    /// Gives `node`, the owner of chunk `q`, the chunk's bytes (checked there against `sum`, their
+    /// xxh3) to keep in its tiers.
+    pub async fn put_chunk(
+        &self,
+        node: &NodeEntry,
+        q: &ChunkQuery<'_>,
+        body: Bytes,
+        sum: u64,
+    ) -> Result<(), PeerError> {
+        let extra = [("sum", format!("{sum:016x}"))];
+        self.call(node, Method::POST, chunk_path(q, &extra), body).await.map(|_| ())
+    }
+
     async fn chunk_request(&self, node: &NodeEntry, q: &ChunkQuery<'_>, held: bool) -> Result<Bytes, PeerError> {
         let extra = if held { vec![("held", "1".to_owned())] } else { Vec::new() };
         let (_, body) = self.call(node, Method::GET, chunk_path(q, &extra), Bytes::new()).await?;

@@ -227,6 +227,7 @@ async fn handle(state: &NodeState, cluster: &Cluster, conn: &PeerConn, req: Requ
     let path = req.uri().path().to_owned();
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/chunk") => get_chunk(state, &q).await,
+        (Method::POST, "/chunk") => carried_chunk(state, &q, req).await,
         (Method::GET, "/meta") => get_meta(state, &q).await,
         (Method::POST, "/invalidate") => {
             let Some(key) = meta_key(&q) else {
@@ -372,6 +373,44 @@ async fn get_chunk(state: &NodeState, q: &HashMap<String, String>) -> Resp {
             r
         }
         Err(e) => origin_failure(&e),
+    }
+}
+
+/// A chunk of an object version this node owns, pushed by the node that uploaded the same bytes
+/// to the origin (see `writeback::carry_over`): checked against its xxh3 and kept in the tiers.
+async fn carried_chunk(state: &NodeState, q: &HashMap<String, String>, req: Request<Incoming>) -> Resp {
+    let parse = || -> Option<(MetaKey, String, u64, u64, u64, u64)> {
+        Some((
+            meta_key(q)?,
+            q.get("version")?.clone(),
+            q.get("size")?.parse().ok()?,
+            q.get("chunk_size")?.parse().ok()?,
+            q.get("index")?.parse().ok()?,
+            u64::from_str_radix(q.get("sum")?, 16).ok()?,
+        ))
+    };
+    let Some((k, version, size, chunk_size, index, sum)) = parse() else {
+        return text(StatusCode::BAD_REQUEST, "BadRequest", "missing or malformed chunk parameters");
+    };
+    if state.origin_named(&k.origin).is_none() {
+        return text(StatusCode::NOT_FOUND, "NoSuchOrigin", format!("no origin named {:?}", k.origin));
+    }
+    if chunk_size == 0 || chunk_size > MAX_PUT_CHUNK as u64 || index >= size.div_ceil(chunk_size) {
+        return text(StatusCode::BAD_REQUEST, "BadRequest", "chunk index outside the object");
+    }
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_PUT_CHUNK).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return text(StatusCode::PAYLOAD_TOO_LARGE, "BadRequest", format!("chunk body refused: {e}")),
+    };
+    let v = ObjectVersion { origin: k.origin, bucket: k.bucket, key: k.key, version, size };
+    let want = cairn_core::ChunkLayout::new(chunk_size, size).chunk_range(index);
+    if body.len() as u64 != want.end - want.start || xxhash_rust::xxh3::xxh3_64(&body) != sum {
+        return text(StatusCode::BAD_REQUEST, "BadDigest", "the chunk's length or checksum does not match");
+    }
+    // Kept on disk before answering: the sender paces itself on the answers.
+    match state.reader.store().insert_and_persist(cairn_core::ChunkId::new(&v, chunk_size, index), body).await {
+        Ok(()) => text(StatusCode::NO_CONTENT, "", ""),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("disk tier: {e}")),
     }
 }
 

@@ -15,6 +15,7 @@ use cairn_core::{ChunkId, ChunkLayout, ObjectVersion};
 use cairn_origin::{Error as OriginError, Origin};
 use cairn_store::ChunkStore;
 use cairn_store::journal::Journal;
+use futures::stream::FuturesOrdered;
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -85,7 +86,10 @@ pub struct ReadThrough {
     routed: SingleFlight<ChunkId, ChunkResult>,
     fetch_permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
-    readahead: usize,
+    readahead: Readahead,
+    /// The readahead window (in chunks) sequential readers of each bucket's origin ended with:
+    /// where the next reader of that origin starts.
+    learned: Arc<Mutex<HashMap<String, usize>>>,
     /// Last chunk read per object version, to recognise sequential readers.
     last_read: Mutex<HashMap<ObjectVersion, u64>>,
     cluster: Option<Arc<Cluster>>,
@@ -102,7 +106,7 @@ impl ReadThrough {
     pub fn new(
         store: Arc<ChunkStore>,
         metrics: Arc<Metrics>,
-        readahead: usize,
+        readahead: Readahead,
         max_fetches: usize,
         cluster: Option<Arc<Cluster>>,
         journal: Arc<Journal>,
@@ -116,6 +120,7 @@ impl ReadThrough {
             fetch_permits: Arc::new(Semaphore::new(max_fetches)),
             metrics,
             readahead,
+            learned: Arc::new(Mutex::new(HashMap::new())),
             last_read: Mutex::new(HashMap::new()),
             cluster,
             journal,
@@ -390,7 +395,7 @@ impl ReadThrough {
     /// Records a read of chunks `first..=last`; if it continues the previous read of the same
     /// object, fetches the next `readahead` chunks in the background.
     pub fn note_read(self: &Arc<Self>, obj: &Arc<ObjectHandle>, first: u64, last: u64) {
-        if self.readahead == 0 {
+        if self.readahead.chunks == 0 {
             return;
         }
         let sequential = {
@@ -402,12 +407,22 @@ impl ReadThrough {
             prev.is_some_and(|p| first == p || first == p + 1)
         };
         if sequential {
-            self.prefetch(obj, last + 1..last + 1 + self.readahead as u64);
+            let window = self.start_window(obj);
+            self.prefetch(obj, last + 1..last + 1 + window as u64);
         }
     }
 
-    /// The bytes of `range` (validated against the object's size) as a stream, keeping up to
-    /// `readahead` chunk fetches in flight. `first` is the already-fetched first chunk, if any.
+    /// The window a sequential reader of `obj` starts with: what the last reader of its origin
+    /// ended with, at least `readahead_chunks`.
+    fn start_window(&self, obj: &ObjectHandle) -> usize {
+        let base = self.readahead.chunks.max(1);
+        let learned = self.learned.lock().get(&obj.version.bucket).copied().unwrap_or(base);
+        learned.clamp(base, self.readahead.max_chunks(obj.chunk_size).max(base))
+    }
+
+    /// The bytes of `range` (validated against the object's size) as a stream, with chunk
+    /// fetches started ahead of the reader (see [`Ahead`]). `first` is the already-fetched first
+    /// chunk, if any.
     pub fn stream(
         self: &Arc<Self>,
         obj: Arc<ObjectHandle>,
@@ -415,33 +430,158 @@ impl ReadThrough {
         first: Option<Bytes>,
     ) -> impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static {
         let pieces: Vec<(u64, Range<usize>)> = obj.layout().pieces(range).collect();
+        let window = self.start_window(&obj);
+        let max = self.readahead.max_chunks(obj.chunk_size).max(window);
+        let learned = (self.learned.clone(), obj.version.bucket.clone());
         let this = self.clone();
-        let mut first = first;
-        let window = self.readahead.max(1);
-        futures::stream::iter(pieces.into_iter().enumerate())
-            .map(move |(n, (index, sub))| {
-                let this = this.clone();
-                let obj = obj.clone();
-                let ready = if n == 0 { first.take() } else { None };
-                async move {
-                    let chunk = match ready {
-                        Some(b) => b,
-                        None => this.chunk(&obj, index).await.map_err(|e| io::Error::other(e.to_string()))?,
-                    };
-                    if chunk.len() < sub.end {
-                        return Err(io::Error::other(format!(
-                            "chunk {index} of {}/{} is {} bytes, expected at least {}",
-                            obj.version.bucket,
-                            obj.version.key,
-                            chunk.len(),
-                            sub.end
-                        )));
-                    }
-                    Metrics::add(&this.metrics.bytes_served, sub.len() as u64);
-                    Ok(chunk.slice(sub))
+        let fetch = move |index: u64, sub: Range<usize>, ready: Option<Bytes>| {
+            let this = this.clone();
+            let obj = obj.clone();
+            async move {
+                let chunk = match ready {
+                    Some(b) => b,
+                    None => this.chunk(&obj, index).await.map_err(|e| io::Error::other(e.to_string()))?,
+                };
+                if chunk.len() < sub.end {
+                    return Err(io::Error::other(format!(
+                        "chunk {index} of {}/{} is {} bytes, expected at least {}",
+                        obj.version.bucket,
+                        obj.version.key,
+                        chunk.len(),
+                        sub.end
+                    )));
                 }
-            })
-            .buffered(window)
+                Metrics::add(&this.metrics.bytes_served, sub.len() as u64);
+                Ok(chunk.slice(sub))
+            }
+        };
+        Ahead::new(pieces, first, fetch, window, max, Some(learned))
+    }
+}
+
+/// The chunk fetches of one read, in order, started ahead of the reader.
+///
+/// A fixed window that keeps loopback busy starves a reader of a distant origin: with 30 ms to
+/// the first byte and 60 MB/s per connection, 8 fetches of 8 MiB deliver ~390 MB/s however fast
+/// the reader is. So the window grows by half each time the reader finds the next chunk not
+/// there yet (it waits on a fetch), up to `cache.readahead_max`, and never grows for a reader
+/// that is slower than its fetches. The window a read ends with is remembered for its origin, so
+/// the next reader starts there.
+struct Ahead<F, Fut: Future> {
+    pieces: std::iter::Enumerate<std::vec::IntoIter<(u64, Range<usize>)>>,
+    first: Option<Bytes>,
+    fetch: F,
+    inflight: FuturesOrdered<Fut>,
+    window: usize,
+    max: usize,
+    /// The piece the reader last had to wait for (grows the window once per piece).
+    waited_on: Option<usize>,
+    /// Pieces handed to the reader so far.
+    taken: usize,
+    learned: Option<(Arc<Mutex<HashMap<String, usize>>>, String)>,
+}
+
+impl<F, Fut> Ahead<F, Fut>
+where
+    F: FnMut(u64, Range<usize>, Option<Bytes>) -> Fut,
+    Fut: Future<Output = Result<Bytes, io::Error>>,
+{
+    fn new(
+        pieces: Vec<(u64, Range<usize>)>,
+        first: Option<Bytes>,
+        fetch: F,
+        window: usize,
+        max: usize,
+        learned: Option<(Arc<Mutex<HashMap<String, usize>>>, String)>,
+    ) -> Self {
+        Self {
+            pieces: pieces.into_iter().enumerate(),
+            first,
+            fetch,
+            inflight: FuturesOrdered::new(),
+            window,
+            max,
+            waited_on: None,
+            taken: 0,
+            learned,
+        }
+    }
+
+    fn fill(&mut self) {
+        while self.inflight.len() < self.window {
+            let Some((n, (index, sub))) = self.pieces.next() else { return };
+            let ready = if n == 0 { self.first.take() } else { None };
+            self.inflight.push_back((self.fetch)(index, sub, ready));
+        }
+    }
+}
+
+impl<F, Fut> Stream for Ahead<F, Fut>
+where
+    F: FnMut(u64, Range<usize>, Option<Bytes>) -> Fut + Unpin,
+    Fut: Future<Output = Result<Bytes, io::Error>>,
+{
+    type Item = Result<Bytes, io::Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        this.fill();
+        match this.inflight.poll_next_unpin(cx) {
+            Poll::Ready(Some(item)) => {
+                this.taken += 1;
+                Poll::Ready(Some(item))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                // The reader waits for piece `taken`. The first piece always waits (nothing was
+                // ahead of it); later ones mean the fetches are slower than the reader.
+                if this.taken > 0 && this.waited_on != Some(this.taken) && this.window < this.max {
+                    this.waited_on = Some(this.taken);
+                    this.window = (this.window + this.window.div_ceil(2)).min(this.max);
+                    this.fill();
+                    // Poll the new fetches so they start (and register their wakers).
+                    if let Poll::Ready(Some(item)) = this.inflight.poll_next_unpin(cx) {
+                        this.taken += 1;
+                        return Poll::Ready(Some(item));
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<F, Fut: Future> Drop for Ahead<F, Fut> {
+    fn drop(&mut self) {
+        // Only reads long enough to have tested the window teach the next reader: the window it
+        // grew to, or a quarter less when it never had to wait (the origin got faster, or the
+        // readers slower).
+        if self.taken > self.window
+            && let Some((learned, bucket)) = self.learned.take()
+        {
+            let keep = if self.waited_on.is_some() { self.window } else { self.window - self.window / 4 };
+            learned.lock().insert(bucket, keep);
+        }
+    }
+}
+
+/// Bounds of a sequential reader's readahead.
+#[derive(Clone, Copy, Debug)]
+pub struct Readahead {
+    /// The window a reader starts with, in chunks (`cache.readahead_chunks`; 0: no readahead
+    /// across requests, one fetch at a time within one).
+    pub chunks: usize,
+    /// The most one reader's window may hold, in bytes (`cache.readahead_max`).
+    pub max_bytes: u64,
+}
+
+impl Readahead {
+    fn max_chunks(&self, chunk_size: u64) -> usize {
+        (self.max_bytes / chunk_size.max(1)).max(1) as usize
     }
 }
 
@@ -663,5 +803,57 @@ impl OriginFetch {
                 Err(Arc::new(e))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod ahead_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Reads `n` pieces whose fetches take `fetch_ms`, the reader spending `read_ms` on each;
+    /// returns the most fetches that ran at once and the window the read taught its origin.
+    async fn read(n: u64, fetch_ms: u64, read_ms: u64, window: usize, max: usize) -> (usize, usize) {
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let learned = Arc::new(Mutex::new(HashMap::new()));
+        let (r, p) = (running.clone(), peak.clone());
+        let fetch = move |index: u64, _sub: Range<usize>, _ready: Option<Bytes>| {
+            let (r, p) = (r.clone(), p.clone());
+            async move {
+                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                p.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(fetch_ms)).await;
+                r.fetch_sub(1, Ordering::SeqCst);
+                Ok(Bytes::from(index.to_le_bytes().to_vec()))
+            }
+        };
+        let pieces = (0..n).map(|i| (i, 0..8)).collect();
+        let mut ahead = Ahead::new(pieces, None, fetch, window, max, Some((learned.clone(), "b".to_owned())));
+        let mut expect = 0u64;
+        while let Some(piece) = ahead.next().await {
+            assert_eq!(piece.expect("fetched"), Bytes::from(expect.to_le_bytes().to_vec()), "pieces come in order");
+            expect += 1;
+            tokio::time::sleep(Duration::from_millis(read_ms)).await;
+        }
+        assert_eq!(expect, n);
+        drop(ahead);
+        let taught = learned.lock().get("b").copied().unwrap_or(0);
+        (peak.load(Ordering::SeqCst), taught)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_faster_than_its_fetches_deepens_the_window_up_to_the_bound() {
+        // 170 ms per fetch (30 ms to the first byte, 8 MiB at 60 MB/s), a reader taking 5 ms.
+        let (peak, taught) = read(200, 170, 5, 8, 32).await;
+        assert_eq!(peak, 32, "the window grows to its bound");
+        assert_eq!(taught, 32, "and the origin's next reader starts there");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_slower_than_its_fetches_keeps_the_starting_window() {
+        let (peak, taught) = read(100, 5, 50, 8, 32).await;
+        assert!(peak <= 8, "{peak} fetches at once for a reader that never waited");
+        assert_eq!(taught, 6, "a window never waited on shrinks by a quarter for the next reader");
     }
 }

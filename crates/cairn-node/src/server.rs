@@ -708,6 +708,12 @@ fn write_back_metrics(out: &mut String, state: &NodeState) {
         &[("", get(&wb.stats.upload_bytes))],
     );
     metric(
+        "cairn_upload_carried_bytes_total",
+        "counter",
+        "Bytes of uploaded writes kept in the cluster under the version the origin gave them.",
+        &[("", get(&wb.stats.carried_bytes))],
+    );
+    metric(
         "cairn_upload_retries_total",
         "counter",
         "Failed upload attempts (retried).",

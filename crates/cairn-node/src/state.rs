@@ -100,7 +100,10 @@ impl NodeState {
         let reader = Arc::new(ReadThrough::new(
             Arc::new(store),
             metrics.clone(),
-            config.cache.readahead_chunks,
+            crate::reader::Readahead {
+                chunks: config.cache.readahead_chunks,
+                max_bytes: config.cache.readahead_max.bytes(),
+            },
             config.cache.max_origin_fetches,
             cluster.clone(),
             writeback.journal.clone(),

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use cairn_core::chunk::pending_version;
 use cairn_core::cluster::NodeEntry;
 use cairn_core::config::WritebackSection;
-use cairn_core::{Durability, ObjectVersion};
+use cairn_core::{ChunkId, Durability, ObjectVersion};
 use cairn_origin::{BodyStream, ObjectAttrs, ObjectInfo, WriteAttrs};
 use cairn_store::journal::{Journal, Role, Segment, WriteRecord};
 use futures::{StreamExt, TryStreamExt};
@@ -231,6 +231,8 @@ pub struct WriteStats {
     pub uploads: AtomicU64,
     pub upload_bytes: AtomicU64,
     pub upload_retries: AtomicU64,
+    /// Bytes of uploaded writes given to the owners of the uploaded version's chunks.
+    pub carried_bytes: AtomicU64,
     pub superseded: AtomicU64,
     pub takeovers: AtomicU64,
     pub orphans_dropped: AtomicU64,
@@ -1047,23 +1049,24 @@ async fn upload(state: &Arc<NodeState>, wid: &str) {
         }
     }
     let mut backoff = cfg.retry_min.0;
-    let info = loop {
+    let (info, ours) = loop {
         let body = journal_body(wb.journal.clone(), rec.clone());
         let attrs = Arc::new(Mutex::new(record_attrs(&rec)));
         let put = entry.origin.put(&rec.bucket, &rec.key, body, rec.content_type.clone(), attrs);
         match renewing_turn(state, &msg, put).await {
             Ok(put) => {
                 Metrics::add(&state.metrics.origin_put, 1);
-                break match entry.origin.head(&rec.bucket, &rec.key).await {
+                let info = match entry.origin.head(&rec.bucket, &rec.key).await {
                     Ok(info) if info.size == rec.size => info,
                     _ => ObjectInfo {
                         size: rec.size,
-                        etag: put.etag.unwrap_or_else(|| rec.version.clone()),
+                        etag: put.etag.clone().unwrap_or_else(|| rec.version.clone()),
                         last_modified: chrono::Utc::now(),
                         content_type: rec.content_type.clone(),
                         attrs: record_attrs(&rec),
                     },
                 };
+                break (info, put.etag);
             }
             Err(e) => {
                 Metrics::add(&wb.stats.upload_retries, 1);
@@ -1082,9 +1085,79 @@ async fn upload(state: &Arc<NodeState>, wid: &str) {
     Metrics::add(&wb.stats.uploads, 1);
     Metrics::add(&wb.stats.upload_bytes, rec.size);
     wb.journal.note_uploaded(&rec.wid, &info.etag);
+    // Only when the origin's current version is the one this PUT made (not a later writer's):
+    // the ETag the PUT answered is the version's (or, on a folder origin, the MD5 recorded with
+    // the file as cairn wrote it).
+    let same = ours.as_deref().is_some_and(|e| e == info.etag || e == info.client_etag());
+    if same && rec.chunk_size == entry.config.chunk_size.bytes() {
+        carry_over(state, &rec, &info).await;
+    }
     let _ = meta_broadcast(state, "end", &WriteMsg::of(&rec, Some(&info), &wb.node_id), false).await;
     release(state, &rec).await;
     tracing::debug!(bucket = %rec.bucket, key = %rec.key, bytes = rec.size, "uploaded");
+}
+
+/// Chunk transfers to new owners running at once while a write's chunks are carried over.
+const CARRY_PARALLEL: usize = 4;
+
+/// Gives the chunks of an uploaded write to the owners of the same chunks under the version the
+/// origin now has, so reading the object back (a checkpoint restored after a restart) is served
+/// by the cluster instead of the origin. The bytes come from this node's journal, each checked
+/// against its checksum, and are the bytes the origin received. Best effort: a chunk that cannot
+/// be carried is fetched from the origin by its first reader.
+async fn carry_over(state: &Arc<NodeState>, rec: &Arc<WriteRecord>, info: &ObjectInfo) {
+    let v = ObjectVersion {
+        origin: rec.origin.clone(),
+        bucket: rec.bucket.clone(),
+        key: rec.key.clone(),
+        version: info.etag.clone(),
+        size: rec.size,
+    };
+    let carried = futures::stream::iter(0..rec.chunk_count())
+        .map(|index| {
+            let (state, rec, v) = (state.clone(), rec.clone(), v.clone());
+            async move {
+                let (j, r) = (state.writeback.journal.clone(), rec.clone());
+                let b = match blocking(move || j.read_chunk(&r, index)).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::debug!(key = %rec.key, index, error = %e, "chunk not carried over: not readable here");
+                        return 0;
+                    }
+                };
+                let id = ChunkId::new(&v, rec.chunk_size, index);
+                let owner = state.cluster.as_ref().map(|c| (c, c.route(id.0 as u64)));
+                match owner {
+                    Some((cluster, route)) if !route.self_is_owner => {
+                        let q = ChunkQuery::new(&v, rec.chunk_size, index);
+                        let sum = rec.sums.get(index as usize).copied().unwrap_or_default();
+                        let len = b.len() as u64;
+                        for node in route.candidates.iter().take(1) {
+                            if let Err(e) = cluster.put_chunk(node, &q, b.clone(), sum).await {
+                                tracing::debug!(peer = %node.id, key = %rec.key, index, error = ?e, "chunk not carried over");
+                                return 0;
+                            }
+                        }
+                        len
+                    }
+                    _ => {
+                        let len = b.len() as u64;
+                        match state.reader.store().insert_and_persist(id, b).await {
+                            Ok(()) => len,
+                            Err(e) => {
+                                tracing::debug!(key = %rec.key, index, error = %e, "chunk not carried over");
+                                0
+                            }
+                        }
+                    }
+                }
+            }
+        })
+        .buffer_unordered(CARRY_PARALLEL)
+        .fold(0u64, |acc, n| async move { acc + n })
+        .await;
+    Metrics::add(&state.writeback.stats.carried_bytes, carried);
+    tracing::debug!(bucket = %rec.bucket, key = %rec.key, bytes = carried, version = %info.etag, "chunks carried over to the uploaded version");
 }
 
 /// Runs `work` (an upload's PUT) while renewing the key's upload turn, so a long upload keeps its

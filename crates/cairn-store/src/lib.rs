@@ -25,16 +25,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use cairn_core::{ChunkId, SpaceReserve};
 use parking_lot::Mutex;
-use tokio::sync::Semaphore;
 
 pub use disk::{DiskTier, ReadOutcome, WriteOutcome};
 pub use ram::RamTier;
 pub use space::{Room, is_disk_full};
 
 /// Chunks queued for the disk tier at once; past this, fills skip the disk tier.
-pub const MAX_QUEUED_DISK_WRITES: usize = 64;
-/// Disk writes running at once.
-pub const MAX_PARALLEL_DISK_WRITES: usize = 4;
+pub const MAX_QUEUED_DISK_WRITES: usize = 32;
+/// Threads writing cache fills to the disk tier.
+const FILL_THREADS: usize = 2;
+/// How much nicer than the serving threads the fill threads are: on a busy machine the fills
+/// lag (and past the queue's bound are skipped) rather than slow the reads that caused them.
+const FILL_NICE: i32 = 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tier {
@@ -72,10 +74,50 @@ pub struct StoreStats {
 pub struct ChunkStore {
     ram: RamTier,
     disk: Option<Arc<DiskTier>>,
-    disk_writes: Arc<Semaphore>,
+    /// To the fill threads: chunks to write to the disk tier.
+    fills: Option<std::sync::mpsc::Sender<(ChunkId, Bytes)>>,
     /// Chunks queued for the disk tier, readable until their file is in place.
     queued: Arc<Mutex<HashMap<ChunkId, Bytes>>>,
     stats: Arc<StoreStats>,
+}
+
+/// Starts the threads that write queued cache fills to `disk`, each removing a chunk from
+/// `queued` once its file is in place (or the write failed). They end when the store is dropped.
+fn spawn_fillers(
+    disk: Arc<DiskTier>,
+    queued: Arc<Mutex<HashMap<ChunkId, Bytes>>>,
+    stats: Arc<StoreStats>,
+) -> std::sync::mpsc::Sender<(ChunkId, Bytes)> {
+    let (tx, rx) = std::sync::mpsc::channel::<(ChunkId, Bytes)>();
+    let rx = Arc::new(Mutex::new(rx));
+    for _ in 0..FILL_THREADS {
+        let (rx, disk, queued, stats) = (rx.clone(), disk.clone(), queued.clone(), stats.clone());
+        let spawned = std::thread::Builder::new().name("cairn-disk-fill".into()).spawn(move || {
+            // Linux nice values are per thread: only the fill threads yield.
+            let _ = rustix::process::nice(FILL_NICE);
+            loop {
+                let next = rx.lock().recv();
+                let Ok((id, data)) = next else { return };
+                match disk.write(&id, &data) {
+                    Ok(WriteOutcome::Stored { evicted }) => {
+                        stats.disk_evictions.fetch_add(evicted as u64, Ordering::Relaxed);
+                    }
+                    Ok(WriteOutcome::NoSpace) => {
+                        stats.disk_fills_skipped_for_space.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        stats.disk_write_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(chunk = %id, error = %e, "disk tier write failed");
+                    }
+                }
+                queued.lock().remove(&id);
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not start a disk fill thread");
+        }
+    }
+    tx
 }
 
 impl ChunkStore {
@@ -89,13 +131,10 @@ impl ChunkStore {
     /// A store over an opened disk tier (or none).
     pub fn with_disk(ram_capacity: u64, disk: Option<DiskTier>) -> Self {
         let disk = disk.map(Arc::new);
-        Self {
-            ram: RamTier::new(ram_capacity),
-            disk,
-            disk_writes: Arc::new(Semaphore::new(MAX_PARALLEL_DISK_WRITES)),
-            queued: Arc::new(Mutex::new(HashMap::new())),
-            stats: Arc::new(StoreStats::default()),
-        }
+        let queued = Arc::new(Mutex::new(HashMap::new()));
+        let stats = Arc::new(StoreStats::default());
+        let fills = disk.as_ref().map(|d| spawn_fillers(d.clone(), queued.clone(), stats.clone()));
+        Self { ram: RamTier::new(ram_capacity), disk, fills, queued, stats }
     }
 
     /// The room-maker for writes into `dir` (journal entries, staged parts): it evicts disk-tier
@@ -182,7 +221,9 @@ impl ChunkStore {
     /// Caches a chunk: in RAM now, on disk in the background.
     pub fn insert(&self, id: ChunkId, data: Bytes) {
         self.insert_ram(id, data.clone());
-        let Some(disk) = self.disk.clone() else { return };
+        if self.disk.is_none() {
+            return;
+        }
         {
             let mut q = self.queued.lock();
             if q.contains_key(&id) {
@@ -194,30 +235,11 @@ impl ChunkStore {
             }
             q.insert(id, data.clone());
         }
-        let stats = self.stats.clone();
-        let queued = self.queued.clone();
-        let permits = self.disk_writes.clone();
-        tokio::spawn(async move {
-            let Ok(_permit) = permits.acquire_owned().await else { return };
-            let written = tokio::task::spawn_blocking(move || disk.write(&id, &data)).await;
-            match written {
-                Ok(Ok(WriteOutcome::Stored { evicted })) => {
-                    stats.disk_evictions.fetch_add(evicted as u64, Ordering::Relaxed);
-                }
-                Ok(Ok(WriteOutcome::NoSpace)) => {
-                    stats.disk_fills_skipped_for_space.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(Err(e)) => {
-                    stats.disk_write_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(chunk = %id, error = %e, "disk tier write failed");
-                }
-                Err(e) => {
-                    stats.disk_write_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(chunk = %id, error = %e, "disk tier write task failed");
-                }
-            }
-            queued.lock().remove(&id);
-        });
+        if let Some(fills) = &self.fills
+            && fills.send((id, data)).is_err()
+        {
+            self.queued.lock().remove(&id);
+        }
     }
 
     /// Writes a chunk to disk and waits for it (used by tests and preloading).
