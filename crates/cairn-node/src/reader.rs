@@ -15,7 +15,6 @@ use cairn_core::{ChunkId, ChunkLayout, ObjectVersion};
 use cairn_origin::{Error as OriginError, Origin};
 use cairn_store::ChunkStore;
 use cairn_store::journal::Journal;
-use futures::stream::FuturesOrdered;
 use futures::{Stream, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -466,12 +465,14 @@ impl ReadThrough {
 /// the reader is. So the window grows by half each time the reader finds the next chunk not
 /// there yet (it waits on a fetch), up to `cache.readahead_max`, and never grows for a reader
 /// that is slower than its fetches. The window a read ends with is remembered for its origin, so
-/// the next reader starts there.
-struct Ahead<F, Fut: Future> {
+/// the next reader starts there. Each fetch runs as a task of its own, so it makes progress
+/// whether or not the reader is polling (a fetch only polled when the reader asks would not be
+/// ahead of it); the tasks still running when the read ends are aborted.
+struct Ahead<F> {
     pieces: std::iter::Enumerate<std::vec::IntoIter<(u64, Range<usize>)>>,
     first: Option<Bytes>,
     fetch: F,
-    inflight: FuturesOrdered<Fut>,
+    inflight: std::collections::VecDeque<tokio::task::JoinHandle<Result<Bytes, io::Error>>>,
     window: usize,
     max: usize,
     /// The piece the reader last had to wait for (grows the window once per piece).
@@ -481,10 +482,10 @@ struct Ahead<F, Fut: Future> {
     learned: Option<(Arc<Mutex<HashMap<String, usize>>>, String)>,
 }
 
-impl<F, Fut> Ahead<F, Fut>
+impl<F, Fut> Ahead<F>
 where
     F: FnMut(u64, Range<usize>, Option<Bytes>) -> Fut,
-    Fut: Future<Output = Result<Bytes, io::Error>>,
+    Fut: Future<Output = Result<Bytes, io::Error>> + Send + 'static,
 {
     fn new(
         pieces: Vec<(u64, Range<usize>)>,
@@ -498,7 +499,7 @@ where
             pieces: pieces.into_iter().enumerate(),
             first,
             fetch,
-            inflight: FuturesOrdered::new(),
+            inflight: std::collections::VecDeque::new(),
             window,
             max,
             waited_on: None,
@@ -511,15 +512,15 @@ where
         while self.inflight.len() < self.window {
             let Some((n, (index, sub))) = self.pieces.next() else { return };
             let ready = if n == 0 { self.first.take() } else { None };
-            self.inflight.push_back((self.fetch)(index, sub, ready));
+            self.inflight.push_back(tokio::spawn((self.fetch)(index, sub, ready)));
         }
     }
 }
 
-impl<F, Fut> Stream for Ahead<F, Fut>
+impl<F, Fut> Stream for Ahead<F>
 where
     F: FnMut(u64, Range<usize>, Option<Bytes>) -> Fut + Unpin,
-    Fut: Future<Output = Result<Bytes, io::Error>>,
+    Fut: Future<Output = Result<Bytes, io::Error>> + Send + 'static,
 {
     type Item = Result<Bytes, io::Error>;
 
@@ -530,12 +531,14 @@ where
         use std::task::Poll;
         let this = self.get_mut();
         this.fill();
-        match this.inflight.poll_next_unpin(cx) {
-            Poll::Ready(Some(item)) => {
+        let Some(front) = this.inflight.front_mut() else { return Poll::Ready(None) };
+        match std::pin::Pin::new(front).poll(cx) {
+            Poll::Ready(done) => {
+                this.inflight.pop_front();
                 this.taken += 1;
-                Poll::Ready(Some(item))
+                this.fill();
+                Poll::Ready(Some(done.unwrap_or_else(|e| Err(io::Error::other(format!("chunk fetch task: {e}"))))))
             }
-            Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 // The reader waits for piece `taken`. The first piece always waits (nothing was
                 // ahead of it); later ones mean the fetches are slower than the reader.
@@ -543,11 +546,6 @@ where
                     this.waited_on = Some(this.taken);
                     this.window = (this.window + this.window.div_ceil(2)).min(this.max);
                     this.fill();
-                    // Poll the new fetches so they start (and register their wakers).
-                    if let Poll::Ready(Some(item)) = this.inflight.poll_next_unpin(cx) {
-                        this.taken += 1;
-                        return Poll::Ready(Some(item));
-                    }
                 }
                 Poll::Pending
             }
@@ -555,8 +553,11 @@ where
     }
 }
 
-impl<F, Fut: Future> Drop for Ahead<F, Fut> {
+impl<F> Drop for Ahead<F> {
     fn drop(&mut self) {
+        for task in &self.inflight {
+            task.abort();
+        }
         // Only reads long enough to have tested the window teach the next reader: the window it
         // grew to, or a quarter less when it never had to wait (the origin got faster, or the
         // readers slower).
@@ -809,51 +810,43 @@ impl OriginFetch {
 #[cfg(test)]
 mod ahead_tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// Reads `n` pieces whose fetches take `fetch_ms`, the reader spending `read_ms` on each;
-    /// returns the most fetches that ran at once and the window the read taught its origin.
+    /// returns the largest window the read used and the window it taught its origin.
     async fn read(n: u64, fetch_ms: u64, read_ms: u64, window: usize, max: usize) -> (usize, usize) {
-        let running = Arc::new(AtomicUsize::new(0));
-        let peak = Arc::new(AtomicUsize::new(0));
         let learned = Arc::new(Mutex::new(HashMap::new()));
-        let (r, p) = (running.clone(), peak.clone());
-        let fetch = move |index: u64, _sub: Range<usize>, _ready: Option<Bytes>| {
-            let (r, p) = (r.clone(), p.clone());
-            async move {
-                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
-                p.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(fetch_ms)).await;
-                r.fetch_sub(1, Ordering::SeqCst);
-                Ok(Bytes::from(index.to_le_bytes().to_vec()))
-            }
+        let fetch = move |index: u64, _sub: Range<usize>, _ready: Option<Bytes>| async move {
+            tokio::time::sleep(Duration::from_millis(fetch_ms)).await;
+            Ok(Bytes::from(index.to_le_bytes().to_vec()))
         };
         let pieces = (0..n).map(|i| (i, 0..8)).collect();
         let mut ahead = Ahead::new(pieces, None, fetch, window, max, Some((learned.clone(), "b".to_owned())));
-        let mut expect = 0u64;
+        let (mut expect, mut widest) = (0u64, 0usize);
         while let Some(piece) = ahead.next().await {
             assert_eq!(piece.expect("fetched"), Bytes::from(expect.to_le_bytes().to_vec()), "pieces come in order");
             expect += 1;
+            widest = widest.max(ahead.window);
+            assert!(ahead.inflight.len() <= ahead.window, "never more fetches than the window");
             tokio::time::sleep(Duration::from_millis(read_ms)).await;
         }
         assert_eq!(expect, n);
         drop(ahead);
         let taught = learned.lock().get("b").copied().unwrap_or(0);
-        (peak.load(Ordering::SeqCst), taught)
+        (widest, taught)
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_reader_faster_than_its_fetches_deepens_the_window_up_to_the_bound() {
         // 170 ms per fetch (30 ms to the first byte, 8 MiB at 60 MB/s), a reader taking 5 ms.
-        let (peak, taught) = read(200, 170, 5, 8, 32).await;
-        assert_eq!(peak, 32, "the window grows to its bound");
+        let (widest, taught) = read(200, 170, 5, 8, 32).await;
+        assert_eq!(widest, 32, "the window grows to its bound");
         assert_eq!(taught, 32, "and the origin's next reader starts there");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_reader_slower_than_its_fetches_keeps_the_starting_window() {
-        let (peak, taught) = read(100, 5, 50, 8, 32).await;
-        assert!(peak <= 8, "{peak} fetches at once for a reader that never waited");
+        let (widest, taught) = read(100, 5, 50, 8, 32).await;
+        assert_eq!(widest, 8, "the window of a reader that never waited does not grow");
         assert_eq!(taught, 6, "a window never waited on shrinks by a quarter for the next reader");
     }
 }
