@@ -228,6 +228,7 @@ async fn handle(state: &NodeState, cluster: &Cluster, conn: &PeerConn, req: Requ
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/chunk") => get_chunk(state, &q).await,
         (Method::GET, "/meta") => get_meta(state, &q).await,
+        (Method::GET, "/status") => json(&crate::status::node_report(state)),
         (Method::POST, "/invalidate") => {
             let Some(key) = meta_key(&q) else {
                 return text(StatusCode::BAD_REQUEST, "BadRequest", "missing parameters");
