@@ -12,7 +12,7 @@ import pytest
 import requests
 import yaml
 
-from test_chart import CHART, by_kind, render
+from test_chart import CHART, by_kind, helm, render, validate
 from test_cluster import Cluster
 
 DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
@@ -107,6 +107,16 @@ def test_dashboards_configmap_carries_the_sidecar_label_and_every_file():
     off = render()
     assert not [d for d in off if d["kind"] == "PrometheusRule"]
     assert not [d for d in off if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboards")]
+
+
+def test_chart_with_dashboards_and_rules_lints_and_validates(tmp_path):
+    helm("lint", "--strict", str(CHART), "--set", "metrics.prometheusRule.enabled=true",
+         "--set", "metrics.dashboards.enabled=true", "--set", "metrics.podMonitor.enabled=true")
+    docs, _ = rendered_rules()
+    # PrometheusRule is a Prometheus Operator CRD the schemas do not cover: checked below.
+    validate([d for d in docs if d["kind"] not in ("PrometheusRule", "PodMonitor")], tmp_path, "monitoring")
+    (cm,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboards")]
+    assert sum(len(v.encode()) for v in cm["data"].values()) < 1024 * 1024, "a ConfigMap holds at most 1 MiB"
 
 
 def test_prometheus_rule_structure_and_alerts():

@@ -175,6 +175,13 @@ def test_status_page_shows_the_cluster_writes_and_a_killed_node(cluster, origin_
     outside = [u for u in requested if not u.startswith(admin(n0) + "/")]
     assert not outside, outside
     assert any(u.startswith(admin(n0) + "/v1/pool") for u in requested)
+
+    # The node serving the page goes away: the page says so above the figures it showed last.
+    n0.stop(signal.SIGKILL)
+    wait_page(page, "the pool error", lambda: "cannot be loaded from this node" in text(page, "#pool-error"), 15)
+    assert "The node serving this page cannot be reached" in text(page, "#node-unreachable")
+    assert text(page, "#node-body") == ""
+    page.screenshot(path=str(shots / "7-serving-node-gone.png"), full_page=True)
     page.close()
 
 
