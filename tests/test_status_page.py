@@ -93,10 +93,13 @@ def test_status_page_shows_the_cluster_writes_and_a_killed_node(cluster, origin_
     s3 = n0.s3()
     for _ in range(2):
         assert s3.get_object(Bucket="data", Key=key)["Body"].read() == body
+    assert n1.s3().get_object(Bucket="data", Key=key)["Body"].read() == body
 
     page = browser.new_page(viewport={"width": 1440, "height": 900})
     requested = []
     page.on("request", lambda r: requested.append(r.url))
+    script_errors = []
+    page.on("pageerror", lambda e: script_errors.append(str(e)))
     page.goto(admin(n0) + "/")
     assert page.title() == "cairn status"
 
@@ -119,6 +122,10 @@ def test_status_page_shows_the_cluster_writes_and_a_killed_node(cluster, origin_
     assert report["tiers"]["ram_capacity"] == 64 * MIB and report["tiers"]["disk_capacity"] == 1024 * MIB
     wait_page(page, "the hot object", lambda: key in text(page, "#hot"), 10)
     assert "6.00 MiB" in text(page, "#hot")
+    # Across the sample: 9 MiB of it served, by n0 and n1.
+    hot_row = f'#hot-pool tr[data-object="data/{key}"]'
+    wait_page(page, "the object hot on n0 and n1", lambda: "n0, n1" in text(page, hot_row), 10)
+    assert "9.00 MiB" in text(page, hot_row)
     assert raw(page, "#node-title") == "n0 (this node)"
     ratio = report["hit_ratio"]
     assert ratio is not None and 0 < ratio < 1
@@ -175,6 +182,7 @@ def test_status_page_shows_the_cluster_writes_and_a_killed_node(cluster, origin_
     outside = [u for u in requested if not u.startswith(admin(n0) + "/")]
     assert not outside, outside
     assert any(u.startswith(admin(n0) + "/v1/pool") for u in requested)
+    assert not script_errors, script_errors
 
     # The node serving the page goes away: the page says so above the figures it showed last.
     n0.stop(signal.SIGKILL)
