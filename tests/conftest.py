@@ -561,7 +561,9 @@ class OriginProxy:
                     for k, v in r.getheaders():
                         if k.lower() not in ("transfer-encoding", "content-length", "connection"):
                             self.send_header(k, v)
-                    self.send_header("Content-Length", str(len(data)))
+                    # A HEAD answer has no body but the object's length.
+                    length = r.getheader("Content-Length") if self.command == "HEAD" else None
+                    self.send_header("Content-Length", length or str(len(data)))
                     self.end_headers()
                     if self.command != "HEAD":
                         self.wfile.write(data)

@@ -313,7 +313,7 @@ def test_metrics(kv):
     assert m['cairn_kv_hits_total{tier="ram"}'] >= 1
     assert m["cairn_kv_misses_total"] >= 1
     assert m['cairn_kv_command_duration_seconds_count{cmd="get"}'] >= 2
-    assert m['cairn_kv_bytes_total{dir="in"}'] > 0
+    assert m['cairn_kv_network_bytes_total{dir="in"}'] > 0
 
 
 @pytest.fixture

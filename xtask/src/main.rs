@@ -83,7 +83,19 @@ fn deps() -> Result<()> {
             .arg(&node_dir)
             .arg(AZURITE))?;
     }
-    apt_install(&["rclone", "redis-server", "redis-tools", "curl", "iproute2", "iptables", "ca-certificates", "file"])?;
+    // chromium: the browser tests/test_status_page.py drives through Playwright (Playwright's own
+    // browser download is not used).
+    apt_install(&[
+        "rclone",
+        "redis-server",
+        "redis-tools",
+        "curl",
+        "iproute2",
+        "iptables",
+        "ca-certificates",
+        "file",
+        "chromium",
+    ])?;
     helm(&node_dir)?;
     spark_deps(&root)?;
     Ok(())

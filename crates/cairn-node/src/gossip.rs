@@ -24,6 +24,8 @@ const MAP_REFRESH: Duration = Duration::from_secs(5);
 const ALONE_RETRY: Duration = Duration::from_secs(2);
 /// Longest wait at start-up for a first answer from the seeds.
 const JOIN_WAIT: Duration = Duration::from_secs(3);
+/// Membership changes kept for the status page (the newest).
+pub const RECENT_EVENTS: usize = 64;
 
 type Timer = foca::Timer<NodeIdentity>;
 
@@ -35,6 +37,18 @@ pub struct Gossip {
     gossip_addr: SocketAddr,
     /// What the seeds resolved to last time (for readiness).
     seed_addrs: Mutex<Vec<SocketAddr>>,
+    /// The last [`RECENT_EVENTS`] membership changes, oldest first.
+    events: Mutex<std::collections::VecDeque<MemberEvent>>,
+}
+
+/// A membership change as this node saw it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct MemberEvent {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub node: String,
+    /// `up`, `dead`, `left`, `leaving`, `restarted` or `rejoined` (this node, declared dead).
+    pub event: String,
 }
 
 pub fn now_ms() -> u64 {
@@ -97,6 +111,7 @@ impl Gossip {
             started_ms,
             gossip_addr,
             seed_addrs: Mutex::new(Vec::new()),
+            events: Mutex::new(std::collections::VecDeque::with_capacity(RECENT_EVENTS)),
         });
         let mut tasks = vec![
             tokio::spawn(this.clone().receive()),
@@ -192,6 +207,11 @@ impl Gossip {
         self.membership.lock().stats().clone()
     }
 
+    /// The recent membership changes, newest first.
+    pub fn recent_events(&self) -> Vec<MemberEvent> {
+        self.events.lock().iter().rev().cloned().collect()
+    }
+
     pub fn started_ms(&self) -> u64 {
         self.started_ms
     }
@@ -207,7 +227,12 @@ impl Gossip {
 
     async fn dispatch(&self, out: Outbox<NodeIdentity>) {
         for change in out.changes {
-            log_change(&change);
+            let (node, event) = log_change(&change);
+            let mut events = self.events.lock();
+            if events.len() == RECENT_EVENTS {
+                events.pop_front();
+            }
+            events.push_back(MemberEvent { at_ms: now_ms(), node, event: event.to_owned() });
         }
         for t in out.timers {
             let _ = self.timers.send(t);
@@ -325,19 +350,32 @@ async fn resolve(seeds: &[String]) -> Vec<SocketAddr> {
     addrs
 }
 
-fn log_change(c: &Change<NodeIdentity>) {
+/// Logs a change; answers the node and what happened to it, as [`MemberEvent`] names it.
+fn log_change(c: &Change<NodeIdentity>) -> (String, &'static str) {
     match c {
         Change::Up(m) => {
-            tracing::info!(node = %m.id, addr = %m.peer, zone = %m.zone, rack = %m.rack, generation = m.generation, "member up")
+            tracing::info!(node = %m.id, addr = %m.peer, zone = %m.zone, rack = %m.rack, generation = m.generation, "member up");
+            (m.id.clone(), "up")
         }
-        Change::Down(m) if m.leaving => tracing::info!(node = %m.id, addr = %m.peer, "member left"),
-        Change::Down(m) => tracing::info!(node = %m.id, addr = %m.peer, "member declared dead"),
-        Change::Renamed(a, b) if b.leaving => tracing::info!(node = %b.id, from = a.generation, "member leaving"),
+        Change::Down(m) if m.leaving => {
+            tracing::info!(node = %m.id, addr = %m.peer, "member left");
+            (m.id.clone(), "left")
+        }
+        Change::Down(m) => {
+            tracing::info!(node = %m.id, addr = %m.peer, "member declared dead");
+            (m.id.clone(), "dead")
+        }
+        Change::Renamed(a, b) if b.leaving => {
+            tracing::info!(node = %b.id, from = a.generation, "member leaving");
+            (b.id.clone(), "leaving")
+        }
         Change::Renamed(a, b) => {
-            tracing::info!(node = %b.id, addr = %b.peer, from = a.generation, to = b.generation, "member restarted")
+            tracing::info!(node = %b.id, addr = %b.peer, from = a.generation, to = b.generation, "member restarted");
+            (b.id.clone(), "restarted")
         }
         Change::Rejoined(m) => {
-            tracing::warn!(node = %m.id, generation = m.generation, "this node was declared dead and rejoined")
+            tracing::warn!(node = %m.id, generation = m.generation, "this node was declared dead and rejoined");
+            (m.id.clone(), "rejoined")
         }
     }
 }

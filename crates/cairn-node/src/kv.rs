@@ -694,99 +694,80 @@ impl KvNode {
         out
     }
 
-    /// Appends the KV series to the `/metrics` text.
-    pub fn render_metrics(&self, out: &mut String) {
+    /// Adds the KV series to a scrape.
+    pub fn collect_metrics(&self, out: &mut crate::metrics::Scrape, ram_capacity: u64, disk_capacity: u64) {
         let st = self.store.stats();
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let c = &self.counters;
-        let mut series = |kind: &str, name: &str, help: &str, values: &[(&str, u64)]| {
-            crate::metrics::series(out, kind, name, help, values)
-        };
-        series(
-            "counter",
+        out.counters(
             "cairn_kv_hits_total",
             "KV reads served by this node's store, by tier.",
-            &[("tier=\"ram\"", get(&st.ram_hits)), ("tier=\"disk\"", get(&st.disk_hits))],
+            "tier",
+            &[("ram", get(&st.ram_hits)), ("disk", get(&st.disk_hits))],
         );
-        series("counter", "cairn_kv_misses_total", "KV reads that found nothing here.", &[("", get(&st.misses))]);
-        series(
-            "counter",
+        out.counter("cairn_kv_misses_total", "KV reads that found nothing here.", get(&st.misses));
+        out.counters(
             "cairn_kv_evictions_total",
             "KV values evicted, by tier; dropped: evicted with no copy left.",
-            &[
-                ("tier=\"ram\"", get(&st.ram_evictions)),
-                ("tier=\"disk\"", get(&st.disk_evictions)),
-                ("tier=\"dropped\"", get(&st.dropped)),
-            ],
+            "tier",
+            &[("ram", get(&st.ram_evictions)), ("disk", get(&st.disk_evictions)), ("dropped", get(&st.dropped))],
         );
-        series(
-            "counter",
-            "cairn_kv_lease_pins_total",
-            "KV keys leased by an EXISTS hit.",
-            &[("", get(&st.lease_pins))],
-        );
-        series("counter", "cairn_kv_expired_total", "KV keys found expired.", &[("", get(&st.expired))]);
-        series(
-            "counter",
-            "cairn_kv_spilled_total",
-            "KV values written to disk on eviction from RAM.",
-            &[("", get(&st.spilled))],
-        );
-        series(
-            "counter",
-            "cairn_kv_corrupt_total",
-            "KV disk values that failed verification.",
-            &[("", get(&st.corrupt))],
-        );
-        series(
-            "counter",
-            "cairn_kv_bytes_total",
+        out.counter("cairn_kv_lease_pins_total", "KV keys leased by an EXISTS hit.", get(&st.lease_pins));
+        out.counter("cairn_kv_expired_total", "KV keys found expired.", get(&st.expired));
+        out.counter("cairn_kv_spilled_total", "KV values written to disk on eviction from RAM.", get(&st.spilled));
+        out.counter("cairn_kv_corrupt_total", "KV disk values that failed verification.", get(&st.corrupt));
+        out.counters(
+            "cairn_kv_network_bytes_total",
             "Bytes on the KV endpoint's client connections, by direction.",
-            &[("dir=\"in\"", get(&c.bytes_in)), ("dir=\"out\"", get(&c.bytes_out))],
+            "dir",
+            &[("in", get(&c.bytes_in)), ("out", get(&c.bytes_out))],
         );
-        series("counter", "cairn_kv_commands_total", "KV commands received.", &[("", get(&c.commands))]);
-        series(
-            "counter",
+        out.counter("cairn_kv_commands_total", "KV commands received.", get(&c.commands));
+        out.counters(
             "cairn_kv_forwarded_total",
             "KV commands sent to owners, and those that failed.",
-            &[("result=\"sent\"", get(&c.forwarded)), ("result=\"failed\"", get(&c.forward_failures))],
+            "result",
+            &[("sent", get(&c.forwarded)), ("failed", get(&c.forward_failures))],
         );
-        series(
-            "counter",
+        out.counters(
             "cairn_kv_refused_total",
             "KV requests refused, by reason.",
+            "reason",
             &[
-                ("reason=\"protocol\"", get(&c.protocol_errors)),
-                ("reason=\"auth\"", get(&c.auth_failures)),
-                ("reason=\"output_buffer\"", get(&c.output_limit_errors)),
-                ("reason=\"connections\"", get(&c.connections_refused)),
+                ("protocol", get(&c.protocol_errors)),
+                ("auth", get(&c.auth_failures)),
+                ("output_buffer", get(&c.output_limit_errors)),
+                ("connections", get(&c.connections_refused)),
             ],
         );
-        series(
-            "gauge",
+        out.gauges(
             "cairn_kv_bytes",
             "Bytes held by the KV store, by tier.",
-            &[("tier=\"ram\"", self.store.ram_used()), ("tier=\"disk\"", self.store.disk_used())],
+            "tier",
+            &[("ram", self.store.ram_used()), ("disk", self.store.disk_used())],
         );
-        series("gauge", "cairn_kv_connections_open", "KV client connections open.", &[("", get(&c.connections_open))]);
-        let name = "cairn_kv_command_duration_seconds";
-        let _ = writeln!(out, "# HELP {name} KV command latency, by command.");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        for (op, h) in OPS.iter().zip(&c.latency) {
-            let n = get(&h.count);
-            if n == 0 {
-                continue;
-            }
-            let sum = get(&h.sum_nanos) as f64 / 1e9;
-            let mut cumulative = 0;
-            for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
-                cumulative += get(&h.buckets[i]);
-                let _ = writeln!(out, "{name}_bucket{{cmd=\"{op}\",le=\"{le}\"}} {cumulative}");
-            }
-            let _ = writeln!(out, "{name}_bucket{{cmd=\"{op}\",le=\"+Inf\"}} {n}");
-            let _ = writeln!(out, "{name}_sum{{cmd=\"{op}\"}} {sum}");
-            let _ = writeln!(out, "{name}_count{{cmd=\"{op}\"}} {n}");
-        }
+        out.gauges(
+            "cairn_kv_capacity_bytes",
+            "Capacity of the KV store, by tier (kv.ram_capacity, kv.disk_capacity).",
+            "tier",
+            &[("ram", ram_capacity), ("disk", disk_capacity)],
+        );
+        out.gauge("cairn_kv_connections_open", "KV client connections open.", get(&c.connections_open));
+        let latency: Vec<(crate::metrics::Labels, crate::metrics::HistogramValue)> = OPS
+            .iter()
+            .zip(&c.latency)
+            .filter(|(_, h)| get(&h.count) > 0)
+            .map(|(op, h)| {
+                let buckets = LATENCY_BUCKETS.iter().copied().zip(h.buckets.iter().map(get)).collect();
+                let value = crate::metrics::HistogramValue {
+                    sum: get(&h.sum_nanos) as f64 / 1e9,
+                    count: get(&h.count),
+                    buckets,
+                };
+                (vec![("cmd", (*op).to_owned())], value)
+            })
+            .collect();
+        out.histograms("cairn_kv_command_duration_seconds", "KV command latency, by command.", latency);
     }
 }
 

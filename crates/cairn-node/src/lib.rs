@@ -26,6 +26,7 @@ pub mod s3_front;
 pub mod server;
 pub mod singleflight;
 pub mod state;
+pub mod status;
 pub mod tls;
 pub mod writeback;
 

@@ -229,6 +229,7 @@ async fn handle(state: &NodeState, cluster: &Cluster, conn: &PeerConn, req: Requ
         (Method::GET, "/chunk") => get_chunk(state, &q).await,
         (Method::POST, "/chunk") => carried_chunk(state, &q, req).await,
         (Method::GET, "/meta") => get_meta(state, &q).await,
+        (Method::GET, "/status") => json(&crate::status::node_report(state)),
         (Method::POST, "/invalidate") => {
             let Some(key) = meta_key(&q) else {
                 return text(StatusCode::BAD_REQUEST, "BadRequest", "missing parameters");

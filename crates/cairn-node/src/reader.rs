@@ -451,6 +451,7 @@ impl ReadThrough {
                     )));
                 }
                 Metrics::add(&this.metrics.bytes_served, sub.len() as u64);
+                this.metrics.hot.record(&obj.version.bucket, &obj.version.key, sub.len() as u64);
                 Ok(chunk.slice(sub))
             }
         };

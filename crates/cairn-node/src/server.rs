@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cairn_core::config::LimitsSection;
 use futures::future::BoxFuture;
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::Service;
@@ -28,6 +28,7 @@ use parking_lot::Mutex;
 use s3s::service::S3Service;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::metrics::{Labels, Scrape};
 use crate::s3_front::{self, xml_error};
 use crate::state::NodeState;
 
@@ -479,6 +480,7 @@ pub async fn serve_admin(listener: TcpListener, state: Arc<NodeState>) {
                         (_, p) if p == "/v1/load" || p == "/v1/loads" || p.starts_with("/v1/loads/") => {
                             load_admin(&state, req).await
                         }
+                        (Method::GET, "/v1/node" | "/v1/pool") => status_admin(&state, &path, &q).await,
                         _ => admin(&state, &path),
                     };
                     Ok::<_, Infallible>(resp)
@@ -492,65 +494,64 @@ pub async fn serve_admin(listener: TcpListener, state: Arc<NodeState>) {
     .await
 }
 
-fn rows(v: &[(String, u64)]) -> Vec<(&str, u64)> {
-    v.iter().map(|(l, n)| (l.as_str(), *n)).collect()
-}
-
 /// Connections open, refused and timed out on each listener.
-fn listener_metrics(out: &mut String, listeners: &Listeners) {
+fn listener_metrics(out: &mut Scrape, listeners: &Listeners) {
     let all = listeners.all();
-    let label = |a: &Admission, extra: &str| format!("listener=\"{}\"{extra}", a.name);
     let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    let open: Vec<(String, u64)> = all.iter().map(|a| (label(a, ""), a.open() as u64)).collect();
-    let mut refused = Vec::new();
+    let open: Vec<(&str, u64)> = all.iter().map(|a| (a.name, a.open() as u64)).collect();
+    let mut refused: Vec<(Labels, u64)> = Vec::new();
     for a in &all {
-        refused.push((label(a, ",reason=\"limit\""), get(&a.refused_full)));
-        refused.push((label(a, ",reason=\"source_limit\""), get(&a.refused_source)));
+        for (reason, n) in [("limit", get(&a.refused_full)), ("source_limit", get(&a.refused_source))] {
+            refused.push((vec![("listener", a.name.to_owned()), ("reason", reason.to_owned())], n));
+        }
     }
-    let timed_out: Vec<(String, u64)> = all.iter().map(|a| (label(a, ""), get(&a.timed_out))).collect();
-    crate::metrics::series(
-        out,
-        "gauge",
-        "cairn_listener_connections",
-        "Connections holding a slot, by listener.",
-        &rows(&open),
-    );
-    crate::metrics::series(
-        out,
-        "counter",
+    let timed_out: Vec<(&str, u64)> = all.iter().map(|a| (a.name, get(&a.timed_out))).collect();
+    out.gauges("cairn_listener_connections", "Connections holding a slot, by listener.", "listener", &open);
+    out.counter_family(
         "cairn_connections_refused_total",
         "Connections closed at accept: the listener (limit) or their source address (source_limit) was at its limit.",
-        &rows(&refused),
+        refused,
     );
-    crate::metrics::series(
-        out,
-        "counter",
+    out.counters(
         "cairn_connections_timed_out_total",
         "Connections closed because no request head (on the peer port: no request with the secret) came in time.",
-        &rows(&timed_out),
+        "listener",
+        &timed_out,
     );
+}
+
+/// Every series of `/metrics`, encoded.
+fn metrics_text(state: &NodeState) -> String {
+    let mut out = Scrape::default();
+    state.metrics.collect(state.reader.store(), &mut out);
+    let cfg = &state.config;
+    out.gauges(
+        "cairn_cache_capacity_bytes",
+        "Capacity of each tier (cache.ram_capacity, cache.disk_capacity).",
+        "tier",
+        &[("ram", cfg.cache.ram_capacity.bytes()), ("disk", cfg.cache.disk_capacity.bytes())],
+    );
+    if let Some(c) = &state.cluster {
+        cluster_metrics(&mut out, &c.placement());
+        if let Some(g) = c.gossip.get() {
+            gossip_metrics(&mut out, g);
+        }
+    }
+    write_back_metrics(&mut out, state);
+    listener_metrics(&mut out, &state.listeners);
+    if let Some(kv) = &state.kv {
+        kv.collect_metrics(&mut out, cfg.kv.ram_capacity.bytes(), cfg.kv.disk_capacity.bytes());
+    }
+    if let Some(tls) = &state.tls {
+        tls.collect_metrics(&mut out);
+    }
+    out.render()
 }
 
 fn admin(state: &NodeState, path: &str) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match path {
-        "/metrics" => {
-            let mut text = state.metrics.render(state.reader.store());
-            if let Some(c) = &state.cluster {
-                cluster_metrics(&mut text, &c.placement());
-                if let Some(g) = c.gossip.get() {
-                    gossip_metrics(&mut text, g);
-                }
-            }
-            write_back_metrics(&mut text, state);
-            listener_metrics(&mut text, &state.listeners);
-            if let Some(kv) = &state.kv {
-                kv.render_metrics(&mut text);
-            }
-            if let Some(tls) = &state.tls {
-                tls.render_metrics(&mut text);
-            }
-            (StatusCode::OK, "text/plain; version=0.0.4", text)
-        }
+        "/metrics" => (StatusCode::OK, crate::metrics::CONTENT_TYPE, metrics_text(state)),
+        "/" => (StatusCode::OK, "text/html; charset=utf-8", crate::status::PAGE.to_owned()),
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
         "/readyz" => {
             let (ready, text) = state.readiness.report(state);
@@ -560,7 +561,7 @@ fn admin(state: &NodeState, path: &str) -> Response<Full<Bytes>> {
             Some(c) => (StatusCode::OK, "application/json", members_json(c)),
             None => (StatusCode::NOT_FOUND, "application/json", "{\"error\":\"this node is not in a cluster\"}".into()),
         },
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /healthz or /readyz\n".to_owned()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found: try /, /metrics, /healthz or /readyz\n".to_owned()),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
@@ -661,92 +662,70 @@ async fn write_back_admin(
     }
 }
 
-fn write_back_metrics(out: &mut String, state: &NodeState) {
+fn write_back_metrics(out: &mut Scrape, state: &NodeState) {
     let wb = &state.writeback;
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let s = wb.summary(None, "", u64::MAX);
-    let mut metric =
-        |name: &str, kind: &str, help: &str, rows: &[(&str, u64)]| crate::metrics::series(out, kind, name, help, rows);
-    metric(
-        "cairn_dirty_bytes",
-        "gauge",
-        "Bytes written here and not yet in the origin (journal).",
-        &[("", s.dirty_bytes)],
+    out.gauge("cairn_dirty_bytes", "Bytes written here and not yet in the origin (journal).", s.dirty_bytes);
+    out.gauge(
+        "cairn_dirty_limit_bytes",
+        "Dirty bytes at which writes slow to the upload rate (writeback.dirty_max).",
+        state.config.writeback.dirty_max.bytes(),
     );
-    metric("cairn_pending_uploads", "gauge", "Writes this node has to upload.", &[("", s.objects)]);
-    metric(
+    out.gauge("cairn_pending_uploads", "Writes this node has to upload.", s.objects);
+    out.gauge(
+        "cairn_oldest_pending_upload_age_seconds",
+        "Age of the oldest write this node has still to upload (0 when none).",
+        s.oldest_age_secs,
+    );
+    out.gauge(
         "cairn_replicas_held",
-        "gauge",
         "Writes of other nodes this node holds replicas of until their upload is confirmed.",
-        &[("", s.replicas)],
+        s.replicas,
     );
-    metric(
+    out.counters(
         "cairn_writes_acked_total",
-        "counter",
         "Writes acknowledged before reaching the origin, by durability.",
-        &[
-            ("durability=\"local\"", get(&wb.stats.acked_local)),
-            ("durability=\"replicated\"", get(&wb.stats.acked_replicated)),
-        ],
+        "durability",
+        &[("local", get(&wb.stats.acked_local)), ("replicated", get(&wb.stats.acked_replicated))],
     );
-    metric(
+    out.counter(
         "cairn_write_bytes_acked_total",
-        "counter",
         "Bytes of acknowledged write-back writes.",
-        &[("", get(&wb.stats.bytes_acked))],
+        get(&wb.stats.bytes_acked),
     );
-    metric(
-        "cairn_uploads_total",
-        "counter",
-        "Journaled writes uploaded to the origin.",
-        &[("", get(&wb.stats.uploads))],
-    );
-    metric(
-        "cairn_upload_bytes_total",
-        "counter",
-        "Bytes uploaded from the journal.",
-        &[("", get(&wb.stats.upload_bytes))],
-    );
-    metric(
+    out.counter("cairn_uploads_total", "Journaled writes uploaded to the origin.", get(&wb.stats.uploads));
+    out.counter("cairn_upload_bytes_total", "Bytes uploaded from the journal.", get(&wb.stats.upload_bytes));
+    out.counter(
         "cairn_upload_carried_bytes_total",
-        "counter",
         "Bytes of uploaded writes kept in the cluster under the version the origin gave them.",
-        &[("", get(&wb.stats.carried_bytes))],
+        get(&wb.stats.carried_bytes),
     );
-    metric(
-        "cairn_upload_retries_total",
-        "counter",
-        "Failed upload attempts (retried).",
-        &[("", get(&wb.stats.upload_retries))],
-    );
-    metric(
+    out.counter("cairn_upload_retries_total", "Failed upload attempts (retried).", get(&wb.stats.upload_retries));
+    out.counter(
         "cairn_uploads_superseded_total",
-        "counter",
         "Writes not uploaded because a newer write of the key came.",
-        &[("", get(&wb.stats.superseded))],
+        get(&wb.stats.superseded),
     );
-    metric(
+    out.counter(
         "cairn_takeovers_total",
-        "counter",
         "Writes uploaded by this replica holder for a writer that was gone.",
-        &[("", get(&wb.stats.takeovers))],
+        get(&wb.stats.takeovers),
     );
-    metric(
+    out.counter(
         "cairn_replicas_orphaned_total",
-        "counter",
         "Replicas dropped during a takeover because another holder did not hold the write (never acknowledged, or already uploaded).",
-        &[("", get(&wb.stats.orphans_dropped))],
+        get(&wb.stats.orphans_dropped),
     );
-    metric(
+    out.counter(
         "cairn_write_throttled_total",
-        "counter",
         "Writes that waited because dirty bytes were at their cap.",
-        &[("", get(&wb.stats.throttled))],
+        get(&wb.stats.throttled),
     );
 }
 
 /// `GET /v1/members`: the members this node knows.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct MembersAnswer {
     pub node: String,
     /// `gossip` or `map`.
@@ -757,7 +736,7 @@ pub struct MembersAnswer {
 }
 
 /// One member as `GET /v1/members` shows it.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct MemberRow {
     pub id: String,
     /// `alive`, `suspect`, `dead` or `left` (gossip); `up` or `down` (map file).
@@ -776,6 +755,11 @@ pub struct MemberRow {
 }
 
 fn members_json(c: &crate::cluster::Cluster) -> String {
+    serde_json::to_string(&member_rows(c)).unwrap_or_default()
+}
+
+/// The members this node knows, sorted by id (newest generation first).
+pub fn member_rows(c: &crate::cluster::Cluster) -> MembersAnswer {
     use cairn_core::cluster::NodeState;
     let p = c.placement();
     let map_state = |id: &str| match p.index_of(id).map(|i| p.nodes()[i].state) {
@@ -846,68 +830,89 @@ fn members_json(c: &crate::cluster::Cluster) -> String {
         }
     }
     rows.sort_by(|a, b| a.id.cmp(&b.id).then(b.generation.cmp(&a.generation)));
-    let answer = MembersAnswer {
+    MembersAnswer {
         node: c.node_id.clone(),
         mode: mode.into(),
         map_version: format!("{:016x}", p.version()),
         members: rows,
-    };
-    serde_json::to_string(&answer).unwrap_or_default()
+    }
 }
 
-fn gossip_metrics(out: &mut String, g: &crate::gossip::Gossip) {
+fn gossip_metrics(out: &mut Scrape, g: &crate::gossip::Gossip) {
     let s = g.stats();
     let by_state = g.counts();
     let states = ["alive", "suspect", "dead", "left"];
-    let labelled: Vec<(String, u64)> =
-        states.iter().zip(by_state).map(|(st, n)| (format!("state=\"{st}\""), n)).collect();
-    crate::metrics::series(
-        out,
-        "gauge",
-        "cairn_members",
-        "Members this node knows, by gossip state (itself included).",
-        &rows(&labelled),
-    );
-    let mut one =
-        |name: &str, kind: &str, help: &str, v: u64| crate::metrics::series(out, kind, name, help, &[("", v)]);
-    one("cairn_gossip_packets_sent_total", "counter", "Gossip packets sent.", s.packets_out);
-    one("cairn_gossip_bytes_sent_total", "counter", "Gossip bytes sent.", s.bytes_out);
-    one("cairn_gossip_packets_received_total", "counter", "Gossip packets received.", s.packets_in);
-    one("cairn_gossip_bytes_received_total", "counter", "Gossip bytes received.", s.bytes_in);
-    one(
+    let rows: Vec<(&str, u64)> = states.iter().copied().zip(by_state).collect();
+    out.gauges("cairn_members", "Members this node knows, by gossip state (itself included).", "state", &rows);
+    out.counter("cairn_gossip_packets_sent_total", "Gossip packets sent.", s.packets_out);
+    out.counter("cairn_gossip_bytes_sent_total", "Gossip bytes sent.", s.bytes_out);
+    out.counter("cairn_gossip_packets_received_total", "Gossip packets received.", s.packets_in);
+    out.counter("cairn_gossip_bytes_received_total", "Gossip bytes received.", s.bytes_in);
+    out.counter(
         "cairn_gossip_rejected_total",
-        "counter",
         "Gossip packets dropped: not sealed with the cluster secret, stale, or malformed.",
         s.rejected,
     );
-    one(
+    out.counter(
         "cairn_gossip_suspicions_total",
-        "counter",
         "Probes by this node that failed, making it suspect the member.",
         s.suspicions,
     );
-    one(
-        "cairn_gossip_confirmations_total",
-        "counter",
-        "Members this node saw declared dead (or leave).",
-        s.confirmations,
-    );
-    one("cairn_gossip_refutations_total", "counter", "Suspicions of this node it refuted.", s.refutations);
+    out.counter("cairn_gossip_confirmations_total", "Members this node saw declared dead (or leave).", s.confirmations);
+    out.counter("cairn_gossip_refutations_total", "Suspicions of this node it refuted.", s.refutations);
 }
 
-fn cluster_metrics(out: &mut String, p: &cairn_core::placement::Placement) {
-    use std::fmt::Write;
-    let up = p.nodes().iter().filter(|n| n.state == cairn_core::cluster::NodeState::Up).count();
-    let _ = writeln!(out, "# HELP cairn_cluster_map_version Version of the cluster map in use.");
-    let _ = writeln!(out, "# TYPE cairn_cluster_map_version gauge");
-    let _ = writeln!(out, "cairn_cluster_map_version {}", p.version());
-    let _ = writeln!(out, "# HELP cairn_cluster_map_info The map in use: its version or digest, exactly (hex).");
-    let _ = writeln!(out, "# TYPE cairn_cluster_map_info gauge");
-    let _ = writeln!(out, "cairn_cluster_map_info{{version=\"{:016x}\"}} 1", p.version());
-    let _ = writeln!(out, "# HELP cairn_cluster_nodes Nodes in the cluster map, by state.");
-    let _ = writeln!(out, "# TYPE cairn_cluster_nodes gauge");
-    let _ = writeln!(out, "cairn_cluster_nodes{{state=\"up\"}} {up}");
-    let _ = writeln!(out, "cairn_cluster_nodes{{state=\"down\"}} {}", p.nodes().len() - up);
+fn cluster_metrics(out: &mut Scrape, p: &cairn_core::placement::Placement) {
+    let up = p.nodes().iter().filter(|n| n.state == cairn_core::cluster::NodeState::Up).count() as u64;
+    out.gauge(
+        "cairn_cluster_map_version",
+        "Version of the cluster map in use (a map file's version, or the gossip digest).",
+        p.version(),
+    );
+    out.gauge_family(
+        "cairn_cluster_map_info",
+        "The map in use: its version or digest, exactly (hex).",
+        vec![(vec![("version", format!("{:016x}", p.version()))], 1u64.into())],
+    );
+    out.gauges(
+        "cairn_cluster_nodes",
+        "Nodes in the cluster map, by state.",
+        "state",
+        &[("up", up), ("down", p.nodes().len() as u64 - up)],
+    );
+}
+
+/// `GET /v1/node[?id=]` and `GET /v1/pool[?sample=&nodes=a,b]` (the status page's data).
+async fn status_admin(
+    state: &Arc<NodeState>,
+    path: &str,
+    q: &std::collections::HashMap<String, String>,
+) -> Response<Full<Bytes>> {
+    let json = |status: StatusCode, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        r.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+        r
+    };
+    if path == "/v1/pool" {
+        let sample = q.get("sample").and_then(|s| s.parse().ok()).unwrap_or(crate::status::DEFAULT_SAMPLE);
+        let named: Vec<String> = q
+            .get("nodes")
+            .map(|n| {
+                n.split(',').filter(|s| !s.is_empty()).take(crate::status::MAX_SAMPLE).map(str::to_owned).collect()
+            })
+            .unwrap_or_default();
+        let report = crate::status::pool_answer(state, sample, &named).await;
+        return json(StatusCode::OK, serde_json::to_string(&report).unwrap_or_default());
+    }
+    match crate::status::node_answer(state, q.get("id").map(String::as_str)).await {
+        Ok(r) => json(StatusCode::OK, serde_json::to_string(&r).unwrap_or_default()),
+        Err((code, msg)) => json(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY),
+            serde_json::json!({ "error": msg }).to_string(),
+        ),
+    }
 }
 
 /// Binds a listener with a long accept queue ([`LISTEN_BACKLOG`], capped by the kernel's

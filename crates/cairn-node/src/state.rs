@@ -48,6 +48,8 @@ pub struct NodeState {
     pub readiness: crate::ready::Readiness,
     /// Preload jobs (`load.rs`).
     pub loads: crate::load::Loads,
+    /// When the node started (the status page's uptime).
+    pub started: std::time::Instant,
     /// The cache directory's lock, held (`flock`) for as long as the node runs.
     _dir_lock: File,
 }
@@ -126,6 +128,7 @@ impl NodeState {
             incarnation,
             readiness: Default::default(),
             loads: crate::load::Loads::new(dir.join("loads")),
+            started: std::time::Instant::now(),
             _dir_lock: dir_lock,
             meta: MetaCache::new(config.cache.metadata_entries, metrics.clone(), cluster.clone()),
             config,

@@ -316,32 +316,26 @@ impl Tls {
         })
     }
 
-    pub fn render_metrics(&self, out: &mut String) {
+    pub fn collect_metrics(&self, out: &mut crate::metrics::Scrape) {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        crate::metrics::series(
-            out,
-            "counter",
+        out.counters(
             "cairn_tls_reloads_total",
             "Changes of the TLS files: loaded (ok) or refused, the previous certificate kept (error).",
-            &[("result=\"ok\"", get(&self.reloads)), ("result=\"error\"", get(&self.reload_errors))],
+            "result",
+            &[("ok", get(&self.reloads)), ("error", get(&self.reload_errors))],
         );
-        let labels: Vec<String> = Listener::ALL.iter().map(|l| format!("listener=\"{}\"", l.name())).collect();
         let rows: Vec<(&str, u64)> =
-            labels.iter().zip(&self.handshake_failures).map(|(l, c)| (l.as_str(), get(c))).collect();
-        crate::metrics::series(
-            out,
-            "counter",
+            Listener::ALL.iter().zip(&self.handshake_failures).map(|(l, c)| (l.name(), get(c))).collect();
+        out.counters(
             "cairn_tls_handshake_failures_total",
             "Incoming TLS handshakes that failed or timed out (on the peer port: also certificates not of the cluster CA).",
+            "listener",
             &rows,
         );
-        let info = format!("fingerprint=\"{}\"", self.current.read().fingerprint);
-        crate::metrics::series(
-            out,
-            "gauge",
+        out.gauge_family(
             "cairn_tls_certificate_info",
             "The certificate new handshakes use: SHA-256 of its leaf.",
-            &[(info.as_str(), 1)],
+            vec![(vec![("fingerprint", self.current.read().fingerprint.clone())], 1u64.into())],
         );
     }
 }
