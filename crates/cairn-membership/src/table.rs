@@ -4,8 +4,11 @@
 //! exchange only those buckets' records (anti-entropy), never the whole table.
 //!
 //! Cells and buckets are shared (`Arc`) and copied on write: an update copies one bucket.
+//!
+//! Most records a node is sent it holds already (every rumor reaches each node several times),
+//! so a lookup is kept to few memory accesses: cells in a sorted vector, and in each bucket the
+//! records ordered by their node id's 64-bit hash, found by a binary search over those hashes.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -62,11 +65,10 @@ fn bucket_index(id_hash: u64) -> usize {
 
 #[derive(Clone, Debug)]
 pub struct Bucket<T> {
-    /// Sorted by node id.
+    /// Sorted by (`id_hash` of the node id, node id).
     pub records: Vec<Record<T>>,
-    /// `id_hash` of each record's node id, in the same order: a lookup compares these 64-bit
-    /// hashes and only the id of a record whose hash matches (most lookups are of records
-    /// already known: every rumor and anti-entropy record is looked up by every node it reaches).
+    /// `id_hash` of each record's node id, in the same order (ascending): a lookup searches these
+    /// and compares only the id of a record whose hash matches.
     ids: Vec<u64>,
     pub digest: u64,
 }
@@ -78,18 +80,19 @@ impl<T> Default for Bucket<T> {
 }
 
 impl<T: Member> Bucket<T> {
-    /// Index of the record of `node_id`, whose `id_hash` is `h`.
-    fn position(&self, h: u64, node_id: &str) -> Option<usize> {
+    /// Index of the record whose node id hashes to `h` and is `node_id`, or where it would go.
+    fn search(&self, h: u64, node_id: &str) -> Result<usize, usize> {
         debug_assert_eq!(self.ids.len(), self.records.len());
-        let mut from = 0;
-        while let Some(k) = self.ids[from..].iter().position(|&x| x == h) {
-            let i = from + k;
-            if self.records[i].member.node_id() == node_id {
-                return Some(i);
+        let mut i = self.ids.partition_point(|&x| x < h);
+        // Ids whose hashes collide are ordered by id.
+        while i < self.ids.len() && self.ids[i] == h {
+            match self.records[i].member.node_id().cmp(node_id) {
+                std::cmp::Ordering::Less => i += 1,
+                std::cmp::Ordering::Equal => return Ok(i),
+                std::cmp::Ordering::Greater => break,
             }
-            from = i + 1;
         }
-        None
+        Err(i)
     }
 }
 
@@ -119,13 +122,32 @@ pub enum Merged {
 
 #[derive(Clone, Debug)]
 pub struct Table<T> {
-    cells: BTreeMap<u64, Arc<Cell<T>>>,
+    /// Sorted by cell key.
+    cells: Vec<(u64, Arc<Cell<T>>)>,
     len: usize,
 }
 
 impl<T> Default for Table<T> {
     fn default() -> Self {
-        Self { cells: BTreeMap::new(), len: 0 }
+        Self { cells: Vec::new(), len: 0 }
+    }
+}
+
+impl<T> Table<T> {
+    fn cell(&self, key: u64) -> Option<&Cell<T>> {
+        self.cells.binary_search_by_key(&key, |(k, _)| *k).ok().map(|i| &*self.cells[i].1)
+    }
+
+    /// The cell of `key`, created empty if absent.
+    fn cell_mut(&mut self, key: u64) -> &mut Arc<Cell<T>> {
+        let i = match self.cells.binary_search_by_key(&key, |(k, _)| *k) {
+            Ok(i) => i,
+            Err(i) => {
+                self.cells.insert(i, (key, Arc::new(Cell::default())));
+                i
+            }
+        };
+        &mut self.cells[i].1
     }
 }
 
@@ -144,22 +166,22 @@ impl<T: Member> Table<T> {
         let node_id = rec.member.node_id();
         let h = id_hash(node_id);
         let b = bucket_index(h);
-        let found = self.cells.get(&cell_key).and_then(|c| {
+        let found = self.cell(cell_key).map(|c| {
             let bucket = &c.buckets[b];
-            bucket.position(h, node_id).map(|i| (i, bucket.records[i].rank()))
+            bucket.search(h, node_id).map(|i| (i, bucket.records[i].rank()))
         });
-        if let Some((_, old)) = found {
+        if let Some(Ok((_, old))) = found {
             // Of two equal records the one this node had first stands (nodes may differ on its
             // time by the time news takes to spread; it only times removal from the map).
             if rec.rank() <= old {
                 return Merged::Same;
             }
         }
-        let cell = Arc::make_mut(self.cells.entry(cell_key).or_default());
+        let cell = Arc::make_mut(self.cell_mut(cell_key));
         let bucket = Arc::make_mut(&mut cell.buckets[b]);
         let new = rec.hash();
         match found {
-            Some((i, _)) => {
+            Some(Ok((i, _))) => {
                 let old = bucket.records[i].hash();
                 bucket.digest = bucket.digest.wrapping_sub(old).wrapping_add(new);
                 cell.digest = cell.digest.wrapping_sub(old).wrapping_add(new);
@@ -167,8 +189,12 @@ impl<T: Member> Table<T> {
                 cell.dead += usize::from(rec.status == Status::Dead);
                 bucket.records[i] = rec.clone();
             }
-            None => {
-                let i = bucket.records.binary_search_by(|r| r.member.node_id().cmp(node_id)).unwrap_or_else(|i| i);
+            Some(Err(_)) | None => {
+                // A new cell's bucket is empty.
+                let i = match found {
+                    Some(Err(i)) => i,
+                    _ => 0,
+                };
                 bucket.digest = bucket.digest.wrapping_add(new);
                 cell.digest = cell.digest.wrapping_add(new);
                 cell.dead += usize::from(rec.status == Status::Dead);
@@ -184,16 +210,16 @@ impl<T: Member> Table<T> {
     /// The record of `node_id` in `cell`.
     pub fn get(&self, cell: u64, node_id: &str) -> Option<&Record<T>> {
         let h = id_hash(node_id);
-        let bucket = &self.cells.get(&cell)?.buckets[bucket_index(h)];
-        bucket.position(h, node_id).map(|i| &bucket.records[i])
+        let bucket = &self.cell(cell)?.buckets[bucket_index(h)];
+        bucket.search(h, node_id).ok().map(|i| &bucket.records[i])
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Record<T>> {
-        self.cells.values().flat_map(|c| c.buckets.iter().flat_map(|b| b.records.iter()))
+        self.cells.iter().flat_map(|(_, c)| c.buckets.iter().flat_map(|b| b.records.iter()))
     }
 
     pub fn cell_records(&self, cell: u64) -> impl Iterator<Item = &Record<T>> {
-        self.cells.get(&cell).into_iter().flat_map(|c| c.buckets.iter().flat_map(|b| b.records.iter()))
+        self.cell(cell).into_iter().flat_map(|c| c.buckets.iter().flat_map(|b| b.records.iter()))
     }
 
     /// One digest per cell, in cell order.
@@ -202,23 +228,23 @@ impl<T: Member> Table<T> {
     }
 
     pub fn cell_digest(&self, cell: u64) -> u64 {
-        self.cells.get(&cell).map_or(0, |c| c.digest)
+        self.cell(cell).map_or(0, |c| c.digest)
     }
 
     pub fn bucket_digests(&self, cell: u64) -> Vec<u64> {
-        match self.cells.get(&cell) {
+        match self.cell(cell) {
             Some(c) => c.buckets.iter().map(|b| b.digest).collect(),
             None => vec![0; BUCKETS],
         }
     }
 
     pub fn bucket(&self, cell: u64, b: usize) -> &[Record<T>] {
-        self.cells.get(&cell).and_then(|c| c.buckets.get(b)).map_or(&[], |b| &b.records)
+        self.cell(cell).and_then(|c| c.buckets.get(b)).map_or(&[], |b| &b.records)
     }
 
     /// The `i`-th record in table order (for uniform random choice).
     pub fn nth(&self, mut i: usize) -> Option<&Record<T>> {
-        for c in self.cells.values() {
+        for (_, c) in &self.cells {
             if i >= c.len {
                 i -= c.len;
                 continue;
@@ -237,7 +263,7 @@ impl<T: Member> Table<T> {
     /// still sends them back as news).
     pub fn forget_dead(&mut self, before_ms: u64) -> usize {
         let mut dropped = 0;
-        for cell in self.cells.values_mut() {
+        for (_, cell) in self.cells.iter_mut() {
             // Only cells holding tombstones are looked through.
             if cell.dead == 0
                 || !cell
@@ -314,8 +340,8 @@ impl<T: Member> Table<T> {
     /// Approximate heap bytes held (shared parts counted in full).
     pub fn memory_bytes(&self) -> usize {
         self.cells
-            .values()
-            .map(|c| {
+            .iter()
+            .map(|(_, c)| {
                 std::mem::size_of::<Cell<T>>()
                     + c.buckets
                         .iter()
@@ -375,9 +401,11 @@ mod tests {
             assert_eq!(t.get(*cell, id), Some(r));
         }
         assert_eq!(t.get(cell_key("c0"), "absent"), None);
-        // Records in (cell, bucket, node id) order; digests are the sums of the records' hashes.
+        // Records in (cell, bucket, id hash, node id) order; digests are the sums of the records'
+        // hashes.
         let mut expected: Vec<&Record<NodeIdentity>> = m.values().collect();
-        expected.sort_by_key(|r| (r.member.cell(), bucket_of(&r.member.id), r.member.id.clone()));
+        expected
+            .sort_by_key(|r| (r.member.cell(), bucket_of(&r.member.id), id_hash(&r.member.id), r.member.id.clone()));
         assert_eq!(t.iter().collect::<Vec<_>>(), expected);
         for (cell, digest) in t.digests() {
             let recs: Vec<&Record<NodeIdentity>> =
