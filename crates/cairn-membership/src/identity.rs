@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 pub trait Member: foca::Identity + Serialize + DeserializeOwned + std::hash::Hash {
     /// The node id placement hashes (stable across restarts).
     fn node_id(&self) -> &str;
+    /// Whether `other` has the same node id (an identity may answer without comparing strings).
+    fn same_node(&self, other: &Self) -> bool {
+        self.node_id() == other.node_id()
+    }
     /// The cell this member runs failure detection in (a hash of its name).
     fn cell(&self) -> u64;
     /// Bumped on every start and rejoin: between two identities of one node, the higher wins.

@@ -412,7 +412,7 @@ where
     }
 
     fn is_me(&self, m: &T) -> bool {
-        m.node_id() == self.foca.identity().node_id() && m.cell() == self.cell
+        m.same_node(self.foca.identity()) && m.cell() == self.cell
     }
 
     /// Says hello to the members at `seeds` (known by address only).
@@ -669,7 +669,7 @@ where
     /// Merges a record; on news, tells this node's SWIM (same cell) and queues it as a rumor.
     fn learn_record(&mut self, rec: Record<T>, spread: bool) -> bool {
         let me = self.foca.identity();
-        if rec.member.node_id() == me.node_id() && rec.member.cell() == self.cell {
+        if rec.member.same_node(me) && rec.member.cell() == self.cell {
             // About this node: a death at its generation or later is refuted with a new one.
             if rec.status == Status::Dead
                 && !me.leaving()

@@ -80,12 +80,16 @@ impl<T> Default for Bucket<T> {
 }
 
 impl<T: Member> Bucket<T> {
-    /// Index of the record whose node id hashes to `h` and is `node_id`, or where it would go.
-    fn search(&self, h: u64, node_id: &str) -> Result<usize, usize> {
+    /// Index of the record whose node id hashes to `h` and is `node_id` (`same` tells, cheaply,
+    /// whether a member is that node), or where it would go.
+    fn search(&self, h: u64, node_id: &str, same: impl Fn(&T) -> bool) -> Result<usize, usize> {
         debug_assert_eq!(self.ids.len(), self.records.len());
         let mut i = self.ids.partition_point(|&x| x < h);
         // Ids whose hashes collide are ordered by id.
         while i < self.ids.len() && self.ids[i] == h {
+            if same(&self.records[i].member) {
+                return Ok(i);
+            }
             match self.records[i].member.node_id().cmp(node_id) {
                 std::cmp::Ordering::Less => i += 1,
                 std::cmp::Ordering::Equal => return Ok(i),
@@ -103,11 +107,19 @@ pub struct Cell<T> {
     pub len: usize,
     /// Dead records (tombstones) in the cell.
     pub dead: usize,
+    /// Buckets changed since [`Table::share`] last looked at this cell (one bit each).
+    changed: u16,
 }
 
 impl<T> Default for Cell<T> {
     fn default() -> Self {
-        Self { buckets: (0..BUCKETS).map(|_| Arc::new(Bucket::default())).collect(), digest: 0, len: 0, dead: 0 }
+        Self {
+            buckets: (0..BUCKETS).map(|_| Arc::new(Bucket::default())).collect(),
+            digest: 0,
+            len: 0,
+            dead: 0,
+            changed: 0,
+        }
     }
 }
 
@@ -168,7 +180,7 @@ impl<T: Member> Table<T> {
         let b = bucket_index(h);
         let found = self.cell(cell_key).map(|c| {
             let bucket = &c.buckets[b];
-            bucket.search(h, node_id).map(|i| (i, bucket.records[i].rank()))
+            bucket.search(h, node_id, |m| m.same_node(&rec.member)).map(|i| (i, bucket.records[i].rank()))
         });
         if let Some(Ok((_, old))) = found {
             // Of two equal records the one this node had first stands (nodes may differ on its
@@ -178,6 +190,7 @@ impl<T: Member> Table<T> {
             }
         }
         let cell = Arc::make_mut(self.cell_mut(cell_key));
+        cell.changed |= 1 << b;
         let bucket = Arc::make_mut(&mut cell.buckets[b]);
         let new = rec.hash();
         match found {
@@ -211,7 +224,7 @@ impl<T: Member> Table<T> {
     pub fn get(&self, cell: u64, node_id: &str) -> Option<&Record<T>> {
         let h = id_hash(node_id);
         let bucket = &self.cell(cell)?.buckets[bucket_index(h)];
-        bucket.search(h, node_id).ok().map(|i| &bucket.records[i])
+        bucket.search(h, node_id, |m| m.node_id() == node_id).ok().map(|i| &bucket.records[i])
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Record<T>> {
@@ -274,10 +287,11 @@ impl<T: Member> Table<T> {
                 continue;
             }
             let cell = Arc::make_mut(cell);
-            for b in &mut cell.buckets {
+            for (i, b) in cell.buckets.iter_mut().enumerate() {
                 if !b.records.iter().any(|r| r.status == Status::Dead && r.changed_ms < before_ms) {
                     continue;
                 }
+                cell.changed |= 1 << i;
                 let b = Arc::make_mut(b);
                 let (mut records, mut ids) = (Vec::with_capacity(b.records.len()), Vec::with_capacity(b.ids.len()));
                 for (r, h) in b.records.drain(..).zip(b.ids.drain(..)) {
@@ -299,21 +313,29 @@ impl<T: Member> Table<T> {
         dropped
     }
 
-    /// Replaces shared parts by equal ones from `intern` (the simulator shares identical cells and
-    /// buckets among its nodes this way; a node has no use for it). Unless `all_cells`, only
-    /// cells this table holds alone are looked at: a change copies the cell it is in, so a cell
-    /// another table holds too has not changed here since it was shared.
+    /// Replaces shared parts by equal ones (the simulator shares identical cells and buckets
+    /// among its nodes this way; a node has no use for it): each bucket by `intern_bucket`'s,
+    /// then each cell by `intern_cell`'s. Unless `all_cells`, only cells this table holds alone
+    /// are looked at (a change copies the cell it is in, so a cell another table holds too has
+    /// not changed here since it was shared), and in them only the buckets changed since.
     pub fn share(
         &mut self,
         all_cells: bool,
-        mut intern: impl FnMut(u64, usize, &Arc<Bucket<T>>) -> Option<Arc<Bucket<T>>>,
+        mut intern_bucket: impl FnMut(u64, usize, &Arc<Bucket<T>>) -> Option<Arc<Bucket<T>>>,
+        mut intern_cell: impl FnMut(u64, &Arc<Cell<T>>) -> Option<Arc<Cell<T>>>,
     ) {
         for (k, cell) in self.cells.iter_mut() {
-            if let Some(cell) = Arc::get_mut(cell) {
-                for (i, b) in cell.buckets.iter_mut().enumerate() {
-                    if let Some(s) = intern(*k, i, b).filter(|s| !Arc::ptr_eq(s, b)) {
+            if let Some(c) = Arc::get_mut(cell) {
+                let changed = std::mem::take(&mut c.changed);
+                for (i, b) in c.buckets.iter_mut().enumerate() {
+                    if (all_cells || changed & (1 << i) != 0)
+                        && let Some(s) = intern_bucket(*k, i, b).filter(|s| !Arc::ptr_eq(s, b))
+                    {
                         *b = s;
                     }
+                }
+                if let Some(s) = intern_cell(*k, cell).filter(|s| !Arc::ptr_eq(s, cell)) {
+                    *cell = s;
                 }
                 continue;
             }
@@ -325,7 +347,7 @@ impl<T: Member> Table<T> {
                 .buckets
                 .iter()
                 .enumerate()
-                .filter_map(|(i, b)| intern(*k, i, b).filter(|s| !Arc::ptr_eq(s, b)).map(|s| (i, s)))
+                .filter_map(|(i, b)| intern_bucket(*k, i, b).filter(|s| !Arc::ptr_eq(s, b)).map(|s| (i, s)))
                 .collect();
             if replace.is_empty() {
                 continue;

@@ -147,6 +147,15 @@ impl Member for SimId {
         if self.generation == 0 { "" } else { name(self.idx) }
     }
 
+    fn same_node(&self, other: &Self) -> bool {
+        // Ids come from indices; a placeholder's is empty.
+        match (self.generation, other.generation) {
+            (0, 0) => true,
+            (0, _) | (_, 0) => false,
+            _ => self.idx == other.idx,
+        }
+    }
+
     fn cell(&self) -> u64 {
         cell_of(self.idx)
     }
@@ -395,6 +404,9 @@ struct Interner {
     /// Whole tables by (length, cell digests), with the share pass that interned them: a node
     /// whose table is equal takes a clone (sharing every cell, not only the buckets).
     tables: HashMap<u64, (Table<SimId>, u64)>,
+    /// One cell per (cell, digest), interned by the per-second pass: a node that holds its own
+    /// copy of a cell (copied on write) takes the interned one once their buckets are the same.
+    cells: HashMap<(u64, u64), Arc<Cell<SimId>>>,
 }
 
 /// Key of a table for the table interner: its length and cell digests (cells `0..cells`).
@@ -408,33 +420,52 @@ fn table_key(t: &Table<SimId>, cells: u32) -> u64 {
 
 /// Replaces each bucket of `t` by the interned one of equal (cell, index, digest), or interns it.
 /// A bucket already shared costs one pointer comparison. Unless `all_cells`, only the cells `t`
-/// holds alone (changed since they were last shared) are looked at.
+/// holds alone (changed since they were last shared) are looked at. With `cells`, each cell `t`
+/// holds alone is then replaced by the interned cell of equal (cell, digest) and buckets, or
+/// interned.
 fn share_buckets(
     t: &mut Table<SimId>,
     all_cells: bool,
     buckets: &mut HashMap<(u64, usize, u64), Arc<Bucket<SimId>>>,
     last: &mut [Option<Arc<Bucket<SimId>>>],
+    mut cells: Option<&mut HashMap<(u64, u64), Arc<Cell<SimId>>>>,
     retimed: &mut u64,
 ) {
-    t.share(all_cells, |cell, b, arc| {
-        let slot = last.get_mut(cell as usize * BUCKETS + b)?;
-        if let Some(s) = slot.as_ref() {
-            if Arc::ptr_eq(s, arc) {
+    let intern_cell = |k: u64, cell: &Arc<Cell<SimId>>| {
+        let cells = cells.as_deref_mut()?;
+        match cells.get(&(k, cell.digest)) {
+            Some(s) if s.len == cell.len && s.buckets.iter().zip(&cell.buckets).all(|(a, b)| Arc::ptr_eq(a, b)) => {
+                Some(s.clone())
+            }
+            _ => {
+                cells.insert((k, cell.digest), cell.clone());
+                None
+            }
+        }
+    };
+    t.share(
+        all_cells,
+        |cell, b, arc| {
+            let slot = last.get_mut(cell as usize * BUCKETS + b)?;
+            if let Some(s) = slot.as_ref() {
+                if Arc::ptr_eq(s, arc) {
+                    return None;
+                }
+                if s.digest == arc.digest {
+                    *retimed += 1;
+                    return Some(s.clone());
+                }
+            }
+            let s = buckets.entry((cell, b, arc.digest)).or_insert_with(|| arc.clone()).clone();
+            *slot = Some(s.clone());
+            if Arc::ptr_eq(&s, arc) {
                 return None;
             }
-            if s.digest == arc.digest {
-                *retimed += 1;
-                return Some(s.clone());
-            }
-        }
-        let s = buckets.entry((cell, b, arc.digest)).or_insert_with(|| arc.clone()).clone();
-        *slot = Some(s.clone());
-        if Arc::ptr_eq(&s, arc) {
-            return None;
-        }
-        *retimed += 1;
-        Some(s)
-    });
+            *retimed += 1;
+            Some(s)
+        },
+        intern_cell,
+    );
 }
 
 fn same_table(a: &Table<SimId>, b: &Table<SimId>, cells: u32) -> bool {
@@ -692,7 +723,7 @@ impl Sim {
                 self.shared_epoch[i] = m.epoch();
                 let t = Instant::now();
                 let Interner { buckets, last, .. } = &mut self.interner;
-                share_buckets(m.table_mut(), false, buckets, last, &mut self.retimed);
+                share_buckets(m.table_mut(), false, buckets, last, None, &mut self.retimed);
                 self.wall_share += t.elapsed();
             }
             if requeue {
@@ -727,7 +758,7 @@ impl Sim {
     fn share_all(&mut self, full: bool) {
         let t = Instant::now();
         let cells = CELLS.load(AtOrd::Relaxed);
-        let Interner { buckets, last, tables } = &mut self.interner;
+        let Interner { buckets, last, tables, cells: cell_interner } = &mut self.interner;
         let pass = self.share_passes;
         let retimed = &mut self.retimed;
         let mut tables_taken = 0u64;
@@ -747,7 +778,7 @@ impl Sim {
                 tables_taken += 1;
                 continue;
             }
-            share_buckets(m.table_mut(), full, buckets, last, retimed);
+            share_buckets(m.table_mut(), full, buckets, last, Some(cell_interner), retimed);
             tables.insert(key, (m.table().clone(), pass));
         }
         self.tables_taken += tables_taken;
@@ -761,6 +792,7 @@ impl Sim {
                     last.get(*c as usize * BUCKETS + *b).and_then(|s| s.as_ref()).is_some_and(|s| Arc::ptr_eq(s, a));
                 Arc::strong_count(a) > 1 + usize::from(in_last)
             });
+            cell_interner.retain(|_, c| Arc::strong_count(c) > 1);
         }
         self.wall_share += t.elapsed();
     }
@@ -846,30 +878,6 @@ impl Sim {
                 }
             }
             r.per_victim.push((v.id.idx, first, last));
-            if std::env::var_os("CAIRN_SIM_DEBUG").is_some() {
-                let mut seen: Vec<(u64, usize)> = v
-                    .seen
-                    .iter()
-                    .enumerate()
-                    .filter(|&(o, &s)| s != u64::MAX && !self.dead[o] && !v.same_cell[o])
-                    .map(|(o, &s)| (s, o))
-                    .collect();
-                seen.sort();
-                let q = |p: f64| seen.get(((seen.len() as f64 - 1.0) * p) as usize).map_or(0.0, |x| x.0 as f64 / 1e6);
-                let lastk: Vec<String> =
-                    seen.iter().rev().take(5).map(|(s, o)| format!("{o}@{:.1}", *s as f64 / 1e6)).collect();
-                eprintln!(
-                    "victim {}: other cells n={} q0 {:.1} q10 {:.1} q50 {:.1} q90 {:.1} q100 {:.1}; last {}",
-                    v.id.idx,
-                    seen.len(),
-                    q(0.0),
-                    q(0.1),
-                    q(0.5),
-                    q(0.9),
-                    q(1.0),
-                    lastk.join(" ")
-                );
-            }
             for (o, &s) in v.seen.iter().enumerate() {
                 if self.dead[o] || self.nodes[o].is_none() || o as u32 == v.id.idx {
                     continue;
