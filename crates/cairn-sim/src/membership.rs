@@ -406,8 +406,11 @@ struct Interner {
     tables: HashMap<u64, (Table<SimId>, u64)>,
     /// One cell per (cell, digest), interned by the per-second pass: a node that holds its own
     /// copy of a cell (copied on write) takes the interned one once their buckets are the same.
-    cells: HashMap<(u64, u64), Arc<Cell<SimId>>>,
+    cells: CellInterner,
 }
+
+/// Interned cells by (cell, digest).
+type CellInterner = HashMap<(u64, u64), Arc<Cell<SimId>>>;
 
 /// Key of a table for the table interner: its length and cell digests (cells `0..cells`).
 fn table_key(t: &Table<SimId>, cells: u32) -> u64 {
@@ -428,7 +431,7 @@ fn share_buckets(
     all_cells: bool,
     buckets: &mut HashMap<(u64, usize, u64), Arc<Bucket<SimId>>>,
     last: &mut [Option<Arc<Bucket<SimId>>>],
-    mut cells: Option<&mut HashMap<(u64, u64), Arc<Cell<SimId>>>>,
+    mut cells: Option<&mut CellInterner>,
     retimed: &mut u64,
 ) {
     let intern_cell = |k: u64, cell: &Arc<Cell<SimId>>| {
