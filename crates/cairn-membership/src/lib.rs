@@ -62,6 +62,10 @@ pub struct Config {
     pub max_transmissions: u8,
     /// Pushes of each cluster-wide rumor.
     pub rumor_transmissions: u8,
+    /// Packets of rumors pushed per gossip round at most, each to `gossip_fanout` members: one
+    /// while a node has little news, more while a burst (many joins at once) drains, so that
+    /// news does not wait in the backlog for tens of rounds.
+    pub rumor_packets: usize,
     /// How often a node compares its table with a random member's.
     pub sync_every: Duration,
     /// Dead records are forgotten this long after `remove_after` (kept so that no peer brings
@@ -85,6 +89,7 @@ impl Default for Config {
             gossip_fanout: 2,
             max_transmissions: 8,
             rumor_transmissions: 8,
+            rumor_packets: 4,
             sync_every: Duration::from_secs(5),
             tombstone_for: Duration::from_secs(3600),
             cross_probe_every: Duration::from_secs(5),
@@ -967,23 +972,32 @@ where
         self.send_table(to.clone(), &TableMsg::Records { from: me, cell, bucket, records: part, want });
     }
 
-    /// Pushes waiting rumors (as many as fit one packet) to `gossip_fanout` random members.
+    /// Pushes waiting rumors, as many as fit `rumor_packets` packets, each packet to
+    /// `gossip_fanout` random members.
     fn push_rumors(&mut self) {
         let room = self.cfg.max_packet.saturating_sub(wire::HEADER + 1 + 8);
-        let mut records = Vec::new();
+        let most = self.cfg.rumor_packets.max(1);
+        let mut packets: Vec<Vec<Record<T>>> = vec![Vec::new()];
         let mut size = 0;
+        let mut pushed = 0;
         for (r, left) in self.backlog.iter_mut() {
             let n = postcard_len(r);
             if size + n > room {
-                break;
+                if packets.len() == most || packets.last().is_none_or(Vec::is_empty) {
+                    break;
+                }
+                packets.push(Vec::new());
+                size = 0;
             }
             size += n;
-            records.push(r.clone());
+            if let Some(p) = packets.last_mut() {
+                p.push(r.clone());
+            }
             *left -= 1;
+            pushed += 1;
         }
         // Only the rumors just pushed can have run out of pushes: the rest of the backlog (up to
         // `MAX_BACKLOG`) is not looked through.
-        let pushed = records.len();
         if pushed == 0 {
             return;
         }
@@ -991,11 +1005,13 @@ where
         for r in kept.into_iter().rev() {
             self.backlog.push_front(r);
         }
-        // Encoded once for all the members it goes to.
-        let Some(payload) = table_payload(&TableMsg::Rumors { records }, self.cfg.max_packet) else { return };
-        for _ in 0..self.cfg.gossip_fanout.max(1) {
-            if let Some(to) = self.random_member() {
-                self.pending.push((to, payload.clone()));
+        for records in packets {
+            // Encoded once for all the members it goes to.
+            let Some(payload) = table_payload(&TableMsg::Rumors { records }, self.cfg.max_packet) else { continue };
+            for _ in 0..self.cfg.gossip_fanout.max(1) {
+                if let Some(to) = self.random_member() {
+                    self.pending.push((to, payload.clone()));
+                }
             }
         }
     }

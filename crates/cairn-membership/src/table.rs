@@ -137,17 +137,30 @@ pub struct Table<T> {
     /// Sorted by cell key.
     cells: Vec<(u64, Arc<Cell<T>>)>,
     len: usize,
+    /// Cells changed since the last [`Table::share`], and since the last one that shared cells
+    /// (so that sharing looks only at those, not at every cell).
+    fresh: Vec<u64>,
+    touched: Vec<u64>,
 }
 
 impl<T> Default for Table<T> {
     fn default() -> Self {
-        Self { cells: Vec::new(), len: 0 }
+        Self { cells: Vec::new(), len: 0, fresh: Vec::new(), touched: Vec::new() }
     }
 }
 
 impl<T> Table<T> {
     fn cell(&self, key: u64) -> Option<&Cell<T>> {
         self.cells.binary_search_by_key(&key, |(k, _)| *k).ok().map(|i| &*self.cells[i].1)
+    }
+
+    fn touch(&mut self, key: u64) {
+        if !self.fresh.contains(&key) {
+            self.fresh.push(key);
+        }
+        if !self.touched.contains(&key) {
+            self.touched.push(key);
+        }
     }
 
     /// The cell of `key`, created empty if absent.
@@ -189,6 +202,7 @@ impl<T: Member> Table<T> {
                 return Merged::Same;
             }
         }
+        self.touch(cell_key);
         let cell = Arc::make_mut(self.cell_mut(cell_key));
         cell.changed |= 1 << b;
         let bucket = Arc::make_mut(&mut cell.buckets[b]);
@@ -276,7 +290,8 @@ impl<T: Member> Table<T> {
     /// still sends them back as news).
     pub fn forget_dead(&mut self, before_ms: u64) -> usize {
         let mut dropped = 0;
-        for (_, cell) in self.cells.iter_mut() {
+        let mut touched = Vec::new();
+        for (key, cell) in self.cells.iter_mut() {
             // Only cells holding tombstones are looked through.
             if cell.dead == 0
                 || !cell
@@ -286,6 +301,7 @@ impl<T: Member> Table<T> {
             {
                 continue;
             }
+            touched.push(*key);
             let cell = Arc::make_mut(cell);
             for (i, b) in cell.buckets.iter_mut().enumerate() {
                 if !b.records.iter().any(|r| r.status == Status::Dead && r.changed_ms < before_ms) {
@@ -310,31 +326,49 @@ impl<T: Member> Table<T> {
             cell.dead = cell.buckets.iter().flat_map(|b| b.records.iter()).filter(|r| r.status == Status::Dead).count();
         }
         self.len -= dropped;
+        for key in touched {
+            self.touch(key);
+        }
         dropped
     }
 
     /// Replaces shared parts by equal ones (the simulator shares identical cells and buckets
     /// among its nodes this way; a node has no use for it): each bucket by `intern_bucket`'s,
-    /// then each cell by `intern_cell`'s. Unless `all_cells`, only cells this table holds alone
-    /// are looked at (a change copies the cell it is in, so a cell another table holds too has
-    /// not changed here since it was shared), and in them only the buckets changed since.
+    /// then, with `cells_too`, each cell by `intern_cell`'s. With `all_cells` every cell is
+    /// looked at; otherwise only those changed since the last share (since the last one with
+    /// `cells_too`, when sharing cells), and in them only the buckets changed since.
     pub fn share(
         &mut self,
         all_cells: bool,
+        cells_too: bool,
         mut intern_bucket: impl FnMut(u64, usize, &Arc<Bucket<T>>) -> Option<Arc<Bucket<T>>>,
         mut intern_cell: impl FnMut(u64, &Arc<Cell<T>>) -> Option<Arc<Cell<T>>>,
     ) {
-        for (k, cell) in self.cells.iter_mut() {
+        let keys: Vec<u64> = if all_cells {
+            self.cells.iter().map(|(k, _)| *k).collect()
+        } else if cells_too {
+            self.fresh.clear();
+            std::mem::take(&mut self.touched)
+        } else {
+            std::mem::take(&mut self.fresh)
+        };
+        if all_cells {
+            self.fresh.clear();
+            self.touched.clear();
+        }
+        for k in keys {
+            let Ok(i) = self.cells.binary_search_by_key(&k, |(k, _)| *k) else { continue };
+            let cell = &mut self.cells[i].1;
             if let Some(c) = Arc::get_mut(cell) {
                 let changed = std::mem::take(&mut c.changed);
                 for (i, b) in c.buckets.iter_mut().enumerate() {
                     if (all_cells || changed & (1 << i) != 0)
-                        && let Some(s) = intern_bucket(*k, i, b).filter(|s| !Arc::ptr_eq(s, b))
+                        && let Some(s) = intern_bucket(k, i, b).filter(|s| !Arc::ptr_eq(s, b))
                     {
                         *b = s;
                     }
                 }
-                if let Some(s) = intern_cell(*k, cell).filter(|s| !Arc::ptr_eq(s, cell)) {
+                if cells_too && let Some(s) = intern_cell(k, cell).filter(|s| !Arc::ptr_eq(s, cell)) {
                     *cell = s;
                 }
                 continue;
@@ -347,7 +381,7 @@ impl<T: Member> Table<T> {
                 .buckets
                 .iter()
                 .enumerate()
-                .filter_map(|(i, b)| intern_bucket(*k, i, b).filter(|s| !Arc::ptr_eq(s, b)).map(|s| (i, s)))
+                .filter_map(|(i, b)| intern_bucket(k, i, b).filter(|s| !Arc::ptr_eq(s, b)).map(|s| (i, s)))
                 .collect();
             if replace.is_empty() {
                 continue;

@@ -434,6 +434,7 @@ fn share_buckets(
     mut cells: Option<&mut CellInterner>,
     retimed: &mut u64,
 ) {
+    let cells_too = cells.is_some();
     let intern_cell = |k: u64, cell: &Arc<Cell<SimId>>| {
         let cells = cells.as_deref_mut()?;
         match cells.get(&(k, cell.digest)) {
@@ -448,6 +449,7 @@ fn share_buckets(
     };
     t.share(
         all_cells,
+        cells_too,
         |cell, b, arc| {
             let slot = last.get_mut(cell as usize * BUCKETS + b)?;
             if let Some(s) = slot.as_ref() {
