@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 pub trait Member: foca::Identity + Serialize + DeserializeOwned + std::hash::Hash {
     /// The node id placement hashes (stable across restarts).
     fn node_id(&self) -> &str;
+    /// Whether `other` has the same node id (an identity may answer without comparing strings).
+    fn same_node(&self, other: &Self) -> bool {
+        self.node_id() == other.node_id()
+    }
     /// The cell this member runs failure detection in (a hash of its name).
     fn cell(&self) -> u64;
     /// Bumped on every start and rejoin: between two identities of one node, the higher wins.
@@ -25,6 +29,9 @@ pub trait Member: foca::Identity + Serialize + DeserializeOwned + std::hash::Has
     /// Unix milliseconds at which this member's cache first joined (its data-moving ramp starts
     /// there; a restart with its disk keeps it, a fresh disk starts a new ramp).
     fn joined_ms(&self) -> u64;
+    /// Key of the failure domain (rack) this member shares with the members likely to fail with
+    /// it (one power feed, one top-of-rack switch); `None` when unknown.
+    fn domain(&self) -> Option<u64>;
 }
 
 /// A cairn node on the gossip wire.
@@ -112,6 +119,17 @@ impl Member for NodeIdentity {
 
     fn joined_ms(&self) -> u64 {
         self.joined
+    }
+
+    fn domain(&self) -> Option<u64> {
+        if self.rack.is_empty() {
+            return None;
+        }
+        let mut h = xxhash_rust::xxh3::Xxh3::with_seed(0x4ac4);
+        h.update(self.zone.as_bytes());
+        h.update(&[0]);
+        h.update(self.rack.as_bytes());
+        Some(h.digest())
     }
 }
 

@@ -62,6 +62,10 @@ pub struct Config {
     pub max_transmissions: u8,
     /// Pushes of each cluster-wide rumor.
     pub rumor_transmissions: u8,
+    /// Packets of rumors pushed per gossip round at most, each to `gossip_fanout` members: one
+    /// while a node has little news, more while a burst (many joins at once) drains, so that
+    /// news does not wait in the backlog for tens of rounds.
+    pub rumor_packets: usize,
     /// How often a node compares its table with a random member's.
     pub sync_every: Duration,
     /// Dead records are forgotten this long after `remove_after` (kept so that no peer brings
@@ -85,6 +89,7 @@ impl Default for Config {
             gossip_fanout: 2,
             max_transmissions: 8,
             rumor_transmissions: 8,
+            rumor_packets: 4,
             sync_every: Duration::from_secs(5),
             tombstone_for: Duration::from_secs(3600),
             cross_probe_every: Duration::from_secs(5),
@@ -113,6 +118,10 @@ const MAX_SNAPSHOT: usize = 256 << 20;
 const MAX_DEAD_CONTACTS: usize = 1024;
 /// Members whose last packet time is remembered.
 const MAX_HEARD: usize = 8192;
+/// Members of a suspect's failure domain probed at once, at most (a rack is ~40).
+const MAX_DOMAIN_PROBES: usize = 64;
+/// Failure domains remembered as checked recently.
+const MAX_DOMAINS_CHECKED: usize = 256;
 
 impl Config {
     fn foca(&self) -> foca::Config {
@@ -268,8 +277,13 @@ where
     next_cross_ms: u64,
     /// The cross-cell probe waiting for its ack: target, nonce, when sent.
     cross_probe: Option<(T, u64, u64)>,
-    /// Members outside this cell whose probes failed: since when (re-probed every tick).
+    /// Members outside this cell, or probed for their failure domain, whose probes failed:
+    /// since when (re-probed every tick).
     cross_suspects: HashMap<String, (T, u64, u64)>,
+    /// Members of a suspect's failure domain probed and not answered yet: when sent.
+    domain_probes: HashMap<String, (T, u64)>,
+    /// Failure domains probed recently: until when they are not probed again.
+    domains_checked: HashMap<u64, u64>,
     /// Members recently declared dead (not left): contacted now and then, so that the two sides
     /// of a healed partition find each other again.
     dead: Vec<T>,
@@ -297,7 +311,7 @@ enum Note<T> {
     Rejoined(T),
     Heard(T),
     Sent(u16),
-    ProbeFailed,
+    ProbeFailed(T),
 }
 
 impl<T: Member> foca::Runtime<T> for Rt<T> {
@@ -309,7 +323,7 @@ impl<T: Member> foca::Runtime<T> for Rt<T> {
             Notification::Rejoin(m) => Note::Rejoined(m.clone()),
             Notification::DataReceived(h) => Note::Heard(h.src.clone()),
             Notification::DataSent(h) => Note::Sent(h.src_incarnation),
-            Notification::ProbeFailed(..) => Note::ProbeFailed,
+            Notification::ProbeFailed(_, m) => Note::ProbeFailed(m.clone()),
             Notification::Active | Notification::Idle | Notification::Defunct => return,
         };
         self.notes.push(note);
@@ -348,6 +362,8 @@ where
             next_cross_ms: 0,
             cross_probe: None,
             cross_suspects: HashMap::new(),
+            domain_probes: HashMap::new(),
+            domains_checked: HashMap::new(),
             dead: Vec::new(),
             suspect_since: HashMap::new(),
             next_suspect_check_ms: 0,
@@ -401,7 +417,7 @@ where
     }
 
     fn is_me(&self, m: &T) -> bool {
-        m.node_id() == self.foca.identity().node_id() && m.cell() == self.cell
+        m.same_node(self.foca.identity()) && m.cell() == self.cell
     }
 
     /// Says hello to the members at `seeds` (known by address only).
@@ -658,7 +674,7 @@ where
     /// Merges a record; on news, tells this node's SWIM (same cell) and queues it as a rumor.
     fn learn_record(&mut self, rec: Record<T>, spread: bool) -> bool {
         let me = self.foca.identity();
-        if rec.member.node_id() == me.node_id() && rec.member.cell() == self.cell {
+        if rec.member.same_node(me) && rec.member.cell() == self.cell {
             // About this node: a death at its generation or later is refuted with a new one.
             if rec.status == Status::Dead
                 && !me.leaving()
@@ -752,6 +768,7 @@ where
                     self.cross_probe = None;
                 }
                 self.cross_suspects.remove(from.node_id());
+                self.domain_probes.remove(from.node_id());
             }
             TableMsg::PingReq { from, target, nonce } => {
                 if from.cell() == self.cell {
@@ -774,7 +791,22 @@ where
             && now_ms >= sent + period
         {
             self.cross_probe = None;
+            self.check_domain(&target, now_ms);
             self.cross_suspects.entry(target.node_id().to_owned()).or_insert((target, now_ms, nonce));
+        }
+        if !self.domain_probes.is_empty() {
+            let unanswered: Vec<String> = self
+                .domain_probes
+                .iter()
+                .filter(|(_, (_, sent))| now_ms >= sent + period)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for id in unanswered {
+                if let Some((target, _)) = self.domain_probes.remove(&id) {
+                    let nonce = self.rng.random::<u64>();
+                    self.cross_suspects.entry(id).or_insert((target, now_ms, nonce));
+                }
+            }
         }
         let suspect_ms = self.cfg.suspect_to_down_after.as_millis() as u64;
         let mut declare = Vec::new();
@@ -813,6 +845,56 @@ where
             }
         }
         self.cross_probe = Some((target, nonce, now_ms));
+    }
+
+    /// Racks fail whole (a power feed, a top-of-rack switch): when this node's probe of a member
+    /// fails, it probes the members of the same failure domain at once, directly and through two
+    /// members of its cell, instead of waiting for SWIM's round-robin to reach each of them (with
+    /// a rack of 40 down in a cell, the last of them is first probed seconds after the first).
+    /// One that does not answer within a probe period is suspected and handled like a member of
+    /// another cell whose probe failed: probed again every tick, declared dead after
+    /// `suspect_to_down_after` without an answer. A stalled or slow member answers meanwhile and
+    /// is not declared, exactly as with SWIM's own suspicion.
+    fn check_domain(&mut self, suspect: &T, now_ms: u64) {
+        let Some(domain) = suspect.domain() else { return };
+        if self.domains_checked.get(&domain).is_some_and(|&until| now_ms < until) {
+            return;
+        }
+        if self.domains_checked.len() >= MAX_DOMAINS_CHECKED {
+            self.domains_checked.retain(|_, until| *until > now_ms);
+            if self.domains_checked.len() >= MAX_DOMAINS_CHECKED {
+                return;
+            }
+        }
+        self.domains_checked.insert(domain, now_ms + self.cfg.suspect_to_down_after.as_millis() as u64);
+        let room = MAX_DOMAIN_PROBES.saturating_sub(self.domain_probes.len());
+        let mates: Vec<T> = self
+            .table
+            .cell_records(suspect.cell())
+            .filter(|r| {
+                let id = r.member.node_id();
+                r.status == Status::Alive
+                    && r.member.domain() == Some(domain)
+                    && id != suspect.node_id()
+                    && !self.is_me(&r.member)
+                    && !self.domain_probes.contains_key(id)
+                    && !self.cross_suspects.contains_key(id)
+            })
+            .take(room)
+            .map(|r| r.member.clone())
+            .collect();
+        let me = self.foca.identity().clone();
+        let mine = self.cell;
+        for target in mates {
+            let nonce = self.rng.random::<u64>();
+            self.send_table(target.clone(), &TableMsg::Ping { from: me.clone(), nonce });
+            for _ in 0..2 {
+                if let Some(relay) = self.random_member_where(|m| m.cell() == mine && m.node_id() != target.node_id()) {
+                    self.send_table(relay, &TableMsg::PingReq { from: me.clone(), target: target.clone(), nonce });
+                }
+            }
+            self.domain_probes.insert(target.node_id().to_owned(), (target, now_ms));
+        }
     }
 
     /// A suspicion foca can no longer settle: when this node changes identity (it rejoined), foca
@@ -890,23 +972,32 @@ where
         self.send_table(to.clone(), &TableMsg::Records { from: me, cell, bucket, records: part, want });
     }
 
-    /// Pushes waiting rumors (as many as fit one packet) to `gossip_fanout` random members.
+    /// Pushes waiting rumors, as many as fit `rumor_packets` packets, each packet to
+    /// `gossip_fanout` random members.
     fn push_rumors(&mut self) {
         let room = self.cfg.max_packet.saturating_sub(wire::HEADER + 1 + 8);
-        let mut records = Vec::new();
+        let most = self.cfg.rumor_packets.max(1);
+        let mut packets: Vec<Vec<Record<T>>> = vec![Vec::new()];
         let mut size = 0;
+        let mut pushed = 0;
         for (r, left) in self.backlog.iter_mut() {
             let n = postcard_len(r);
             if size + n > room {
-                break;
+                if packets.len() == most || packets.last().is_none_or(Vec::is_empty) {
+                    break;
+                }
+                packets.push(Vec::new());
+                size = 0;
             }
             size += n;
-            records.push(r.clone());
+            if let Some(p) = packets.last_mut() {
+                p.push(r.clone());
+            }
             *left -= 1;
+            pushed += 1;
         }
         // Only the rumors just pushed can have run out of pushes: the rest of the backlog (up to
         // `MAX_BACKLOG`) is not looked through.
-        let pushed = records.len();
         if pushed == 0 {
             return;
         }
@@ -914,11 +1005,13 @@ where
         for r in kept.into_iter().rev() {
             self.backlog.push_front(r);
         }
-        // Encoded once for all the members it goes to.
-        let Some(payload) = table_payload(&TableMsg::Rumors { records }, self.cfg.max_packet) else { return };
-        for _ in 0..self.cfg.gossip_fanout.max(1) {
-            if let Some(to) = self.random_member() {
-                self.pending.push((to, payload.clone()));
+        for records in packets {
+            // Encoded once for all the members it goes to.
+            let Some(payload) = table_payload(&TableMsg::Rumors { records }, self.cfg.max_packet) else { continue };
+            for _ in 0..self.cfg.gossip_fanout.max(1) {
+                if let Some(to) = self.random_member() {
+                    self.pending.push((to, payload.clone()));
+                }
             }
         }
     }
@@ -966,7 +1059,10 @@ where
                         self.own_incarnation = inc;
                     }
                 }
-                Note::ProbeFailed => self.stats.suspicions += 1,
+                Note::ProbeFailed(m) => {
+                    self.stats.suspicions += 1;
+                    self.check_domain(&m, now);
+                }
             }
         }
         let cell = self.cell.to_le_bytes();

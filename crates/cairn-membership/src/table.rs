@@ -4,8 +4,11 @@
 //! exchange only those buckets' records (anti-entropy), never the whole table.
 //!
 //! Cells and buckets are shared (`Arc`) and copied on write: an update copies one bucket.
+//!
+//! Most records a node is sent it holds already (every rumor reaches each node several times),
+//! so a lookup is kept to few memory accesses: cells in a sorted vector, and in each bucket the
+//! records ordered by their node id's 64-bit hash, found by a binary search over those hashes.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -62,11 +65,10 @@ fn bucket_index(id_hash: u64) -> usize {
 
 #[derive(Clone, Debug)]
 pub struct Bucket<T> {
-    /// Sorted by node id.
+    /// Sorted by (`id_hash` of the node id, node id).
     pub records: Vec<Record<T>>,
-    /// `id_hash` of each record's node id, in the same order: a lookup compares these 64-bit
-    /// hashes and only the id of a record whose hash matches (most lookups are of records
-    /// already known: every rumor and anti-entropy record is looked up by every node it reaches).
+    /// `id_hash` of each record's node id, in the same order (ascending): a lookup searches these
+    /// and compares only the id of a record whose hash matches.
     ids: Vec<u64>,
     pub digest: u64,
 }
@@ -78,18 +80,23 @@ impl<T> Default for Bucket<T> {
 }
 
 impl<T: Member> Bucket<T> {
-    /// Index of the record of `node_id`, whose `id_hash` is `h`.
-    fn position(&self, h: u64, node_id: &str) -> Option<usize> {
+    /// Index of the record whose node id hashes to `h` and is `node_id` (`same` tells, cheaply,
+    /// whether a member is that node), or where it would go.
+    fn search(&self, h: u64, node_id: &str, same: impl Fn(&T) -> bool) -> Result<usize, usize> {
         debug_assert_eq!(self.ids.len(), self.records.len());
-        let mut from = 0;
-        while let Some(k) = self.ids[from..].iter().position(|&x| x == h) {
-            let i = from + k;
-            if self.records[i].member.node_id() == node_id {
-                return Some(i);
+        let mut i = self.ids.partition_point(|&x| x < h);
+        // Ids whose hashes collide are ordered by id.
+        while i < self.ids.len() && self.ids[i] == h {
+            if same(&self.records[i].member) {
+                return Ok(i);
             }
-            from = i + 1;
+            match self.records[i].member.node_id().cmp(node_id) {
+                std::cmp::Ordering::Less => i += 1,
+                std::cmp::Ordering::Equal => return Ok(i),
+                std::cmp::Ordering::Greater => break,
+            }
         }
-        None
+        Err(i)
     }
 }
 
@@ -100,11 +107,19 @@ pub struct Cell<T> {
     pub len: usize,
     /// Dead records (tombstones) in the cell.
     pub dead: usize,
+    /// Buckets changed since [`Table::share`] last looked at this cell (one bit each).
+    changed: u16,
 }
 
 impl<T> Default for Cell<T> {
     fn default() -> Self {
-        Self { buckets: (0..BUCKETS).map(|_| Arc::new(Bucket::default())).collect(), digest: 0, len: 0, dead: 0 }
+        Self {
+            buckets: (0..BUCKETS).map(|_| Arc::new(Bucket::default())).collect(),
+            digest: 0,
+            len: 0,
+            dead: 0,
+            changed: 0,
+        }
     }
 }
 
@@ -119,13 +134,45 @@ pub enum Merged {
 
 #[derive(Clone, Debug)]
 pub struct Table<T> {
-    cells: BTreeMap<u64, Arc<Cell<T>>>,
+    /// Sorted by cell key.
+    cells: Vec<(u64, Arc<Cell<T>>)>,
     len: usize,
+    /// Cells changed since the last [`Table::share`], and since the last one that shared cells
+    /// (so that sharing looks only at those, not at every cell).
+    fresh: Vec<u64>,
+    touched: Vec<u64>,
 }
 
 impl<T> Default for Table<T> {
     fn default() -> Self {
-        Self { cells: BTreeMap::new(), len: 0 }
+        Self { cells: Vec::new(), len: 0, fresh: Vec::new(), touched: Vec::new() }
+    }
+}
+
+impl<T> Table<T> {
+    fn cell(&self, key: u64) -> Option<&Cell<T>> {
+        self.cells.binary_search_by_key(&key, |(k, _)| *k).ok().map(|i| &*self.cells[i].1)
+    }
+
+    fn touch(&mut self, key: u64) {
+        if !self.fresh.contains(&key) {
+            self.fresh.push(key);
+        }
+        if !self.touched.contains(&key) {
+            self.touched.push(key);
+        }
+    }
+
+    /// The cell of `key`, created empty if absent.
+    fn cell_mut(&mut self, key: u64) -> &mut Arc<Cell<T>> {
+        let i = match self.cells.binary_search_by_key(&key, |(k, _)| *k) {
+            Ok(i) => i,
+            Err(i) => {
+                self.cells.insert(i, (key, Arc::new(Cell::default())));
+                i
+            }
+        };
+        &mut self.cells[i].1
     }
 }
 
@@ -144,22 +191,24 @@ impl<T: Member> Table<T> {
         let node_id = rec.member.node_id();
         let h = id_hash(node_id);
         let b = bucket_index(h);
-        let found = self.cells.get(&cell_key).and_then(|c| {
+        let found = self.cell(cell_key).map(|c| {
             let bucket = &c.buckets[b];
-            bucket.position(h, node_id).map(|i| (i, bucket.records[i].rank()))
+            bucket.search(h, node_id, |m| m.same_node(&rec.member)).map(|i| (i, bucket.records[i].rank()))
         });
-        if let Some((_, old)) = found {
+        if let Some(Ok((_, old))) = found {
             // Of two equal records the one this node had first stands (nodes may differ on its
             // time by the time news takes to spread; it only times removal from the map).
             if rec.rank() <= old {
                 return Merged::Same;
             }
         }
-        let cell = Arc::make_mut(self.cells.entry(cell_key).or_default());
+        self.touch(cell_key);
+        let cell = Arc::make_mut(self.cell_mut(cell_key));
+        cell.changed |= 1 << b;
         let bucket = Arc::make_mut(&mut cell.buckets[b]);
         let new = rec.hash();
         match found {
-            Some((i, _)) => {
+            Some(Ok((i, _))) => {
                 let old = bucket.records[i].hash();
                 bucket.digest = bucket.digest.wrapping_sub(old).wrapping_add(new);
                 cell.digest = cell.digest.wrapping_sub(old).wrapping_add(new);
@@ -167,8 +216,12 @@ impl<T: Member> Table<T> {
                 cell.dead += usize::from(rec.status == Status::Dead);
                 bucket.records[i] = rec.clone();
             }
-            None => {
-                let i = bucket.records.binary_search_by(|r| r.member.node_id().cmp(node_id)).unwrap_or_else(|i| i);
+            Some(Err(_)) | None => {
+                // A new cell's bucket is empty.
+                let i = match found {
+                    Some(Err(i)) => i,
+                    _ => 0,
+                };
                 bucket.digest = bucket.digest.wrapping_add(new);
                 cell.digest = cell.digest.wrapping_add(new);
                 cell.dead += usize::from(rec.status == Status::Dead);
@@ -184,16 +237,16 @@ impl<T: Member> Table<T> {
     /// The record of `node_id` in `cell`.
     pub fn get(&self, cell: u64, node_id: &str) -> Option<&Record<T>> {
         let h = id_hash(node_id);
-        let bucket = &self.cells.get(&cell)?.buckets[bucket_index(h)];
-        bucket.position(h, node_id).map(|i| &bucket.records[i])
+        let bucket = &self.cell(cell)?.buckets[bucket_index(h)];
+        bucket.search(h, node_id, |m| m.node_id() == node_id).ok().map(|i| &bucket.records[i])
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Record<T>> {
-        self.cells.values().flat_map(|c| c.buckets.iter().flat_map(|b| b.records.iter()))
+        self.cells.iter().flat_map(|(_, c)| c.buckets.iter().flat_map(|b| b.records.iter()))
     }
 
     pub fn cell_records(&self, cell: u64) -> impl Iterator<Item = &Record<T>> {
-        self.cells.get(&cell).into_iter().flat_map(|c| c.buckets.iter().flat_map(|b| b.records.iter()))
+        self.cell(cell).into_iter().flat_map(|c| c.buckets.iter().flat_map(|b| b.records.iter()))
     }
 
     /// One digest per cell, in cell order.
@@ -202,23 +255,23 @@ impl<T: Member> Table<T> {
     }
 
     pub fn cell_digest(&self, cell: u64) -> u64 {
-        self.cells.get(&cell).map_or(0, |c| c.digest)
+        self.cell(cell).map_or(0, |c| c.digest)
     }
 
     pub fn bucket_digests(&self, cell: u64) -> Vec<u64> {
-        match self.cells.get(&cell) {
+        match self.cell(cell) {
             Some(c) => c.buckets.iter().map(|b| b.digest).collect(),
             None => vec![0; BUCKETS],
         }
     }
 
     pub fn bucket(&self, cell: u64, b: usize) -> &[Record<T>] {
-        self.cells.get(&cell).and_then(|c| c.buckets.get(b)).map_or(&[], |b| &b.records)
+        self.cell(cell).and_then(|c| c.buckets.get(b)).map_or(&[], |b| &b.records)
     }
 
     /// The `i`-th record in table order (for uniform random choice).
     pub fn nth(&self, mut i: usize) -> Option<&Record<T>> {
-        for c in self.cells.values() {
+        for (_, c) in &self.cells {
             if i >= c.len {
                 i -= c.len;
                 continue;
@@ -237,7 +290,8 @@ impl<T: Member> Table<T> {
     /// still sends them back as news).
     pub fn forget_dead(&mut self, before_ms: u64) -> usize {
         let mut dropped = 0;
-        for cell in self.cells.values_mut() {
+        let mut touched = Vec::new();
+        for (key, cell) in self.cells.iter_mut() {
             // Only cells holding tombstones are looked through.
             if cell.dead == 0
                 || !cell
@@ -247,11 +301,13 @@ impl<T: Member> Table<T> {
             {
                 continue;
             }
+            touched.push(*key);
             let cell = Arc::make_mut(cell);
-            for b in &mut cell.buckets {
+            for (i, b) in cell.buckets.iter_mut().enumerate() {
                 if !b.records.iter().any(|r| r.status == Status::Dead && r.changed_ms < before_ms) {
                     continue;
                 }
+                cell.changed |= 1 << i;
                 let b = Arc::make_mut(b);
                 let (mut records, mut ids) = (Vec::with_capacity(b.records.len()), Vec::with_capacity(b.ids.len()));
                 for (r, h) in b.records.drain(..).zip(b.ids.drain(..)) {
@@ -270,24 +326,50 @@ impl<T: Member> Table<T> {
             cell.dead = cell.buckets.iter().flat_map(|b| b.records.iter()).filter(|r| r.status == Status::Dead).count();
         }
         self.len -= dropped;
+        for key in touched {
+            self.touch(key);
+        }
         dropped
     }
 
-    /// Replaces shared parts by equal ones from `intern` (the simulator shares identical cells and
-    /// buckets among its nodes this way; a node has no use for it). Unless `all_cells`, only
-    /// cells this table holds alone are looked at: a change copies the cell it is in, so a cell
-    /// another table holds too has not changed here since it was shared.
+    /// Replaces shared parts by equal ones (the simulator shares identical cells and buckets
+    /// among its nodes this way; a node has no use for it): each bucket by `intern_bucket`'s,
+    /// then, with `cells_too`, each cell by `intern_cell`'s. With `all_cells` every cell is
+    /// looked at; otherwise only those changed since the last share (since the last one with
+    /// `cells_too`, when sharing cells), and in them only the buckets changed since.
     pub fn share(
         &mut self,
         all_cells: bool,
-        mut intern: impl FnMut(u64, usize, &Arc<Bucket<T>>) -> Option<Arc<Bucket<T>>>,
+        cells_too: bool,
+        mut intern_bucket: impl FnMut(u64, usize, &Arc<Bucket<T>>) -> Option<Arc<Bucket<T>>>,
+        mut intern_cell: impl FnMut(u64, &Arc<Cell<T>>) -> Option<Arc<Cell<T>>>,
     ) {
-        for (k, cell) in self.cells.iter_mut() {
-            if let Some(cell) = Arc::get_mut(cell) {
-                for (i, b) in cell.buckets.iter_mut().enumerate() {
-                    if let Some(s) = intern(*k, i, b).filter(|s| !Arc::ptr_eq(s, b)) {
+        let keys: Vec<u64> = if all_cells {
+            self.cells.iter().map(|(k, _)| *k).collect()
+        } else if cells_too {
+            self.fresh.clear();
+            std::mem::take(&mut self.touched)
+        } else {
+            std::mem::take(&mut self.fresh)
+        };
+        if all_cells {
+            self.fresh.clear();
+            self.touched.clear();
+        }
+        for k in keys {
+            let Ok(i) = self.cells.binary_search_by_key(&k, |(k, _)| *k) else { continue };
+            let cell = &mut self.cells[i].1;
+            if let Some(c) = Arc::get_mut(cell) {
+                let changed = std::mem::take(&mut c.changed);
+                for (i, b) in c.buckets.iter_mut().enumerate() {
+                    if (all_cells || changed & (1 << i) != 0)
+                        && let Some(s) = intern_bucket(k, i, b).filter(|s| !Arc::ptr_eq(s, b))
+                    {
                         *b = s;
                     }
+                }
+                if cells_too && let Some(s) = intern_cell(k, cell).filter(|s| !Arc::ptr_eq(s, cell)) {
+                    *cell = s;
                 }
                 continue;
             }
@@ -299,7 +381,7 @@ impl<T: Member> Table<T> {
                 .buckets
                 .iter()
                 .enumerate()
-                .filter_map(|(i, b)| intern(*k, i, b).filter(|s| !Arc::ptr_eq(s, b)).map(|s| (i, s)))
+                .filter_map(|(i, b)| intern_bucket(k, i, b).filter(|s| !Arc::ptr_eq(s, b)).map(|s| (i, s)))
                 .collect();
             if replace.is_empty() {
                 continue;
@@ -314,8 +396,8 @@ impl<T: Member> Table<T> {
     /// Approximate heap bytes held (shared parts counted in full).
     pub fn memory_bytes(&self) -> usize {
         self.cells
-            .values()
-            .map(|c| {
+            .iter()
+            .map(|(_, c)| {
                 std::mem::size_of::<Cell<T>>()
                     + c.buckets
                         .iter()
@@ -375,9 +457,11 @@ mod tests {
             assert_eq!(t.get(*cell, id), Some(r));
         }
         assert_eq!(t.get(cell_key("c0"), "absent"), None);
-        // Records in (cell, bucket, node id) order; digests are the sums of the records' hashes.
+        // Records in (cell, bucket, id hash, node id) order; digests are the sums of the records'
+        // hashes.
         let mut expected: Vec<&Record<NodeIdentity>> = m.values().collect();
-        expected.sort_by_key(|r| (r.member.cell(), bucket_of(&r.member.id), r.member.id.clone()));
+        expected
+            .sort_by_key(|r| (r.member.cell(), bucket_of(&r.member.id), id_hash(&r.member.id), r.member.id.clone()));
         assert_eq!(t.iter().collect::<Vec<_>>(), expected);
         for (cell, digest) in t.digests() {
             let recs: Vec<&Record<NodeIdentity>> =

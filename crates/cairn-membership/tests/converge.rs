@@ -247,6 +247,30 @@ fn cells_detect_their_own_failures_and_every_cell_learns_them() {
 }
 
 #[test]
+fn a_rack_that_loses_power_is_declared_dead_together() {
+    let mut net = Net::empty();
+    let seed = ident(0, 1).gossip;
+    for i in 0..30u16 {
+        let mut id = ident(i, 1);
+        id.rack = format!("r{}", i / 10);
+        let m = Membership::new(id, Config::default(), b"secret-one", u64::from(i));
+        net.add(m, if i == 0 { None } else { Some(seed) });
+    }
+    net.run_until(net.now + 30_000);
+    for i in 20..30u16 {
+        net.dead.insert(ident(i, 1).gossip);
+    }
+    // SWIM's round-robin reaches the last of the ten seconds after the first; the first failed
+    // probe has its rack-mates probed at once, so all ten are declared within about one
+    // suspicion timeout (8 s) and two probe periods.
+    net.run_until(net.now + 11_500);
+    for v in net.views() {
+        let down = v.iter().filter(|(_, s)| *s == NodeState::Down).count();
+        assert_eq!(down, 10, "{v:?}");
+    }
+}
+
+#[test]
 fn a_cell_that_dies_whole_is_declared_dead_by_the_other_cells() {
     let mut net = Net::empty();
     let seed = ident(0, 1).gossip;

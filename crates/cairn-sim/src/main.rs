@@ -8,6 +8,7 @@
 //!                                                [--jitter-us 200] [--loss 0.0] [--spread 5]
 //!                                                [--steady 30] [--crash 3] [--loss-test 0.01]
 //!                                                [--loss-secs 60] [--budget 240] [--seed 1]
+//!                                                [--only 2,3,4,5,6]
 //! cargo run --release -p cairn-sim -- fanout [--sizes 100,1000,10000] [--object 16GiB] [--chunk 8MiB]
 //!                                            [--window 8] [--upload-slots 16] [--link-gbit 200]
 //!                                            [--origin-gbit 100] [--origin-ms 30] [--latency-us 50]
@@ -29,7 +30,7 @@
 //! memory per node. `--form preformed` starts every node with the full table (a formed cluster)
 //! instead of each taking a seed's snapshot as it starts.
 //! `--budget` is the wall-clock seconds a convergence phase may take before it is reported as not
-//! converged.
+//! converged; `--only` runs some of scenarios 2–6 (forming always runs).
 
 mod fanout;
 mod membership;
@@ -37,6 +38,12 @@ mod placement;
 mod reference;
 
 use std::process::ExitCode;
+
+// jemalloc, as in the `cairn` binary: the membership simulation makes and frees hundreds of
+// millions of small blocks (copied-on-write buckets, packets) of many sizes; glibc's malloc
+// spent a fifth of the 100,000-node join in its free lists and fragmented the heap.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -58,7 +65,7 @@ fn main() -> ExitCode {
 const USAGE: &str = "usage: cairn-sim placement [--sizes 1000,10000,100000] [--lookups N] [--weights equal|mixed]
        cairn-sim membership [--sizes 1000,10000,100000] [--cell-size N] [--form snapshot|preformed]
                             [--latency-us N] [--jitter-us N] [--loss P] [--spread S] [--steady S] [--crash K]
-                            [--loss-test P] [--loss-secs S] [--budget S] [--seed N]
+                            [--loss-test P] [--loss-secs S] [--budget S] [--seed N] [--only 2,3,4,5,6]
        cairn-sim fanout [--sizes 100,1000,10000] [--object 16GiB] [--chunk 8MiB] [--window N]
                         [--upload-slots N] [--link-gbit G] [--origin-gbit G] [--origin-ms MS] [--latency-us US]
                         [--schemes b,p] [--seed N] [--direct-budget N] [--max-children N]

@@ -147,6 +147,15 @@ impl Member for SimId {
         if self.generation == 0 { "" } else { name(self.idx) }
     }
 
+    fn same_node(&self, other: &Self) -> bool {
+        // Ids come from indices; a placeholder's is empty.
+        match (self.generation, other.generation) {
+            (0, 0) => true,
+            (0, _) | (_, 0) => false,
+            _ => self.idx == other.idx,
+        }
+    }
+
     fn cell(&self) -> u64 {
         cell_of(self.idx)
     }
@@ -180,6 +189,10 @@ impl Member for SimId {
 
     fn joined_ms(&self) -> u64 {
         if self.joined_s == 0 { 0 } else { BASE_MS + u64::from(self.joined_s) * 1000 }
+    }
+
+    fn domain(&self) -> Option<u64> {
+        Some(u64::from(rack_of(self.idx)))
     }
 }
 
@@ -391,7 +404,13 @@ struct Interner {
     /// Whole tables by (length, cell digests), with the share pass that interned them: a node
     /// whose table is equal takes a clone (sharing every cell, not only the buckets).
     tables: HashMap<u64, (Table<SimId>, u64)>,
+    /// One cell per (cell, digest), interned by the per-second pass: a node that holds its own
+    /// copy of a cell (copied on write) takes the interned one once their buckets are the same.
+    cells: CellInterner,
 }
+
+/// Interned cells by (cell, digest).
+type CellInterner = HashMap<(u64, u64), Arc<Cell<SimId>>>;
 
 /// Key of a table for the table interner: its length and cell digests (cells `0..cells`).
 fn table_key(t: &Table<SimId>, cells: u32) -> u64 {
@@ -404,33 +423,54 @@ fn table_key(t: &Table<SimId>, cells: u32) -> u64 {
 
 /// Replaces each bucket of `t` by the interned one of equal (cell, index, digest), or interns it.
 /// A bucket already shared costs one pointer comparison. Unless `all_cells`, only the cells `t`
-/// holds alone (changed since they were last shared) are looked at.
+/// holds alone (changed since they were last shared) are looked at. With `cells`, each cell `t`
+/// holds alone is then replaced by the interned cell of equal (cell, digest) and buckets, or
+/// interned.
 fn share_buckets(
     t: &mut Table<SimId>,
     all_cells: bool,
     buckets: &mut HashMap<(u64, usize, u64), Arc<Bucket<SimId>>>,
     last: &mut [Option<Arc<Bucket<SimId>>>],
+    mut cells: Option<&mut CellInterner>,
     retimed: &mut u64,
 ) {
-    t.share(all_cells, |cell, b, arc| {
-        let slot = last.get_mut(cell as usize * BUCKETS + b)?;
-        if let Some(s) = slot.as_ref() {
-            if Arc::ptr_eq(s, arc) {
+    let cells_too = cells.is_some();
+    let intern_cell = |k: u64, cell: &Arc<Cell<SimId>>| {
+        let cells = cells.as_deref_mut()?;
+        match cells.get(&(k, cell.digest)) {
+            Some(s) if s.len == cell.len && s.buckets.iter().zip(&cell.buckets).all(|(a, b)| Arc::ptr_eq(a, b)) => {
+                Some(s.clone())
+            }
+            _ => {
+                cells.insert((k, cell.digest), cell.clone());
+                None
+            }
+        }
+    };
+    t.share(
+        all_cells,
+        cells_too,
+        |cell, b, arc| {
+            let slot = last.get_mut(cell as usize * BUCKETS + b)?;
+            if let Some(s) = slot.as_ref() {
+                if Arc::ptr_eq(s, arc) {
+                    return None;
+                }
+                if s.digest == arc.digest {
+                    *retimed += 1;
+                    return Some(s.clone());
+                }
+            }
+            let s = buckets.entry((cell, b, arc.digest)).or_insert_with(|| arc.clone()).clone();
+            *slot = Some(s.clone());
+            if Arc::ptr_eq(&s, arc) {
                 return None;
             }
-            if s.digest == arc.digest {
-                *retimed += 1;
-                return Some(s.clone());
-            }
-        }
-        let s = buckets.entry((cell, b, arc.digest)).or_insert_with(|| arc.clone()).clone();
-        *slot = Some(s.clone());
-        if Arc::ptr_eq(&s, arc) {
-            return None;
-        }
-        *retimed += 1;
-        Some(s)
-    });
+            *retimed += 1;
+            Some(s)
+        },
+        intern_cell,
+    );
 }
 
 fn same_table(a: &Table<SimId>, b: &Table<SimId>, cells: u32) -> bool {
@@ -688,7 +728,7 @@ impl Sim {
                 self.shared_epoch[i] = m.epoch();
                 let t = Instant::now();
                 let Interner { buckets, last, .. } = &mut self.interner;
-                share_buckets(m.table_mut(), false, buckets, last, &mut self.retimed);
+                share_buckets(m.table_mut(), false, buckets, last, None, &mut self.retimed);
                 self.wall_share += t.elapsed();
             }
             if requeue {
@@ -723,7 +763,7 @@ impl Sim {
     fn share_all(&mut self, full: bool) {
         let t = Instant::now();
         let cells = CELLS.load(AtOrd::Relaxed);
-        let Interner { buckets, last, tables } = &mut self.interner;
+        let Interner { buckets, last, tables, cells: cell_interner } = &mut self.interner;
         let pass = self.share_passes;
         let retimed = &mut self.retimed;
         let mut tables_taken = 0u64;
@@ -743,7 +783,7 @@ impl Sim {
                 tables_taken += 1;
                 continue;
             }
-            share_buckets(m.table_mut(), full, buckets, last, retimed);
+            share_buckets(m.table_mut(), full, buckets, last, Some(cell_interner), retimed);
             tables.insert(key, (m.table().clone(), pass));
         }
         self.tables_taken += tables_taken;
@@ -757,6 +797,7 @@ impl Sim {
                     last.get(*c as usize * BUCKETS + *b).and_then(|s| s.as_ref()).is_some_and(|s| Arc::ptr_eq(s, a));
                 Arc::strong_count(a) > 1 + usize::from(in_last)
             });
+            cell_interner.retain(|_, c| Arc::strong_count(c) > 1);
         }
         self.wall_share += t.elapsed();
     }
@@ -834,6 +875,14 @@ impl Sim {
         let mut r = WatchResult::default();
         let Some(w) = self.watch.take() else { return r };
         for v in &w.victims {
+            let (mut first, mut last) = (f64::INFINITY, 0f64);
+            for (o, &s) in v.seen.iter().enumerate() {
+                if s != u64::MAX && !self.dead[o] {
+                    first = first.min(s as f64 / 1e6);
+                    last = last.max(s as f64 / 1e6);
+                }
+            }
+            r.per_victim.push((v.id.idx, first, last));
             for (o, &s) in v.seen.iter().enumerate() {
                 if self.dead[o] || self.nodes[o].is_none() || o as u32 == v.id.idx {
                     continue;
@@ -966,6 +1015,8 @@ impl Sim {
 
 #[derive(Default)]
 struct WatchResult {
+    /// Per victim: seconds until the first live node held it dead, and until the last did.
+    per_victim: Vec<(u32, f64, f64)>,
     all: Vec<f64>,
     cell: Vec<f64>,
     other: Vec<f64>,
@@ -1002,6 +1053,8 @@ pub struct Options {
     /// Forming: every node takes a seed's snapshot as it starts (`snapshot`), or every node starts
     /// with the full table of all N (`preformed`: a cluster that formed already, e.g. restarted).
     pub preformed: bool,
+    /// Scenarios 2–6 to run (forming always runs); all by default.
+    pub only: Vec<u32>,
 }
 
 impl Options {
@@ -1020,6 +1073,7 @@ impl Options {
             budget_s: 240,
             seed: 1,
             preformed: false,
+            only: vec![2, 3, 4, 5, 6],
         };
         let mut args = args.iter();
         while let Some(flag) = args.next() {
@@ -1044,6 +1098,15 @@ impl Options {
                 "--loss-secs" => o.loss_s = num(value)?,
                 "--budget" => o.budget_s = num(value)?,
                 "--seed" => o.seed = num(value)?,
+                "--only" => {
+                    o.only = value
+                        .split(',')
+                        .map(|s| s.trim().parse().map_err(|e| format!("bad scenario {s:?}: {e}")))
+                        .collect::<Result<_, _>>()?;
+                    if o.only.iter().any(|k| !(2..=6).contains(k)) {
+                        return Err("--only takes scenarios 2 to 6 (forming always runs)".into());
+                    }
+                }
                 "--form" => {
                     o.preformed = match value.as_str() {
                         "snapshot" => false,
@@ -1061,6 +1124,10 @@ impl Options {
             return Err("--jitter-us must not exceed --latency-us".into());
         }
         Ok(o)
+    }
+
+    fn runs(&self, scenario: u32) -> bool {
+        self.only.contains(&scenario)
     }
 
     /// Cells for `n` nodes: `ceil(n / cell_size)`, or one (flat) with `--cell-size 0`.
@@ -1365,115 +1432,129 @@ pub fn run_size(n: usize, o: &Options) -> Report {
     // 2. Steady state: let the join backlog drain, then measure.
     let p = phase_start(&sim);
     sim.run_until(sim.now + 15_000_000);
-    let before: Vec<(u64, u64)> = (0..n)
-        .map(|i| sim.nodes[i].as_ref().map(|m| (m.stats().packets_out, m.stats().bytes_out)).unwrap_or((0, 0)))
-        .collect();
-    eprintln!("[{n}] 2. steady state over {} s", o.steady_s);
-    sim.run_until(sim.now + o.steady_s * 1_000_000);
-    let secs = o.steady_s.max(1) as f64;
-    let rates: Vec<(f64, f64)> = (0..n)
-        .filter_map(|i| sim.nodes[i].as_ref().map(|m| (i, m)))
-        .map(|(i, m)| {
-            ((m.stats().packets_out - before[i].0) as f64 / secs, (m.stats().bytes_out - before[i].1) as f64 / secs)
-        })
-        .collect();
-    r.pps_mean = rates.iter().map(|x| x.0).sum::<f64>() / rates.len() as f64;
-    r.pps_max = rates.iter().map(|x| x.0).fold(0.0, f64::max);
-    r.bps_mean = rates.iter().map(|x| x.1).sum::<f64>() / rates.len() as f64;
-    r.bps_max = rates.iter().map(|x| x.1).fold(0.0, f64::max);
-    eprintln!(
-        "[{n}] 2. steady result: {:.1} packets/s mean, {:.0} max; {:.0} B/s mean, {:.0} max",
-        r.pps_mean, r.pps_max, r.bps_mean, r.bps_max
-    );
-    phase_end(&sim, &mut r, "2. steady", p);
-
-    // 3. Crash.
-    let p = phase_start(&sim);
-    let candidates: Vec<u32> = (SEEDS.len() as u32..n as u32).collect();
-    let victims = shuffle_pick(&mut sim, &candidates, o.crash);
-    eprintln!("[{n}] 3. crash {victims:?}");
-    sim.false_downs = 0;
-    sim.falsely_downed.clear();
-    sim.watch(&victims);
-    for &v in &victims {
-        sim.crash(v);
+    if o.runs(2) {
+        let before: Vec<(u64, u64)> = (0..n)
+            .map(|i| sim.nodes[i].as_ref().map(|m| (m.stats().packets_out, m.stats().bytes_out)).unwrap_or((0, 0)))
+            .collect();
+        eprintln!("[{n}] 2. steady state over {} s", o.steady_s);
+        sim.run_until(sim.now + o.steady_s * 1_000_000);
+        let secs = o.steady_s.max(1) as f64;
+        let rates: Vec<(f64, f64)> = (0..n)
+            .filter_map(|i| sim.nodes[i].as_ref().map(|m| (i, m)))
+            .map(|(i, m)| {
+                ((m.stats().packets_out - before[i].0) as f64 / secs, (m.stats().bytes_out - before[i].1) as f64 / secs)
+            })
+            .collect();
+        r.pps_mean = rates.iter().map(|x| x.0).sum::<f64>() / rates.len() as f64;
+        r.pps_max = rates.iter().map(|x| x.0).fold(0.0, f64::max);
+        r.bps_mean = rates.iter().map(|x| x.1).sum::<f64>() / rates.len() as f64;
+        r.bps_max = rates.iter().map(|x| x.1).fold(0.0, f64::max);
+        eprintln!(
+            "[{n}] 2. steady result: {:.1} packets/s mean, {:.0} max; {:.0} B/s mean, {:.0} max",
+            r.pps_mean, r.pps_max, r.bps_mean, r.bps_max
+        );
+        phase_end(&sim, &mut r, "2. steady", p);
     }
-    run_until_done(&mut sim, "crash", 120_000_000, budget, |s| {
-        let m = s.watch_missing();
-        (m == 0, format!("{m} (node, victim) pairs left"))
-    });
-    let w = sim.watch_result();
-    r.crash = Some((describe(&w), check_down_in_maps(&sim, &victims)));
-    // Each result goes to stderr as soon as it is known: a long run stopped early keeps them.
-    eprintln!("[{n}] 3. crash result: {}", describe(&w));
-    if sim.false_downs > 0 {
-        r.notes.push(format!("crash phase: {} live nodes declared down by someone", sim.falsely_downed.len()));
+
+    if o.runs(3) {
+        // 3. Crash.
+        let p = phase_start(&sim);
+        let candidates: Vec<u32> = (SEEDS.len() as u32..n as u32).collect();
+        let victims = shuffle_pick(&mut sim, &candidates, o.crash);
+        eprintln!("[{n}] 3. crash {victims:?}");
+        sim.false_downs = 0;
+        sim.falsely_downed.clear();
+        sim.watch(&victims);
+        for &v in &victims {
+            sim.crash(v);
+        }
+        run_until_done(&mut sim, "crash", 120_000_000, budget, |s| {
+            let m = s.watch_missing();
+            (m == 0, format!("{m} (node, victim) pairs left"))
+        });
+        let w = sim.watch_result();
+        r.crash = Some((describe(&w), check_down_in_maps(&sim, &victims)));
+        // Each result goes to stderr as soon as it is known: a long run stopped early keeps them.
+        eprintln!("[{n}] 3. crash result: {}", describe(&w));
+        if sim.false_downs > 0 {
+            r.notes.push(format!("crash phase: {} live nodes declared down by someone", sim.falsely_downed.len()));
+        }
+        sim.run_until(sim.now + 5_000_000);
+        phase_end(&sim, &mut r, "3. crash", p);
     }
-    sim.run_until(sim.now + 5_000_000);
-    phase_end(&sim, &mut r, "3. crash", p);
 
-    // 4a. Loss.
-    let p = phase_start(&sim);
-    eprintln!("[{n}] 4a. {:.1}% loss for {} s", o.loss_test * 100.0, o.loss_s);
-    let s0 = sim.stats_sum();
-    sim.false_downs = 0;
-    sim.falsely_downed.clear();
-    let saved_loss = sim.net.loss;
-    sim.net.loss = o.loss_test;
-    sim.run_until(sim.now + o.loss_s * 1_000_000);
-    sim.net.loss = saved_loss;
-    sim.run_until(sim.now + 15_000_000);
-    let s1 = sim.stats_sum();
-    let sample = (sim.live_count() / 200).max(1);
-    let in_tables = sim.dead_in_tables(sample).len();
-    r.loss_false = (
-        sim.false_downs,
-        sim.falsely_downed.len(),
-        in_tables,
-        s1.suspicions - s0.suspicions,
-        s1.refutations - s0.refutations,
-    );
-    eprintln!(
-        "[{n}] 4a. loss result (down notices, nodes, dead in tables, suspicions, refutations): {:?}",
-        r.loss_false
-    );
-    phase_end(&sim, &mut r, "4a. loss", p);
-
-    // 4b. Stalls.
-    let p = phase_start(&sim);
-    let live: Vec<u32> = sim.live().map(|(i, _)| i).filter(|i| !SEEDS.contains(i)).collect();
-    let stalled = shuffle_pick(&mut sim, &live, 3);
-    eprintln!("[{n}] 4b. stall {stalled:?} for 5 s each");
-    sim.false_downs = 0;
-    sim.falsely_downed.clear();
-    for &s in &stalled {
-        sim.stall(s, 5_000_000);
+    if o.runs(4) {
+        // 4a. Loss.
+        let p = phase_start(&sim);
+        eprintln!("[{n}] 4a. {:.1}% loss for {} s", o.loss_test * 100.0, o.loss_s);
+        let s0 = sim.stats_sum();
+        sim.false_downs = 0;
+        sim.falsely_downed.clear();
+        let saved_loss = sim.net.loss;
+        sim.net.loss = o.loss_test;
+        sim.run_until(sim.now + o.loss_s * 1_000_000);
+        sim.net.loss = saved_loss;
+        sim.run_until(sim.now + 15_000_000);
+        let s1 = sim.stats_sum();
+        let sample = (sim.live_count() / 200).max(1);
+        let in_tables = sim.dead_in_tables(sample).len();
+        r.loss_false = (
+            sim.false_downs,
+            sim.falsely_downed.len(),
+            in_tables,
+            s1.suspicions - s0.suspicions,
+            s1.refutations - s0.refutations,
+        );
+        eprintln!(
+            "[{n}] 4a. loss result (down notices, nodes, dead in tables, suspicions, refutations): {:?}",
+            r.loss_false
+        );
+        phase_end(&sim, &mut r, "4a. loss", p);
     }
-    sim.run_until(sim.now + 30_000_000);
-    let s2 = sim.stats_sum();
-    let in_tables = sim.dead_in_tables(sample).len();
-    r.stall_false = (
-        sim.false_downs,
-        sim.falsely_downed.len(),
-        in_tables,
-        s2.suspicions - s1.suspicions,
-        s2.refutations - s1.refutations,
-    );
-    eprintln!(
-        "[{n}] 4b. stall result (down notices, nodes, dead in tables, suspicions, refutations): {:?}",
-        r.stall_false
-    );
-    phase_end(&sim, &mut r, "4b. stall", p);
 
-    // 5. A rack of 40 dies (before the joins, so that the ramp does not move keys meanwhile).
-    let p = phase_start(&sim);
-    r.rack = Some(rack_scenario(&mut sim, n, budget, &mut r.notes));
-    phase_end(&sim, &mut r, "5. rack", p);
+    if o.runs(4) {
+        // 4b. Stalls.
+        let p = phase_start(&sim);
+        let s1 = sim.stats_sum();
+        let sample = (sim.live_count() / 200).max(1);
+        let live: Vec<u32> = sim.live().map(|(i, _)| i).filter(|i| !SEEDS.contains(i)).collect();
+        let stalled = shuffle_pick(&mut sim, &live, 3);
+        eprintln!("[{n}] 4b. stall {stalled:?} for 5 s each");
+        sim.false_downs = 0;
+        sim.falsely_downed.clear();
+        for &s in &stalled {
+            sim.stall(s, 5_000_000);
+        }
+        sim.run_until(sim.now + 30_000_000);
+        let s2 = sim.stats_sum();
+        let in_tables = sim.dead_in_tables(sample).len();
+        r.stall_false = (
+            sim.false_downs,
+            sim.falsely_downed.len(),
+            in_tables,
+            s2.suspicions - s1.suspicions,
+            s2.refutations - s1.refutations,
+        );
+        eprintln!(
+            "[{n}] 4b. stall result (down notices, nodes, dead in tables, suspicions, refutations): {:?}",
+            r.stall_false
+        );
+        phase_end(&sim, &mut r, "4b. stall", p);
+    }
 
-    // 6. Joins.
-    let p = phase_start(&sim);
-    r.join = Some(join_scenario(&mut sim, n, joiners, budget, &mut r.notes));
-    phase_end(&sim, &mut r, "6. join", p);
+    if o.runs(5) {
+        // 5. A rack of 40 dies (before the joins, so that the ramp does not move keys meanwhile).
+        let p = phase_start(&sim);
+        r.rack = Some(rack_scenario(&mut sim, n, budget, &mut r.notes));
+        phase_end(&sim, &mut r, "5. rack", p);
+    }
+
+    if o.runs(6) {
+        // 6. Joins.
+        let p = phase_start(&sim);
+        r.join = Some(join_scenario(&mut sim, n, joiners, budget, &mut r.notes));
+        phase_end(&sim, &mut r, "6. join", p);
+    }
 
     r.peak_rss = proc_status_kib("VmHWM:").map(|k| k * 1024);
     r.notes.push(format!(
@@ -1515,6 +1596,11 @@ fn rack_scenario(sim: &mut Sim, n: usize, budget: Duration, notes: &mut Vec<Stri
         (m == 0, format!("{m} (node, victim) pairs left"))
     });
     let w = sim.watch_result();
+    let mut slowest = w.per_victim.clone();
+    slowest.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let slowest: Vec<String> =
+        slowest.iter().take(5).map(|(v, f, l)| format!("n{v}: first {f:.1} s, all {l:.1} s")).collect();
+    eprintln!("[{n}] 5. slowest victims (first node to hold it dead, all live nodes): {}", slowest.join("; "));
     if sim.false_downs > 0 {
         notes.push(format!("rack phase: {} live nodes declared down by someone", sim.falsely_downed.len()));
     }
