@@ -21,6 +21,11 @@ no reader pays for a disk), and its sha256 checked:
    S3 endpoint; then the same with the disk tier off (RAM only), to show what filling the disk
    tier costs the cold read; then the same object again (a hit).
 
+6. a checkpoint written through cairn at `local` durability (`--checkpoint-mib`, 4 GiB by
+   default), uploaded to the origin in the background (`POST /v1/sync` waits for it), then read
+   back whole: the origin bytes the read-back cost (target 0: the uploaded chunks are carried
+   over to the origin's version), against the bytes of a cold read of the same size.
+
 For each row the CPU seconds of the reader (cairn's process, or the tool) per byte are printed:
 a figure that hardly moves with the machine's load, unlike the throughput.
 The Markdown table is printed and written to bench/cold_results.md.
@@ -86,12 +91,46 @@ def check(path, want, name):
         raise RuntimeError(f"{name}: wrong bytes (sha256 {got}, expected {want})")
 
 
+def checkpoint_round_trip(bin_path, tmp, emu, size):
+    """Writes `size` bytes through a fresh node at `local`, waits for the upload, reads them back;
+    returns (ack s, in-origin s, read-back s, origin bytes of the read-back, size)."""
+    src = tmp / "checkpoint.bin"
+    sha = gen_file(src, size, 11)
+    node = Cairn(bin_path, tmp, "cairn-ckpt", [emu.origin_toml(BUCKET)],
+                 cache=['ram_capacity = "1GiB"', 'disk_capacity = "12GiB"'])
+    try:
+        t0 = time.perf_counter()
+        subprocess.run(["curl", "-sf", "-o", "/dev/null", "-T", src, "-H", "x-cairn-durability: local",
+                        node.url(f"/{BUCKET}/ckpt/step-1000.bin")], check=True, timeout=1800)
+        ack = time.perf_counter() - t0
+        import urllib.request
+
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{node.admin}/v1/sync?bucket={BUCKET}&prefix=ckpt/&timeout=1800s", method="POST")
+        with urllib.request.urlopen(req, timeout=1900) as r:
+            if r.status != 200:
+                raise RuntimeError(f"sync answered {r.status}")
+        synced = time.perf_counter() - t0
+        os.unlink(src)
+        before = node.metrics().get("cairn_origin_bytes_total", 0)
+        sink = tmp / "readback.bin"
+        t1 = time.perf_counter()
+        subprocess.run(["curl", "-sf", "-o", sink, node.url(f"/{BUCKET}/ckpt/step-1000.bin")], check=True, timeout=1800)
+        read = time.perf_counter() - t1
+        check(sink, sha, "checkpoint read-back")
+        origin_read = int(node.check_metrics().get("cairn_origin_bytes_total", 0) - before)
+        return ack, synced, read, origin_read, size
+    finally:
+        node.stop()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--latency", default="30ms")
     ap.add_argument("--bandwidth", default="60MB")
-    ap.add_argument("--only", default="", help="comma-separated subset of: stream,s5cmd,rclone,aws,cairn")
+    ap.add_argument("--checkpoint-mib", type=int, default=4096)
+    ap.add_argument("--only", default="", help="comma-separated subset of: stream,s5cmd,rclone,aws,cairn,checkpoint")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "bench" / "cold_results.md"))
     args = ap.parse_args()
@@ -106,6 +145,7 @@ def main():
     sink = shm / "out.bin"
     started = time.time()
     results = {}  # name -> (seconds, cpu seconds)
+    checkpoint = None
     try:
         shutil.copy2(bin_path, tmp / "cairn")
         bin_path = str(tmp / "cairn")
@@ -181,6 +221,8 @@ def main():
                         check(sink, sha, "cairn hit")
                 finally:
                     node.stop()
+        if want("checkpoint"):
+            checkpoint = checkpoint_round_trip(bin_path, tmp, emu, args.checkpoint_mib * MIB)
         load = foreign.cores()
     finally:
         stop_all()
@@ -215,6 +257,12 @@ def main():
         slow = results[cold][0] / results[ram][0] - 1
         verdicts.append(f"filling the disk tier slows the cold read by {slow * 100:+.0f}% "
                         f"(target ≤ 10%: {'met' if slow <= 0.10 else 'MISSED'})")
+    if checkpoint:
+        ack, synced, read, origin_read, ck_size = checkpoint
+        verdicts.append(
+            f"checkpoint of {ck_size // MIB} MiB written at `local`: acknowledged in {ack:.1f} s, in the origin after "
+            f"{synced:.1f} s; read back in {read:.1f} s ({ck_size / read / 1e6:.0f} MB/s) costing the origin "
+            f"{origin_read} bytes (target 0: {'met' if origin_read == 0 else 'MISSED'})")
     head = ("Reader", "throughput", "time", "× one stream", "reader CPU per byte")
     header = (
         f"Cold read of a {args.size_mib} MiB object from cairn-emu (latency {args.latency}, {args.bandwidth}/s per "
