@@ -2,11 +2,13 @@
 """KV benchmark: cairn's Redis-protocol endpoint against Redis 7 (persistence off), same client
 (redis-benchmark), same machine, same run.
 
-    CAIRN_BIN=target/release/cairn python3 bench/kv_bench.py [--quick] [--keep]
+    CAIRN_BIN=target/release/cairn python3 bench/kv_bench.py [--quick] [--keep] [--small-only]
 
 Measures, for each server:
-  1. SET and GET throughput and p99 latency for 4 KiB, 1 MiB and 32 MiB values at 1, 8 and 32
-     connections (redis-benchmark -t set,get, random keys from a small keyspace so GETs hit);
+  1. SET and GET throughput, p99 latency and the server's CPU time per request for 1 KiB and 4 KiB
+     values at 1, 8, 32 and 50 connections, each without and with pipelining (-P 16), and for 1 MiB
+     and 32 MiB values at 1, 8 and 32 connections (redis-benchmark -t set, then -t get, random keys
+     from a small keyspace so GETs hit);
   2. a 128-key EXISTS (LMCache's batch lookup; ~150-byte keys, half of them present): p50/p99;
   3. a working set twice the RAM tier (1 MiB values): cairn with a 1 GiB RAM tier and a disk tier,
      Redis with maxmemory 1 GiB (allkeys-lru): hit ratio and GET throughput.
@@ -27,13 +29,22 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import cpustat  # noqa: E402
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
-SIZES = [(4096, "4 KiB"), (MIB, "1 MiB"), (32 * MIB, "32 MiB")]
-CONNS = [1, 8, 32]
-# Requests per run and keyspace per value size: about 1-3 s per run on the reference machine.
-REQUESTS = {4096: 60000, MIB: 3000, 32 * MIB: 160}
-KEYSPACE = {4096: 1000, MIB: 200, 32 * MIB: 16}
+SMALL = [(1024, "1 KiB"), (4096, "4 KiB")]
+LARGE = [(MIB, "1 MiB"), (32 * MIB, "32 MiB")]
+SMALL_CONNS = [1, 8, 32, 50]
+LARGE_CONNS = [1, 8, 32]
+# redis-benchmark -P: requests per round trip. 1 = no pipelining.
+PIPELINES = {"small": [1, 16], "large": [1]}
+# Requests per run and keyspace per value size: about 1-3 s per run on the reference machine
+# (pipelined runs send PIPELINED_FACTOR times as many).
+REQUESTS = {1024: 60000, 4096: 60000, MIB: 3000, 32 * MIB: 160}
+PIPELINED_FACTOR = 4
+KEYSPACE = {1024: 1000, 4096: 1000, MIB: 200, 32 * MIB: 16}
 WORKING_SET_RAM = 1024 * MIB
 
 
@@ -61,6 +72,7 @@ class Server:
         self.name, self.port = name, port
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         wait_port(port, self.proc)
+        self.pid = self.proc.pid
 
     def stop(self):
         if self.proc.poll() is None:
@@ -132,25 +144,40 @@ def benchmark(port, *args, n, c):
     return rows
 
 
-def throughput(servers, quick):
-    lines = ["| value | conns | op | Redis req/s | cairn req/s | ratio | Redis p99 ms | cairn p99 ms | cairn MB/s |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for size, label in SIZES:
-        for c in CONNS:
-            n = REQUESTS[size] // (4 if quick else 1)
-            if c == 1:
-                n //= 3
-            n = max(n, 2 * c)
-            res = {}
-            for s in servers:
-                # SET first (fills the keyspace), then GET of the same keys.
-                res[s.name] = benchmark(s.port, "-t", "set,get", "-d", str(size), "-r", str(KEYSPACE[size]), n=n, c=c)
-            for op in ("SET", "GET"):
-                r, k = res["redis"][op], res["cairn"][op]
-                mbs = k[0] * size / 1e6
-                lines.append(f"| {label} | {c} | {op} | {r[0]:,.0f} | {k[0]:,.0f} | {k[0] / r[0]:.2f}× | {r[2]:.2f} | "
-                             f"{k[2]:.2f} | {mbs:,.0f} |")
-            print(lines[-2] + "\n" + lines[-1], flush=True)
+def throughput(servers, quick, small_only):
+    """GET/SET rows; beside each throughput, the server's CPU time per request (all its threads,
+    from the scheduler), which moves much less than throughput when the machine is shared."""
+    lines = ["| value | conns | pipeline | op | Redis req/s | cairn req/s | ratio | Redis CPU µs/req | "
+             "cairn CPU µs/req | CPU ratio | Redis p99 ms | cairn p99 ms | cairn MB/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    groups = [(SMALL, SMALL_CONNS, PIPELINES["small"])]
+    if not small_only:
+        groups.append((LARGE, LARGE_CONNS, PIPELINES["large"]))
+    for sizes, conns, pipelines in groups:
+        for size, label in sizes:
+            for c in conns:
+                for p in pipelines:
+                    n = REQUESTS[size] // (4 if quick else 1)
+                    if c == 1:
+                        n //= 3
+                    if p > 1:
+                        n *= PIPELINED_FACTOR
+                    n = max(n, 2 * c * p)
+                    res = {}
+                    for s in servers:
+                        # SET first (fills the keyspace), then GET of the same keys; each measured alone.
+                        for op in ("set", "get"):
+                            with cpustat.Meter(s.pid) as m:
+                                row = benchmark(s.port, "-t", op, "-P", str(p), "-d", str(size), "-r",
+                                                str(KEYSPACE[size]), n=n, c=c)
+                            res[(s.name, op.upper())] = row[op.upper()] + (m.per(n),)
+                    for op in ("SET", "GET"):
+                        r, k = res[("redis", op)], res[("cairn", op)]
+                        mbs = k[0] * size / 1e6
+                        lines.append(f"| {label} | {c} | {p} | {op} | {r[0]:,.0f} | {k[0]:,.0f} | {k[0] / r[0]:.2f}× | "
+                                     f"{r[3]:.1f} | {k[3]:.1f} | {k[3] / r[3]:.2f}× | {r[2]:.2f} | {k[2]:.2f} | "
+                                     f"{mbs:,.0f} |")
+                    print(lines[-2] + "\n" + lines[-1], flush=True)
     return lines
 
 
@@ -210,6 +237,8 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--skip-working-set", action="store_true")
     ap.add_argument("--only-working-set", action="store_true")
+    ap.add_argument("--small-only", action="store_true",
+                    help="only the 1 KiB and 4 KiB GET/SET rows (no large values, EXISTS or working set)")
     args = ap.parse_args()
     bin_path = os.environ.get("CAIRN_BIN", str(ROOT / "target" / "release" / "cairn"))
     for tool in ("redis-server", "redis-benchmark", "redis-cli"):
@@ -223,12 +252,14 @@ def main():
         if not args.only_working_set:
             servers = [start_redis(work), start_cairn(work, bin_path, "8GiB", "0")]
             try:
-                out += ["### GET/SET throughput and p99", ""] + throughput(servers, args.quick) + [""]
-                out += ["### 128-key EXISTS (8 connections)", ""] + exists_batch(servers, args.quick) + [""]
+                out += ["### GET/SET throughput, p99 and CPU per request", ""]
+                out += throughput(servers, args.quick, args.small_only) + [""]
+                if not args.small_only:
+                    out += ["### 128-key EXISTS (8 connections)", ""] + exists_batch(servers, args.quick) + [""]
             finally:
                 for s in servers:
                     s.stop()
-        if not args.skip_working_set:
+        if not (args.skip_working_set or args.small_only):
             out += ["### Working set twice the RAM limit (1 MiB values, 2 GiB of keys, random GETs, 8 connections)",
                     ""] + working_set(work, bin_path, args.quick) + [""]
     finally:

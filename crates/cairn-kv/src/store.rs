@@ -267,11 +267,8 @@ impl KvStore {
         let found = {
             let mut g = self.shared.inner.lock();
             let found = self.locate(&mut g, key, now, false);
-            if let Some(Found::Value(_, true)) = &found
-                && let Some((k, _)) = g.ram.get_key_value(key)
-            {
-                let k = k.clone();
-                g.ram_policy.touch(&k);
+            if let Some(Found::Value(_, true)) = &found {
+                g.ram_policy.touch(key);
             }
             found
         };
@@ -394,7 +391,6 @@ impl KvStore {
     pub fn set(&self, key: Bytes, value: Bytes, opts: SetOptions) -> SetOutcome {
         let now = self.now();
         let value = if value.len() < COPY_BELOW { Bytes::copy_from_slice(&value) } else { value };
-        let key = Bytes::copy_from_slice(&key);
         let mut actions = Vec::new();
         {
             let mut g = self.shared.inner.lock();
@@ -413,9 +409,15 @@ impl KvStore {
             } else {
                 opts.ttl.map(|d| now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
             };
-            actions.extend(self.remove_locked(&mut g, &key));
             let slot = Slot { value, expires, lease_until: 0, on_disk: None };
-            actions.extend(self.insert_ram(&mut g, key, slot));
+            match self.replace_in_ram(&mut g, &key, slot) {
+                Ok(done) => actions.extend(done),
+                Err(slot) => {
+                    actions.extend(self.remove_locked(&mut g, &key));
+                    // The key is copied out of the connection's buffer, which it would keep alive.
+                    actions.extend(self.insert_ram(&mut g, Bytes::copy_from_slice(&key), slot));
+                }
+            }
             if now >= g.next_sweep {
                 g.next_sweep = now + SWEEP_EVERY_MS;
                 actions.extend(self.sweep_held(&mut g, now));
@@ -427,6 +429,12 @@ impl KvStore {
 
     /// `Some(expiry)` when `key` exists (expiry `None` = no TTL).
     fn current_expiry(&self, g: &mut Inner, key: &[u8], now: u64) -> Option<Option<u64>> {
+        // The common case in one lookup: a live value in RAM.
+        if let Some(s) = g.ram.get(key)
+            && !expired(s.expires, now)
+        {
+            return Some(s.expires);
+        }
         self.locate(g, key, now, false)?;
         let e = if let Some(s) = g.ram.get(key) {
             s.expires
@@ -539,11 +547,8 @@ impl KvStore {
         for k in keys {
             if let Some(found) = self.locate(&mut g, k.as_ref(), now, false) {
                 n += 1;
-                if let Found::Value(_, true) = found
-                    && let Some((owned, _)) = g.ram.get_key_value(k.as_ref())
-                {
-                    let owned = owned.clone();
-                    g.ram_policy.touch(&owned);
+                if let Found::Value(_, true) = found {
+                    g.ram_policy.touch(k.as_ref());
                 }
             }
         }
@@ -654,16 +659,25 @@ impl KvStore {
 
     /// Removes every copy of `key`; returns the files to delete.
     fn remove_locked(&self, g: &mut Inner, key: &[u8]) -> Vec<Action> {
+        if g.ram.remove(key).is_some() {
+            g.ram_policy.remove(key);
+        }
+        self.remove_below_ram(g, key)
+    }
+
+    /// Removes every copy of `key` outside the RAM tier; files to delete. Tiers that are empty
+    /// (no disk tier, nothing spilling or held: the usual case) cost no lookup.
+    fn remove_below_ram(&self, g: &mut Inner, key: &[u8]) -> Vec<Action> {
         let mut actions = Vec::new();
-        if let Some((k, _)) = g.ram.remove_entry(key) {
-            g.ram_policy.remove(&k);
+        if g.spilling.is_empty() && g.disk.is_empty() && g.held.is_empty() {
+            return actions;
         }
         if let Some(s) = g.spilling.remove(key) {
             // The spill task sees its entry gone and removes its own file.
             g.spill_bytes -= s.value.len() as u64;
         }
-        if let Some((k, m)) = g.disk.remove_entry(key) {
-            g.disk_policy.remove(&k);
+        if let Some(m) = g.disk.remove(key) {
+            g.disk_policy.remove(key);
             actions.push(Action::RemoveFile(m.seq));
         }
         if let Some(h) = g.held.remove(key) {
@@ -675,10 +689,38 @@ impl KvStore {
         actions
     }
 
+    /// A SET of a key RAM already holds: the value replaced in its slot and its eviction entry
+    /// re-weighed, in two lookups, rather than removed and queued again (which left a stale queue
+    /// entry behind per overwrite). Gives the slot back when the key is not in RAM or the new
+    /// value is heavier than the whole tier.
+    fn replace_in_ram(&self, g: &mut Inner, key: &[u8], slot: Slot) -> Result<Vec<Action>, Slot> {
+        let weight = (slot.value.len() + key.len()) as u64;
+        if weight > g.ram_policy.capacity() {
+            return Err(slot);
+        }
+        let Some(current) = g.ram.get_mut(key) else { return Err(slot) };
+        *current = slot;
+        let victims = g.ram_policy.reweigh(key, weight);
+        debug_assert!(victims.is_some(), "a key in the RAM tier has an entry in its policy");
+        let victims = victims.unwrap_or_default();
+        // A copy promoted from disk (or any other tier's copy) is of the old value.
+        let mut actions = self.remove_below_ram(g, key);
+        actions.extend(self.ram_victims(g, victims));
+        Ok(actions)
+    }
+
     fn insert_ram(&self, g: &mut Inner, key: Bytes, slot: Slot) -> Vec<Action> {
         let weight = (slot.value.len() + key.len()) as u64;
         g.ram.insert(key.clone(), slot);
         let victims = g.ram_policy.insert(key, weight);
+        self.ram_victims(g, victims)
+    }
+
+    /// Moves keys the RAM policy evicted out of the RAM tier: spilled, held, or dropped.
+    fn ram_victims(&self, g: &mut Inner, victims: Vec<Bytes>) -> Vec<Action> {
+        if victims.is_empty() {
+            return Vec::new();
+        }
         let now = self.now();
         let mut actions = Vec::new();
         for v in victims {
@@ -838,6 +880,39 @@ mod tests {
         assert!(s.delete(b"k"));
         assert!(!s.delete(b"k"));
         assert_eq!(s.get(b"k").await, None);
+    }
+
+    #[tokio::test]
+    async fn overwrites_replace_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(1 << 20, 0, dir.path());
+        for i in 0..1000u32 {
+            let len = 10 + (i as usize % 7);
+            assert_eq!(s.set("k".into(), val(len, i as u8), SetOptions::default()), SetOutcome::Stored);
+            assert_eq!(s.get(b"k").await, Some(val(len, i as u8)));
+            assert_eq!(s.ram_used(), (len + 1) as u64);
+        }
+        // One queue entry for the key however often it was overwritten.
+        assert_eq!(s.shared.inner.lock().ram_policy.queued(), 1);
+        // An overwrite clears the TTL unless told to keep it, and ends a lease.
+        assert!(s.expire(b"k", 60_000));
+        s.set("k".into(), val(3, 0), SetOptions::default());
+        assert_eq!(s.ttl(b"k"), Ttl::Persistent);
+        let ttl = SetOptions { ttl: Some(Duration::from_secs(60)), ..Default::default() };
+        s.set("k".into(), val(3, 1), ttl);
+        s.set("k".into(), val(3, 2), SetOptions { keep_ttl: true, ..Default::default() });
+        assert!(matches!(s.ttl(b"k"), Ttl::Millis(ms) if ms > 50_000));
+        assert_eq!(s.get(b"k").await, Some(val(3, 2)));
+    }
+
+    #[tokio::test]
+    async fn an_overwrite_heavier_than_ram_evicts_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(1000, 0, dir.path());
+        s.set("k".into(), val(10, 1), SetOptions::default());
+        s.set("k".into(), val(2000, 2), SetOptions::default());
+        assert_eq!(s.get(b"k").await, None);
+        assert_eq!(s.ram_used(), 0);
     }
 
     #[tokio::test]

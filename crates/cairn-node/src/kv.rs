@@ -308,7 +308,9 @@ impl KvNode {
 
     async fn execute_one(&self, s: &mut Session, args: Vec<Bytes>) -> Reply {
         KvCounters::add(&self.counters.commands, 1);
-        s.entry.last_ms.store(s.entry.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+        // One clock read serves CLIENT LIST's idle time and the latency histogram.
+        let started = Instant::now();
+        s.entry.last_ms.store(started.duration_since(s.entry.opened).as_millis() as u64, Ordering::Relaxed);
         let cmd = match Command::parse(&args, self.cfg.max_key_size) {
             Ok(c) => c,
             Err(e) => {
@@ -327,7 +329,6 @@ impl KvNode {
         {
             return self.queue(s, cmd, &args);
         }
-        let started = Instant::now();
         let op = op_index(&cmd);
         let reply = match cmd {
             Command::Ping(None) => Reply::Simple("PONG"),

@@ -80,7 +80,13 @@ pub async fn serve_kv(
 /// system call (and the client wakes up fewer times per reply).
 async fn write_out<S: AsyncWrite + Unpin>(stream: &mut S, out: &mut Output, kv: &KvNode) -> std::io::Result<()> {
     KvCounters::add(&kv.counters.bytes_out, out.len() as u64);
-    let mut segs: std::collections::VecDeque<bytes::Bytes> = out.take().into();
+    let mut segs = out.take();
+    // Small replies (the usual batch) are one coalesced segment: a plain write, no iovec array.
+    if let [only] = segs.as_slice() {
+        stream.write_all(only).await?;
+        return stream.flush().await;
+    }
+    let mut segs: std::collections::VecDeque<bytes::Bytes> = std::mem::take(&mut segs).into();
     while !segs.is_empty() {
         let slices: Vec<IoSlice<'_>> = segs.iter().take(MAX_IOVECS).map(|b| IoSlice::new(b)).collect();
         let mut n = stream.write_vectored(&slices).await?;

@@ -9,6 +9,7 @@
 //!
 //! The policy holds keys and weights only; the tiers keep the values.
 
+use std::borrow::Borrow;
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -80,12 +81,18 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
         self.entries.is_empty()
     }
 
-    pub fn contains(&self, key: &K) -> bool {
+    pub fn contains<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+    {
         self.entries.contains_key(key)
     }
 
-    /// Records a hit.
-    pub fn touch(&mut self, key: &K) {
+    /// Records a hit. Takes a borrowed key, so a lookup by `&[u8]` needs no owned copy.
+    pub fn touch<Q: Hash + Eq + ?Sized>(&mut self, key: &Q)
+    where
+        K: Borrow<Q>,
+    {
         if let Some(e) = self.entries.get_mut(key) {
             e.freq = (e.freq + 1).min(MAX_FREQ);
         }
@@ -132,8 +139,43 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
         evicted
     }
 
+    /// Changes the weight of a resident `key` in place (its queue and hits stay) and returns the
+    /// keys evicted to make room; `None` when `key` is not resident or would not be admitted at
+    /// `weight`, and nothing changed.
+    pub fn reweigh<Q: Hash + Eq + ?Sized>(&mut self, key: &Q, weight: u64) -> Option<Vec<K>>
+    where
+        K: Borrow<Q>,
+    {
+        if weight > self.capacity {
+            return None;
+        }
+        let e = self.entries.get_mut(key)?;
+        let old = e.weight;
+        e.weight = weight;
+        match e.queue {
+            Queue::Small => self.small_bytes = self.small_bytes - old + weight,
+            Queue::Main => self.main_bytes = self.main_bytes - old + weight,
+        }
+        let mut evicted = Vec::new();
+        while self.used() > self.capacity {
+            match self.evict_one() {
+                Some((k, _)) => evicted.push(k),
+                None => break,
+            }
+        }
+        Some(evicted)
+    }
+
+    /// Entries waiting in the two queues, stale ones included (for tests of their bound).
+    pub fn queued(&self) -> usize {
+        self.small.len() + self.main.len()
+    }
+
     /// Forgets `key`; returns whether it was resident.
-    pub fn remove(&mut self, key: &K) -> bool {
+    pub fn remove<Q: Hash + Eq + ?Sized>(&mut self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+    {
         match self.entries.remove(key) {
             Some(e) => {
                 match e.queue {
@@ -229,6 +271,25 @@ impl<K: Hash + Eq + Clone> S3Fifo<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reweigh_changes_an_entry_in_place() {
+        let mut p = S3Fifo::new(100);
+        assert!(p.insert(1u8, 40).is_empty());
+        assert!(p.insert(2u8, 40).is_empty());
+        assert_eq!(p.reweigh(&1, 10), Some(Vec::new()));
+        assert_eq!(p.used(), 50);
+        assert_eq!(p.queued(), 2);
+        // Past the capacity, it evicts as an insert does.
+        let evicted = p.reweigh(&1, 70).unwrap_or_default();
+        assert!(!evicted.is_empty());
+        assert!(p.used() <= 100);
+        // Not resident, or heavier than the whole capacity: nothing changes.
+        assert_eq!(p.reweigh(&3, 10), None);
+        let before = p.used();
+        assert_eq!(p.reweigh(&2, 101), None);
+        assert_eq!(p.used(), before);
+    }
     use proptest::prelude::*;
 
     #[test]
