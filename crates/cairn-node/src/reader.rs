@@ -459,6 +459,9 @@ impl ReadThrough {
     }
 }
 
+/// Where a read reports the window it ended with: the per-origin map and its bucket's key.
+type Learned = (Arc<Mutex<HashMap<String, usize>>>, String);
+
 /// The chunk fetches of one read, in order, started ahead of the reader.
 ///
 /// A fixed window that keeps loopback busy starves a reader of a distant origin: with 30 ms to
@@ -480,7 +483,7 @@ struct Ahead<F> {
     waited_on: Option<usize>,
     /// Pieces handed to the reader so far.
     taken: usize,
-    learned: Option<(Arc<Mutex<HashMap<String, usize>>>, String)>,
+    learned: Option<Learned>,
 }
 
 impl<F, Fut> Ahead<F>
@@ -494,7 +497,7 @@ where
         fetch: F,
         window: usize,
         max: usize,
-        learned: Option<(Arc<Mutex<HashMap<String, usize>>>, String)>,
+        learned: Option<Learned>,
     ) -> Self {
         Self {
             pieces: pieces.into_iter().enumerate(),
