@@ -27,8 +27,6 @@ import os
 import pathlib
 import platform
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,147 +36,20 @@ import urllib.request
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import cpustat  # noqa: E402
+from toolkit import (  # noqa: E402,F401  (shared helpers; tls_bench and compat use them through this module)
+    ANOMALIES, GIB, MIB, PROCS, ROOT, Cairn, ForeignLoad, anomaly, cpu_busy, free_port, gen_file, log, revision,
+    start, stop, stop_all, table, wait_port,
+)
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 AZURITE_ACCOUNT = "devstoreaccount1"
-MIB = 1 << 20
-GIB = 1 << 30
 HIT_OBJECT = 16 * MIB
 HIT_OBJECTS = 4
 RANGE = (4096, 8191)
 
-PROCS = []  # every process started here, stopped in reverse order at the end
-ANOMALIES = []  # anything in cairn's behaviour that looked wrong
-
-
-def log(msg):
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def anomaly(msg):
-    log("ANOMALY: " + msg)
-    ANOMALIES.append(msg)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, timeout=60.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
-
-
-def start(args, log_path, env=None, cwd=None):
-    out = open(log_path, "wb")
-    proc = subprocess.Popen(
-        args,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
-        cwd=cwd,
-        start_new_session=True,
-    )
-    out.close()
-    PROCS.append(proc)
-    return proc
-
-
-def stop(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if proc in PROCS:
-        PROCS.remove(proc)
-
-
-def stop_all():
-    for proc in reversed(list(PROCS)):
-        try:
-            stop(proc)
-        except Exception as e:  # keep stopping the others
-            log(f"stopping {proc.args[0]}: {e}")
-
 
 # ---------------------------------------------------------------------------------------------
 # Servers
-
-
-class Cairn:
-    def __init__(self, bin_path, tmp, name, origins, readahead=None, env=None):
-        self.name = name
-        self.dir = tmp / name
-        self.dir.mkdir()
-        self.port, self.admin = free_port(), free_port()
-        cache = [
-            f'dir = "{self.dir / "cache"}"',
-            'ram_capacity = "4GiB"',
-            'disk_capacity = "8GiB"',
-        ]
-        if readahead is not None:
-            cache.append(f"readahead_chunks = {readahead}")
-        cfg = (
-            f'[node]\nlisten = "127.0.0.1:{self.port}"\nadmin_listen = "127.0.0.1:{self.admin}"\n\n'
-            "[cache]\n" + "\n".join(cache) + "\n\n[auth]\nallow_anonymous = true\n\n[kv]\nlisten = \"\"\n\n" + "\n".join(origins)
-        )
-        self.config = self.dir / "cfg.toml"
-        self.config.write_text(cfg)
-        self.log_path = self.dir / "cairn.log"
-        self.proc = start([bin_path, "serve", "--config", str(self.config)], self.log_path, env=env)
-        wait_port(self.port, self.proc)
-        wait_port(self.admin, self.proc)
-
-    def url(self, path):
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def metrics(self):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        values = {}
-        for line in text.splitlines():
-            if not line or line.startswith("#"):
-                continue
-            key, _, value = line.rpartition(" ")
-            try:
-                values[key] = float(value)
-            except ValueError:
-                pass
-        return values
-
-    def check_metrics(self, expect_origin_errors=0):
-        m = self.metrics()
-        errs = {k: v for k, v in m.items() if k.startswith("cairn_s3_errors_total") and v}
-        if errs:
-            anomaly(f"{self.name}: S3 errors in metrics: {errs}")
-        if m.get("cairn_origin_errors_total", 0) > expect_origin_errors:
-            anomaly(f"{self.name}: cairn_origin_errors_total = {m['cairn_origin_errors_total']:.0f}")
-        for key in ("cairn_disk_write_errors_total",):
-            if m.get(key, 0):
-                anomaly(f"{self.name}: {key} = {m[key]:.0f}")
-        return m
-
-    def stop(self):
-        stop(self.proc)
-        log_text = self.log_path.read_text(errors="replace")
-        bad = [l for l in log_text.splitlines() if " ERROR " in l or "panicked" in l]
-        if bad:
-            anomaly(f"{self.name}: {len(bad)} ERROR/panic line(s) in its log, first: {bad[0][:300]}")
 
 
 class Nginx:
@@ -354,20 +225,6 @@ def curl_sha256(url):
 
 # ---------------------------------------------------------------------------------------------
 # Measurements
-
-
-def gen_file(path, size, seed):
-    """Writes `size` pseudo-random bytes (cheap to generate, incompressible enough) and returns
-    (sha256 hex, bytes)."""
-    h = hashlib.sha256()
-    block = os.urandom(4 * MIB)
-    with open(path, "wb") as f:
-        for i in range(size // len(block)):
-            # vary every block so no two chunks are identical
-            b = (seed * 1_000_003 + i).to_bytes(8, "little") + block[8:]
-            f.write(b)
-            h.update(b)
-    return h.hexdigest()
 
 
 def bench_hits(cairn, nginx, tmp, seconds, rows):
@@ -601,54 +458,6 @@ def bench_collapse(bin_path, tmp, big_path, big_sha, size, rows):
     return {"ratio": ratio, "origin_bytes": origin_bytes, "wall_s": dt, "bad": len(bad)}
 
 
-def cpu_busy(seconds=2.0):
-    """Fraction of all CPUs busy over `seconds` (from /proc/stat), to flag a machine that is not idle."""
-
-    def sample():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        idle = v[3] + v[4]
-        return sum(v) - idle, sum(v)
-
-    b0, t0 = sample()
-    time.sleep(seconds)
-    b1, t1 = sample()
-    return (b1 - b0) / max(1, t1 - t0)
-
-
-class ForeignLoad:
-    """CPU used on this machine by processes that are not ours, over a span of time, in cores:
-    user+system time from /proc/stat minus the rusage of this process and its (waited-for)
-    children. Softirq time (loopback networking) is counted in neither."""
-
-    def __init__(self):
-        self.t0, self.cpu0, self.own0 = time.time(), self._cpu(), self._own()
-
-    @staticmethod
-    def _cpu():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return (v[0] + v[1] + v[2]) / os.sysconf("SC_CLK_TCK")
-
-    @staticmethod
-    def _own():
-        import resource
-
-        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
-
-    def cores(self):
-        wall = max(1e-6, time.time() - self.t0)
-        return max(0.0, (self._cpu() - self.cpu0) - (self._own() - self.own0)) / wall
-
-
-def table(rows):
-    head = ("Benchmark", "cairn", "reference", "ratio (cairn/ref)", "target", "result")
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="256 MiB instead of 1 GiB, 3 s wrk runs")
@@ -716,16 +525,7 @@ def main():
 
     wall = time.time() - started
     md = table(rows)
-    try:
-        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        rev = rev.stdout.strip() or "?"
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "crates"], capture_output=True, text=True
-        )
-        if dirty.stdout.strip():
-            rev += " (+ uncommitted changes under crates/)"
-    except OSError:
-        rev = "?"
+    rev = revision()
     header = (
         f"cairn benchmark{' (--quick)' if args.quick else ''}, {time.strftime('%Y-%m-%d %H:%M %Z')}, "
         f"commit {rev}, binary built {time.strftime('%Y-%m-%d %H:%M', time.localtime(bin_mtime))}, "

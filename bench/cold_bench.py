@@ -118,7 +118,11 @@ def checkpoint_round_trip(bin_path, tmp, emu, size):
         subprocess.run(["curl", "-sf", "-o", sink, node.url(f"/{BUCKET}/ckpt/step-1000.bin")], check=True, timeout=1800)
         read = time.perf_counter() - t1
         check(sink, sha, "checkpoint read-back")
-        origin_read = int(node.check_metrics().get("cairn_origin_bytes_total", 0) - before)
+        m = node.check_metrics()
+        origin_read = int(m.get("cairn_origin_bytes_total", 0) - before)
+        log(f"checkpoint: carried {m.get('cairn_upload_carried_bytes_total', 0):.0f} bytes; disk fills skipped for "
+            f"space {m.get('cairn_disk_fills_skipped_for_space_total', 0):.0f}, for a full queue "
+            f"{m.get('cairn_disk_writes_skipped_total', 0):.0f}")
         return ack, synced, read, origin_read, size
     finally:
         node.stop()
