@@ -284,8 +284,9 @@ def test_a_local_write_lost_with_its_disk_stops_hiding_the_origin_version(az_clu
     c.nodes[0].start()
     azurite.start()
     # Nobody announces the lost write any more: its owners forget it within the pending lease, and
-    # every node serves the origin's version again (never other bytes meanwhile).
-    deadline = time.time() + 60
+    # every node serves the origin's version again (never other bytes meanwhile). The lease is
+    # 30 s; the deadline leaves room for a loaded machine.
+    deadline = time.time() + 120
     served = {}
     while time.time() < deadline:
         served = {}
