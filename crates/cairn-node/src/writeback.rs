@@ -1106,13 +1106,7 @@ const CARRY_PARALLEL: usize = 4;
 /// against its checksum, and are the bytes the origin received. Best effort: a chunk that cannot
 /// be carried is fetched from the origin by its first reader.
 async fn carry_over(state: &Arc<NodeState>, rec: &Arc<WriteRecord>, info: &ObjectInfo) {
-    let v = ObjectVersion {
-        origin: rec.origin.clone(),
-        bucket: rec.bucket.clone(),
-        key: rec.key.clone(),
-        version: info.etag.clone(),
-        size: rec.size,
-    };
+    let v = ObjectVersion { version: info.etag.clone(), ..rec.object_version() };
     let carried = futures::stream::iter(0..rec.chunk_count())
         .map(|index| {
             let (state, rec, v) = (state.clone(), rec.clone(), v.clone());
@@ -1129,16 +1123,22 @@ async fn carry_over(state: &Arc<NodeState>, rec: &Arc<WriteRecord>, info: &Objec
                 let owner = state.cluster.as_ref().map(|c| (c, c.route(id.0 as u64)));
                 match owner {
                     Some((cluster, route)) if !route.self_is_owner => {
+                        // The first healthy candidate: a peer that failed a push is suspect and
+                        // comes last, so a frozen owner costs one peer timeout, not one per chunk.
+                        let Some(node) = route.candidates.first() else { return 0 };
                         let q = ChunkQuery::new(&v, rec.chunk_size, index);
                         let sum = rec.sums.get(index as usize).copied().unwrap_or_default();
                         let len = b.len() as u64;
-                        for node in route.candidates.iter().take(1) {
-                            if let Err(e) = cluster.put_chunk(node, &q, b.clone(), sum).await {
+                        match cluster.put_chunk(node, &q, b, sum).await {
+                            Ok(()) => len,
+                            Err(e) => {
                                 tracing::debug!(peer = %node.id, key = %rec.key, index, error = ?e, "chunk not carried over");
-                                return 0;
+                                if matches!(e, PeerError::Unavailable(_)) {
+                                    cluster.mark_suspect(&node.id);
+                                }
+                                0
                             }
                         }
-                        len
                     }
                     _ => {
                         let len = b.len() as u64;
