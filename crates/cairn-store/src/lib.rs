@@ -71,6 +71,20 @@ pub struct StoreStats {
     pub disk_evictions_for_writes: AtomicU64,
 }
 
+impl StoreStats {
+    /// Counts what a disk-tier fill did: chunks it evicted, or a fill skipped for space.
+    fn count_fill(&self, outcome: WriteOutcome) {
+        match outcome {
+            WriteOutcome::Stored { evicted } => {
+                self.disk_evictions.fetch_add(evicted as u64, Ordering::Relaxed);
+            }
+            WriteOutcome::NoSpace => {
+                self.disk_fills_skipped_for_space.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 pub struct ChunkStore {
     ram: RamTier,
     disk: Option<Arc<DiskTier>>,
@@ -99,12 +113,7 @@ fn spawn_fillers(
                 let next = rx.lock().recv();
                 let Ok((id, data)) = next else { return };
                 match disk.write(&id, &data) {
-                    Ok(WriteOutcome::Stored { evicted }) => {
-                        stats.disk_evictions.fetch_add(evicted as u64, Ordering::Relaxed);
-                    }
-                    Ok(WriteOutcome::NoSpace) => {
-                        stats.disk_fills_skipped_for_space.fetch_add(1, Ordering::Relaxed);
-                    }
+                    Ok(outcome) => stats.count_fill(outcome),
                     Err(e) => {
                         stats.disk_write_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(chunk = %id, error = %e, "disk tier write failed");
@@ -248,14 +257,7 @@ impl ChunkStore {
         if let Some(disk) = self.disk.clone() {
             let outcome =
                 tokio::task::spawn_blocking(move || disk.write(&id, &data)).await.map_err(io::Error::other)??;
-            match outcome {
-                WriteOutcome::Stored { evicted } => {
-                    self.stats.disk_evictions.fetch_add(evicted as u64, Ordering::Relaxed);
-                }
-                WriteOutcome::NoSpace => {
-                    self.stats.disk_fills_skipped_for_space.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            self.stats.count_fill(outcome);
         }
         Ok(())
     }
