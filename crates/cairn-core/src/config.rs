@@ -164,7 +164,11 @@ impl Default for AuthSection {
     fn default() -> Self {
         Self {
             allow_anonymous: false,
-            keys: vec![AccessKey { access_key: "cairn".into(), secret_key: "cairn-secret-key".into() }],
+            keys: vec![AccessKey {
+                access_key: "cairn".into(),
+                secret_key: "cairn-secret-key".into(),
+                read_only: false,
+            }],
         }
     }
 }
@@ -174,6 +178,10 @@ impl Default for AuthSection {
 pub struct AccessKey {
     pub access_key: String,
     pub secret_key: String,
+    /// May read (GET, HEAD, list, the client routes' reads) and nothing else: a credential to
+    /// hand to jobs that only load data.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 impl fmt::Debug for AccessKey {

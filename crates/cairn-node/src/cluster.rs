@@ -658,12 +658,7 @@ pub fn parse_query(q: Option<&str>) -> HashMap<String, String> {
 }
 
 /// Constant-time comparison of secrets (passwords, signatures).
-pub fn secret_matches(given: &[u8], expected: &[u8]) -> bool {
-    if given.len() != expected.len() {
-        return false;
-    }
-    given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-}
+pub use cairn_client::sign::secret_matches;
 
 pub fn error_status(kind: ErrorKind) -> (StatusCode, &'static str) {
     match kind {

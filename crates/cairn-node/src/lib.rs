@@ -4,6 +4,7 @@
 //! read-through with single-flight and readahead, multipart staging) and serves the S3 endpoint
 //! and the admin endpoint (and the KV endpoint, `kv.rs`) until the returned [`RunningNode`] is dropped or shut down.
 
+pub mod client_api;
 pub mod cluster;
 pub mod conditional;
 pub mod gossip;
@@ -18,7 +19,9 @@ pub mod metrics;
 pub mod multipart;
 pub mod part_layout;
 pub mod peer;
-pub mod peer_auth;
+/// Peer request signing (shared with clients, which sign with their own keys).
+pub use cairn_client::sign as peer_auth;
+const _: () = assert!(cairn_client::sign::MAX_SKEW_MS == cairn_membership::wire::MAX_SKEW_MS);
 pub mod reader;
 pub mod ready;
 pub mod s3;
@@ -50,13 +53,29 @@ pub enum StartError {
     InUse(String),
 }
 
-/// Lets unsigned requests through when the configuration allows anonymous access.
-struct AllowAnonymous;
+/// Who may do what: unsigned requests only when the configuration allows anonymous access, and
+/// keys marked `read_only` only the operations that read.
+struct Access {
+    anonymous: bool,
+    read_only: std::collections::HashSet<String>,
+}
+
+/// S3 operations that change nothing.
+fn reads_only(op: &str) -> bool {
+    op.starts_with("Get") || op.starts_with("Head") || op.starts_with("List")
+}
 
 #[async_trait::async_trait]
-impl s3s::access::S3Access for AllowAnonymous {
-    async fn check(&self, _cx: &mut s3s::access::S3AccessContext<'_>) -> s3s::S3Result<()> {
-        Ok(())
+impl s3s::access::S3Access for Access {
+    async fn check(&self, cx: &mut s3s::access::S3AccessContext<'_>) -> s3s::S3Result<()> {
+        match cx.credentials() {
+            None if self.anonymous => Ok(()),
+            None => Err(s3s::s3_error!(AccessDenied, "Signature is required")),
+            Some(c) if self.read_only.contains(&c.access_key) && !reads_only(cx.s3_op().name()) => {
+                Err(s3s::s3_error!(AccessDenied, "This access key may only read ({} is a write).", cx.s3_op().name()))
+            }
+            Some(_) => Ok(()),
+        }
     }
 }
 
@@ -127,9 +146,10 @@ pub async fn start(mut config: Config) -> Result<RunningNode, StartError> {
         }
         builder.set_auth(Keys(auth));
     }
-    if cfg.auth.allow_anonymous {
-        builder.set_access(AllowAnonymous);
-    }
+    builder.set_access(Access {
+        anonymous: cfg.auth.allow_anonymous,
+        read_only: cfg.auth.keys.iter().filter(|k| k.read_only).map(|k| k.access_key.clone()).collect(),
+    });
     let s3 = builder.build();
     let (s3_listener, s3_addr) = server::bind(&cfg.node.listen)
         .await

@@ -67,6 +67,8 @@ pub struct Metrics {
     pub peer_failovers: AtomicU64,
     pub peer_served: AtomicU64,
     pub peer_refused: AtomicU64,
+    pub client_chunks: AtomicU64,
+    pub client_refused: AtomicU64,
     pub peer_slow: AtomicU64,
     pub peer_hedges: AtomicU64,
     pub peer_probes_failed: AtomicU64,
@@ -260,6 +262,16 @@ impl Metrics {
             "cairn_peer_refused_total",
             "Peer requests refused for a missing or wrong secret.",
             get(&self.peer_refused),
+        );
+        out.counter(
+            "cairn_client_chunks_total",
+            "Chunks sent to smart clients (the client routes, /_cairn/v1/chunk).",
+            get(&self.client_chunks),
+        );
+        out.counter(
+            "cairn_client_refused_total",
+            "Client-route requests refused for a missing, unknown or forged signature.",
+            get(&self.client_refused),
         );
 
         let errors: Vec<(Labels, u64)> = self

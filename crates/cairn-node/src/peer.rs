@@ -205,7 +205,27 @@ fn refuse_and_close(status: StatusCode, code: &str, msg: &str) -> Resp {
     r
 }
 
-async fn handle(state: &NodeState, cluster: &Cluster, conn: &PeerConn, req: Request<Incoming>) -> Resp {
+async fn handle(state: &Arc<NodeState>, cluster: &Cluster, conn: &PeerConn, req: Request<Incoming>) -> Resp {
+    if req.uri().path().starts_with(crate::client_api::PREFIX) {
+        // A smart client's request, signed with its own access key: served like a peer's once
+        // the signature verifies, refused and closed otherwise.
+        let grant = match crate::client_api::check(state, req.method(), req.uri(), req.headers()) {
+            Ok(g) => g,
+            Err(refusal) => {
+                let mut r: Resp = refusal.into_response();
+                r.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                return r;
+            }
+        };
+        if !conn.authenticate(&state.listeners) {
+            return refuse_and_close(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SlowDown",
+                "peer connection limit reached (limits.max_connections, max_connections_per_source)\n",
+            );
+        }
+        return crate::client_api::serve(state, grant, req.method(), req.uri()).await.into_response();
+    }
     let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let signature = req.headers().get(AUTH_HEADER).map(|v| v.as_bytes());
     let now = crate::peer_auth::now_ms();

@@ -230,6 +230,7 @@ const AUTH_WARN_WINDOW: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 struct Front {
     s3: S3Service,
+    state: Arc<NodeState>,
     max_header_bytes: usize,
     peer: SocketAddr,
     auth_log: Arc<AuthFailures>,
@@ -358,6 +359,13 @@ impl Service<Request<Incoming>> for Front {
         } else {
             None
         };
+        if refusal.is_none() && req.uri().path().starts_with(crate::client_api::PREFIX) {
+            let state = self.state.clone();
+            return Box::pin(async move {
+                let a = crate::client_api::handle(&state, req.method(), req.uri(), req.headers()).await;
+                Ok(a.into_response())
+            });
+        }
         s3_front::amz_date_from_date(req.headers_mut());
         let expects_continue =
             req.headers().get(http::header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
@@ -441,6 +449,7 @@ pub async fn serve_s3(listener: TcpListener, s3: S3Service, state: Arc<NodeState
     accept_loop(listener, admission.clone(), close_silently, move |stream, peer, slot| {
         let front = Front {
             s3: s3.clone(),
+            state: state.clone(),
             max_header_bytes: state.config.limits.max_header_bytes,
             peer,
             auth_log: auth_log.clone(),

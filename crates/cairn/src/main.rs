@@ -288,7 +288,8 @@ impl ServeArgs {
             cfg.writeback.dirty_max = v;
         }
         if let (Some(k), Some(s)) = (&self.access_key, &self.secret_key) {
-            cfg.auth.keys = vec![cairn_core::config::AccessKey { access_key: k.clone(), secret_key: s.clone() }];
+            cfg.auth.keys =
+                vec![cairn_core::config::AccessKey { access_key: k.clone(), secret_key: s.clone(), read_only: false }];
         }
         if self.allow_anonymous {
             cfg.auth.allow_anonymous = true;
