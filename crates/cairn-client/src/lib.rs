@@ -270,9 +270,9 @@ impl Client {
         self.inner.view.read().placement.as_ref().map_or(0, |p| p.nodes().len())
     }
 
-    /// Asks the endpoint for the member list now.
+    /// Asks for the member list now (the endpoint, or while it is down any member).
     pub async fn refresh(&self) -> Result<(), Error> {
-        let (_, body) = self.call(&self.inner.endpoint, Method::GET, "/_cairn/v1/members", None).await?;
+        let (_, body) = self.call_any(Method::GET, "/_cairn/v1/members", None).await?;
         let m: api::Members = serde_json::from_slice(&body)
             .map_err(|e| Error::Invalid(format!("the node's member list is malformed: {e}")))?;
         let direct = self.inner.cfg.route == Route::Direct && !m.peer_tls && !m.map.nodes.is_empty();
@@ -346,10 +346,39 @@ impl Client {
         })
     }
 
+    /// Asks the endpoint node; while it cannot be reached (restarting, say), the members this
+    /// client routes to directly, in turn.
+    async fn call_any(
+        &self,
+        method: Method,
+        pq: &str,
+        timeout: Option<Duration>,
+    ) -> Result<(StatusCode, Bytes), Error> {
+        let first = self.call(&self.inner.endpoint, method.clone(), pq, timeout).await;
+        let Err(e) = first else { return first };
+        if !e.retryable() {
+            return Err(e);
+        }
+        let others: Vec<String> = {
+            let v = self.inner.view.read();
+            v.placement
+                .as_ref()
+                .map(|p| p.nodes().iter().map(|n| format!("http://{}", n.addr)).collect())
+                .unwrap_or_default()
+        };
+        for base in others {
+            match self.call(&base, method.clone(), pq, timeout).await {
+                Err(e2) if e2.retryable() => continue,
+                r => return r,
+            }
+        }
+        Err(e)
+    }
+
     /// The current version, size and layout of an object.
     pub async fn stat(&self, bucket: &str, key: &str) -> Result<Stat, Error> {
         let q = query(&[("bucket", bucket), ("key", key)]);
-        let r = self.call(&self.inner.endpoint, Method::GET, &format!("/_cairn/v1/stat?{q}"), None).await;
+        let r = self.call_any(Method::GET, &format!("/_cairn/v1/stat?{q}"), None).await;
         let body = r.map_err(|e| name_missing(e, bucket, key))?.1;
         serde_json::from_slice(&body).map_err(|e| Error::Invalid(format!("the node's answer is malformed: {e}")))
     }
@@ -609,7 +638,7 @@ impl Client {
         let pq = format!("/_cairn/v1/sync?{}", query(&params));
         // The node answers when done (or at `timeout`): no request deadline of our own.
         let wait = timeout.map_or(Duration::ZERO, |t| t + Duration::from_secs(30));
-        match self.call(&self.inner.endpoint, Method::POST, &pq, Some(wait)).await {
+        match self.call_any(Method::POST, &pq, Some(wait)).await {
             Ok(_) => Ok(()),
             Err(Error::Server { status: 504, .. }) => Err(Error::Server {
                 status: 504,
