@@ -146,6 +146,7 @@ impl Readahead {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
     use std::time::Duration;
 
     /// Reads `n` pieces whose fetches take `fetch_ms`, the reader spending `read_ms` on each;

@@ -20,6 +20,7 @@
 
 pub mod ahead;
 pub mod api;
+pub mod hedge;
 mod reader;
 mod s3;
 pub mod sign;
@@ -477,62 +478,31 @@ impl Client {
 
     /// Asks `candidates` in order (hedging a slow one, skipping a failed one), then the endpoint.
     async fn hedged(&self, candidates: &[(String, String)], pq: &str) -> Result<Bytes, Error> {
-        use futures::stream::FuturesUnordered;
         let endpoint = (String::new(), self.inner.endpoint.clone());
-        let mut next = candidates.iter().chain(std::iter::once(&endpoint));
-        let mut running = FuturesUnordered::new();
-        let start = |c: &(String, String)| {
-            let (id, base) = c.clone();
-            let this = self.clone();
-            let pq = pq.to_owned();
-            async move {
-                let t = Instant::now();
-                let r = this.call(&base, Method::GET, &pq, None).await;
-                (id, t.elapsed(), r)
-            }
-        };
-        let mut last = None;
-        if let Some(c) = next.next() {
-            running.push(start(c));
-        }
-        let mut left = candidates.len();
-        loop {
-            if running.is_empty() {
-                return Err(last.unwrap_or_else(|| Error::Invalid("no node to ask".into())));
-            }
-            let done = if left > 0 {
-                tokio::select! {
-                    d = running.next() => d,
-                    _ = tokio::time::sleep(self.hedge_delay()) => {
-                        if let Some(c) = next.next() {
-                            left = left.saturating_sub(1);
-                            running.push(start(c));
-                        }
-                        continue;
-                    }
+        let asked = hedge::ask_in_turn(
+            candidates.iter().cloned().chain(std::iter::once(endpoint)),
+            || self.hedge_delay(),
+            |(_, base): (String, String)| async move { self.call(&base, Method::GET, pq, None).await },
+            |c: &(String, String), e: Error| {
+                let id = &c.0;
+                if !e.retryable() {
+                    return hedge::Verdict::Final(e);
                 }
-            } else {
-                running.next().await
-            };
-            let Some((id, took, r)) = done else { continue };
-            match r {
-                Ok((_, body)) => {
-                    self.observe(took);
-                    return Ok(body);
+                tracing::debug!(node = %id, error = %e, "chunk request failed; asking the next node");
+                if !id.is_empty() {
+                    self.inner.suspects.lock().insert(id.clone(), Instant::now() + SUSPECT_FOR);
                 }
-                Err(e) if e.retryable() => {
-                    tracing::debug!(node = %id, error = %e, "chunk request failed; asking the next node");
-                    if !id.is_empty() {
-                        self.inner.suspects.lock().insert(id, Instant::now() + SUSPECT_FOR);
-                    }
-                    last = Some(e);
-                    if let Some(c) = next.next() {
-                        left = left.saturating_sub(1);
-                        running.push(start(c));
-                    }
-                }
-                Err(e) => return Err(e),
+                hedge::Verdict::Next(e)
+            },
+            |_: &(String, String)| {},
+        )
+        .await;
+        match asked {
+            Ok(((_, body), _, took)) => {
+                self.observe(took);
+                Ok(body)
             }
+            Err(e) => Err(e.unwrap_or_else(|| Error::Invalid("no node to ask".into()))),
         }
     }
 

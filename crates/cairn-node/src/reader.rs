@@ -15,7 +15,7 @@ use cairn_core::{ChunkId, ChunkLayout, ObjectVersion};
 use cairn_origin::{Error as OriginError, Origin};
 use cairn_store::ChunkStore;
 use cairn_store::journal::Journal;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -505,11 +505,10 @@ async fn from_holders(
     }
 }
 
-/// Asks `peers` for a chunk in ranking order. A peer that fails is marked suspect and the next
-/// is asked at once; a peer that has not answered within the cluster's hedge delay (derived from
-/// how long peers usually take) is left running while the next one is asked too, and the first
-/// answer wins, so one frozen or stalled node delays a read by about that delay rather than
-/// until it is declared dead. `None`: no peer answered (the caller reads the origin).
+/// Asks `peers` for a chunk in ranking order ([`cairn_client::hedge::ask_in_turn`]): a peer that
+/// fails is marked suspect and the next is asked at once; one that has not answered within the
+/// cluster's hedge delay (derived from how long peers usually take) is left running while the
+/// next one is asked too. `None`: no peer answered (the caller reads the origin).
 async fn hedged<'a, T, F, Fut>(
     cluster: &Cluster,
     metrics: &Metrics,
@@ -519,58 +518,39 @@ async fn hedged<'a, T, F, Fut>(
 ) -> Option<Result<(T, &'a cairn_core::cluster::NodeEntry), OriginError>>
 where
     F: Fn(&'a cairn_core::cluster::NodeEntry) -> Fut,
-    Fut: std::future::Future<Output = Result<T, PeerError>>,
+    Fut: std::future::Future<Output = Result<T, PeerError>> + Send,
+    T: Send,
 {
-    use futures::stream::FuturesUnordered;
-    let mut next = peers.iter();
-    let mut running = FuturesUnordered::new();
-    let start = |node: &'a cairn_core::cluster::NodeEntry| {
-        let fut = ask(node);
-        async move {
-            let started = std::time::Instant::now();
-            (node, started, fut.await)
-        }
+    use cairn_client::hedge::{Verdict, ask_in_turn};
+    // Boxed: the unboxed future's type trips the compiler's `Send` check across the generic race.
+    let ask = |node: &'a cairn_core::cluster::NodeEntry| -> futures::future::BoxFuture<'_, Result<T, PeerError>> {
+        Box::pin(ask(node))
     };
-    if let Some(n) = next.next() {
-        running.push(start(n));
-    }
-    loop {
-        if running.is_empty() {
-            return None;
-        }
-        // While someone is left to ask, a request slower than the hedge delay starts the next
-        // one; then the running requests are waited for (each bounded by the transport's
-        // own deadlines).
-        let done = if next.len() > 0 {
-            tokio::select! {
-                done = running.next() => done,
-                _ = tokio::time::sleep(cluster.hedge_delay()) => {
-                    if let Some(n) = next.next() {
-                        Metrics::add(&metrics.peer_hedges, 1);
-                        tracing::debug!(peer = %n.id, chunk = %id, "a peer is slow; asking the next node too");
-                        running.push(start(n));
-                    }
-                    continue;
-                }
-            }
-        } else {
-            running.next().await
-        };
-        let Some((node, started, r)) = done else { continue };
-        match r {
-            Ok(b) => {
-                cluster.observe(started.elapsed());
-                return Some(Ok((b, node)));
-            }
-            Err(PeerError::Origin(e)) => return Some(Err(e)),
-            Err(PeerError::Unavailable(m)) => {
+    let asked = ask_in_turn(
+        peers.to_vec(),
+        || cluster.hedge_delay(),
+        ask,
+        |node: &&'a cairn_core::cluster::NodeEntry, e: PeerError| match e {
+            PeerError::Origin(e) => Verdict::Final(PeerError::Origin(e)),
+            PeerError::Unavailable(m) => {
                 tracing::warn!(peer = %node.id, error = %m, chunk = %id, "peer failed; trying the next node");
                 cluster.mark_suspect(&node.id);
-                if let Some(n) = next.next() {
-                    running.push(start(n));
-                }
+                Verdict::Next(PeerError::Unavailable(m))
             }
+        },
+        |node: &&'a cairn_core::cluster::NodeEntry| {
+            Metrics::add(&metrics.peer_hedges, 1);
+            tracing::debug!(peer = %node.id, chunk = %id, "a peer is slow; asking the next node too");
+        },
+    )
+    .await;
+    match asked {
+        Ok((b, node, took)) => {
+            cluster.observe(took);
+            Some(Ok((b, node)))
         }
+        Err(Some(PeerError::Origin(e))) => Some(Err(e)),
+        Err(_) => None,
     }
 }
 
