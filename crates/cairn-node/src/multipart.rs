@@ -360,7 +360,9 @@ impl Multipart {
                     at += p.len() as u64;
                 }
                 Ok(())
-            })
+            })?;
+            crate::writeback::start_writeback(&f, offset, len);
+            Ok(())
         })
         .await
         .map_err(io::Error::other)?
