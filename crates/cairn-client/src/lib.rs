@@ -56,6 +56,8 @@ const SUSPECT_FOR: Duration = Duration::from_secs(10);
 /// Bounds of the hedge delay.
 const HEDGE_MIN: Duration = Duration::from_millis(100);
 const HEDGE_MAX: Duration = Duration::from_secs(2);
+/// How long a client that could reach no member's peer port reads through the endpoint only.
+const DIRECT_OFF_FOR: Duration = Duration::from_secs(60);
 /// Recent chunk request times the hedge delay is derived from.
 const LATENCY_SAMPLES: usize = 64;
 
@@ -210,6 +212,8 @@ struct Inner {
     latencies: Mutex<std::collections::VecDeque<Duration>>,
     learned: Arc<Mutex<HashMap<String, usize>>>,
     s3: s3::Stores,
+    /// Until when chunks are read through the endpoint because no peer port could be reached.
+    direct_off_until: Mutex<Option<Instant>>,
 }
 
 /// A handle on the pool; cheap to clone, safe to share between threads and tasks.
@@ -255,6 +259,7 @@ impl Client {
             suspects: Mutex::new(HashMap::new()),
             latencies: Mutex::new(std::collections::VecDeque::new()),
             learned: Arc::new(Mutex::new(HashMap::new())),
+            direct_off_until: Mutex::new(None),
             cfg,
         };
         let client = Self { inner: Arc::new(inner) };
@@ -416,7 +421,7 @@ impl Client {
         let pq = format!("/_cairn/v1/chunk?{}", query(&params));
         let view = self.view();
         let candidates = match &view.placement {
-            Some(p) => {
+            Some(p) if !self.direct_is_off() => {
                 let v = ObjectVersion {
                     origin: st.origin.clone(),
                     bucket: st.bucket.clone(),
@@ -427,7 +432,7 @@ impl Client {
                 let id = ChunkId::new(&v, st.chunk_size, index);
                 self.candidates(p, id.0 as u64, view.replicas + EXTRA_CANDIDATES)
             }
-            None => Vec::new(),
+            _ => Vec::new(),
         };
         let body = self.hedged(&candidates, &pq).await.map_err(|e| name_missing(e, &st.bucket, &st.key))?;
         if body.len() != sub.len() {
@@ -479,6 +484,7 @@ impl Client {
     /// Asks `candidates` in order (hedging a slow one, skipping a failed one), then the endpoint.
     async fn hedged(&self, candidates: &[(String, String)], pq: &str) -> Result<Bytes, Error> {
         let endpoint = (String::new(), self.inner.endpoint.clone());
+        let unreachable = std::sync::atomic::AtomicUsize::new(0);
         let asked = hedge::ask_in_turn(
             candidates.iter().cloned().chain(std::iter::once(endpoint)),
             || self.hedge_delay(),
@@ -491,6 +497,9 @@ impl Client {
                 tracing::debug!(node = %id, error = %e, "chunk request failed; asking the next node");
                 if !id.is_empty() {
                     self.inner.suspects.lock().insert(id.clone(), Instant::now() + SUSPECT_FOR);
+                    if matches!(e, Error::Unreachable { .. }) {
+                        unreachable.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 hedge::Verdict::Next(e)
             },
@@ -498,12 +507,35 @@ impl Client {
         )
         .await;
         match asked {
-            Ok(((_, body), _, took)) => {
-                self.observe(took);
+            Ok(((_, body), (id, _), took)) => {
+                if id.is_empty() && !candidates.is_empty() && unreachable.load(Ordering::Relaxed) == candidates.len() {
+                    // Every member's peer port failed to connect and the endpoint answered: this
+                    // host cannot reach the peer network (or only through mutual TLS).
+                    self.direct_off();
+                } else {
+                    self.observe(took);
+                }
                 Ok(body)
             }
             Err(e) => Err(e.unwrap_or_else(|| Error::Invalid("no node to ask".into()))),
         }
+    }
+
+    /// Stops routing to owners for [`DIRECT_OFF_FOR`]: everything goes through the endpoint.
+    fn direct_off(&self) {
+        let mut until = self.inner.direct_off_until.lock();
+        if until.is_none_or(|u| u < Instant::now()) {
+            tracing::warn!(
+                "no member's peer port could be reached; reading through {} for {} s",
+                self.inner.endpoint,
+                DIRECT_OFF_FOR.as_secs()
+            );
+        }
+        *until = Some(Instant::now() + DIRECT_OFF_FOR);
+    }
+
+    fn direct_is_off(&self) -> bool {
+        self.inner.direct_off_until.lock().is_some_and(|u| u > Instant::now())
     }
 
     /// Bytes `range` of `st` (clamped to the object), its chunks fetched in parallel.
