@@ -10,7 +10,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::client::{Endpoint, Target, store};
 use crate::errors;
-use crate::transfer::DEFAULT_JOBS;
+use crate::transfer::{DEFAULT_JOBS, count};
 
 #[derive(clap::Args)]
 pub struct MbArgs {
@@ -94,7 +94,7 @@ pub async fn rb(a: RbArgs) -> Result<()> {
     let r = s3.send(http::Method::DELETE, Some(&bucket), "").await?;
     if r.status.is_success() {
         if a.force {
-            println!("deleted {deleted} objects; removed s3://{bucket}");
+            println!("deleted {}; removed s3://{bucket}", count(deleted, "object"));
         } else {
             println!("removed s3://{bucket}");
         }
@@ -116,7 +116,7 @@ pub async fn rm(a: RmArgs) -> Result<()> {
     if a.recursive {
         let prefix = t.folder();
         let n = delete_prefix(ep, &t.bucket, &prefix, a.jobs).await?;
-        println!("deleted {n} objects under s3://{}/{prefix}", t.bucket);
+        println!("deleted {} under s3://{}/{prefix}", count(n, "object"), t.bucket);
         return Ok(());
     }
     if t.key.is_empty() || t.key.ends_with('/') {

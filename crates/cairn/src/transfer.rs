@@ -138,8 +138,8 @@ impl Outcome {
             bail!("{} of {} files failed to {verb}", self.failures.len(), self.files + self.failures.len());
         }
         println!(
-            "{verb}ed {} files ({}) {what} in {:.1}s",
-            self.files,
+            "{verb}ed {} ({}) {what} in {:.1}s",
+            count(self.files as u64, "file"),
             HumanBytes(self.bytes),
             started.elapsed().as_secs_f64()
         );
@@ -212,6 +212,11 @@ async fn upload(
     }
     pb.finish_and_clear();
     out.finish("upload", &format!("from {} to s3://{}/{prefix}", source.display(), t.bucket), started)
+}
+
+/// "1 file", "2 files".
+pub fn count(n: u64, what: &str) -> String {
+    if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
 }
 
 /// A failed transfer: from the store (mapped with the endpoint's context) or local.
