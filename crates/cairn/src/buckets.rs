@@ -102,9 +102,9 @@ pub async fn rb(a: RbArgs) -> Result<()> {
     }
     match r.error().0.as_str() {
         "NoSuchBucket" => bail!("bucket {bucket:?} does not exist"),
-        "BucketNotEmpty" => bail!(
-            "bucket {bucket:?} is not empty (remove it with everything in it: cairn rb --force s3://{bucket})"
-        ),
+        "BucketNotEmpty" => {
+            bail!("bucket {bucket:?} is not empty (remove it with everything in it: cairn rb --force s3://{bucket})")
+        }
         _ => Err(s3.refused(&r, &format!("rb s3://{bucket}"))),
     }
 }

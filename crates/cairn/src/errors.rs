@@ -171,7 +171,10 @@ mod tests {
 
     #[test]
     fn status_is_read_from_the_text() {
-        assert_eq!(status_in("x - status code: 507 Insufficient Storage: y"), Some(http::StatusCode::INSUFFICIENT_STORAGE));
+        assert_eq!(
+            status_in("x - status code: 507 Insufficient Storage: y"),
+            Some(http::StatusCode::INSUFFICIENT_STORAGE)
+        );
         assert_eq!(status_in("nothing"), None);
     }
 

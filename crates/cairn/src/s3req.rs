@@ -64,11 +64,8 @@ impl<'a> S3Client<'a> {
             (None, _) => return Err(errors::bad_endpoint(self.ep.url(), &"no host")),
         };
         let amz_date = amz_date(SystemTime::now());
-        let headers = [
-            ("host", host.as_str()),
-            ("x-amz-content-sha256", sigv4::EMPTY_SHA256),
-            ("x-amz-date", amz_date.as_str()),
-        ];
+        let headers =
+            [("host", host.as_str()), ("x-amz-content-sha256", sigv4::EMPTY_SHA256), ("x-amz-date", amz_date.as_str())];
         // The path signed is the one sent: the endpoint may carry a path prefix of its own.
         let signed = sigv4::Request {
             method: method.as_str(),
@@ -83,7 +80,11 @@ impl<'a> S3Client<'a> {
         for (k, v) in headers {
             req = req.header(k, v);
         }
-        let resp = req.header(http::header::AUTHORIZATION, auth).send().await.map_err(|e| errors::unreachable(self.ep.url(), &e))?;
+        let resp = req
+            .header(http::header::AUTHORIZATION, auth)
+            .send()
+            .await
+            .map_err(|e| errors::unreachable(self.ep.url(), &e))?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(|e| errors::unreachable(self.ep.url(), &e))?;
         Ok(Answer { status, body })
@@ -163,11 +164,7 @@ fn xml_all<'x>(xml: &'x str, tag: &str) -> Vec<&'x str> {
 /// The unescaped text of the first `<tag>...</tag>` in `xml`.
 pub fn xml_text(xml: &str, tag: &str) -> Option<String> {
     xml_all(xml, tag).first().map(|t| {
-        t.replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&quot;", "\"")
-            .replace("&apos;", "'")
-            .replace("&amp;", "&")
+        t.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&apos;", "'").replace("&amp;", "&")
     })
 }
 

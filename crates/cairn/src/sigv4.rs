@@ -48,11 +48,8 @@ pub fn uri_encode(s: &str, keep_slash: bool) -> String {
 
 /// The query's parameters sorted by name, then value (`a=1&b=`; a bare `b` becomes `b=`).
 fn canonical_query(query: &str) -> String {
-    let mut pairs: Vec<(&str, &str)> = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| p.split_once('=').unwrap_or((p, "")))
-        .collect();
+    let mut pairs: Vec<(&str, &str)> =
+        query.split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, ""))).collect();
     pairs.sort_unstable();
     pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
 }
@@ -102,7 +99,8 @@ mod tests {
             ("x-amz-content-sha256", EMPTY_SHA256),
             ("x-amz-date", "20130524T000000Z"),
         ];
-        let req = Request { method: "GET", path: "/test.txt", query: "", headers: &headers, payload_sha256: EMPTY_SHA256 };
+        let req =
+            Request { method: "GET", path: "/test.txt", query: "", headers: &headers, payload_sha256: EMPTY_SHA256 };
         assert_eq!(
             authorization(&req, &CREDS, "20130524T000000Z"),
             "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, \
@@ -118,8 +116,13 @@ mod tests {
             ("x-amz-content-sha256", EMPTY_SHA256),
             ("x-amz-date", "20130524T000000Z"),
         ];
-        let req =
-            Request { method: "GET", path: "/", query: "prefix=J&max-keys=2", headers: &headers, payload_sha256: EMPTY_SHA256 };
+        let req = Request {
+            method: "GET",
+            path: "/",
+            query: "prefix=J&max-keys=2",
+            headers: &headers,
+            payload_sha256: EMPTY_SHA256,
+        };
         assert!(
             authorization(&req, &CREDS, "20130524T000000Z")
                 .ends_with("Signature=34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7")

@@ -90,7 +90,9 @@ pub struct CpArgs {
 
 pub async fn cp(a: CpArgs) -> Result<()> {
     match (a.source.starts_with("s3://"), a.dest.starts_with("s3://")) {
-        (false, true) => upload(&a.endpoint, &PathBuf::from(&a.source), &a.dest, a.upload.durability, &a.parallel).await,
+        (false, true) => {
+            upload(&a.endpoint, &PathBuf::from(&a.source), &a.dest, a.upload.durability, &a.parallel).await
+        }
         (true, false) => {
             if a.upload.durability.is_some() {
                 bail!("--durability applies to uploads; {} is a download", a.source);
@@ -439,7 +441,11 @@ fn local_path(dir: &LocalPath, rel: &str) -> Result<PathBuf> {
 }
 
 /// Streams one object into a temporary file next to its destination, then renames it.
-async fn download_one(s: &Arc<dyn ObjectStore>, item: &Item, pb: &ProgressBar) -> std::result::Result<u64, TransferError> {
+async fn download_one(
+    s: &Arc<dyn ObjectStore>,
+    item: &Item,
+    pb: &ProgressBar,
+) -> std::result::Result<u64, TransferError> {
     let path = Path::parse(&item.key).with_context(|| format!("invalid key {:?}", item.key))?;
     let result = s.get(&path).await?;
     if let Some(parent) = item.local.parent() {
