@@ -14,8 +14,9 @@ from conftest import ACCESS_KEY, CAIRN_BIN, SECRET_KEY, free_port, payload
 MiB = 1024 * 1024
 
 
-def cli(node, *args, cwd=None, env=None, endpoint=None):
-    """Runs `cairn ARGS` against the node (through the environment, as a user would set it)."""
+def cli(node, *args, cwd=None, env=None, endpoint=None, shell=None):
+    """Runs `cairn ARGS` against the node (through the environment, as a user would set it), or
+    a shell command line in which `$CAIRN` is the binary."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
     base.update(CAIRN_ACCESS_KEY=ACCESS_KEY, CAIRN_SECRET_KEY=SECRET_KEY)
     if node is not None:
@@ -23,7 +24,8 @@ def cli(node, *args, cwd=None, env=None, endpoint=None):
     if endpoint is not None:
         base["CAIRN_ENDPOINT"] = endpoint
     base.update(env or {})
-    return subprocess.run([CAIRN_BIN, *args], capture_output=True, timeout=300, cwd=cwd, env=base)
+    cmd = ["bash", "-c", shell] if shell else [CAIRN_BIN, *args]
+    return subprocess.run(cmd, capture_output=True, timeout=300, cwd=cwd, env=dict(base, CAIRN=CAIRN_BIN))
 
 
 def ok(p):
@@ -114,6 +116,9 @@ def test_single_file_cp_both_ways(account, tmp_path):
     assert (tmp_path / "into" / "f.bin").read_bytes() == data
     ok(cli(account, "get", "s3://one/dir/f.bin", str(tmp_path / "g.bin")))
     assert (tmp_path / "g.bin").read_bytes() == data
+    # A reader that stops early (`| head`) is not an error, as with `cat`.
+    p = cli(account, shell='"$CAIRN" get s3://one/dir/f.bin - | head -c 10 >/dev/null; exit ${PIPESTATUS[0]}')
+    assert (p.returncode, p.stderr) == (0, b"")
     p = cli(account, "cp", str(tmp_path / "f.bin"), str(tmp_path / "h.bin"))
     fails_with(p, f"cp copies between a local path and s3://; neither {tmp_path / 'f.bin'} nor {tmp_path / 'h.bin'} is s3://")
 
@@ -127,6 +132,9 @@ def test_buckets_mb_ls_rb(account, tmp_path):
     names = [line.split()[-1] for line in ok(cli(account, "ls")).splitlines()]
     assert names == ["alpha", "beta"]
     assert ok(cli(account, "ls", "s3://")).splitlines() == ok(cli(account, "ls")).splitlines()
+    fails_with(cli(account, "ls", "s3://no"),
+               'invalid bucket name "no": 3 to 63 lowercase letters, digits, \'.\' and \'-\', starting and '
+               "ending with a letter or digit")
     fails_with(cli(account, "mb", "s3://No_Good"),
                'invalid bucket name "No_Good": 3 to 63 lowercase letters, digits, \'.\' and \'-\', starting and '
                "ending with a letter or digit")

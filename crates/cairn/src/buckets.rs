@@ -75,10 +75,7 @@ pub async fn mb(a: MbArgs) -> Result<()> {
     }
     let (code, _) = a2.error();
     if code == "InvalidBucketName" {
-        bail!(
-            "invalid bucket name {bucket:?}: 3 to 63 lowercase letters, digits, '.' and '-', starting and ending with a \
-             letter or digit"
-        );
+        return Err(errors::invalid_bucket(&bucket));
     }
     Err(s3.refused(&a2, &format!("mb s3://{bucket}")))
 }

@@ -13,6 +13,13 @@ pub fn bucket_missing(bucket: &str) -> anyhow::Error {
     anyhow!("bucket {bucket:?} does not exist (create it with: cairn mb s3://{bucket})")
 }
 
+pub fn invalid_bucket(bucket: &str) -> anyhow::Error {
+    anyhow!(
+        "invalid bucket name {bucket:?}: 3 to 63 lowercase letters, digits, '.' and '-', starting and ending with a \
+         letter or digit"
+    )
+}
+
 pub fn object_missing(bucket: &str, key: &str) -> anyhow::Error {
     anyhow!("object s3://{bucket}/{key} does not exist")
 }

@@ -96,6 +96,8 @@ impl<'a> S3Client<'a> {
         match a.status.as_u16() {
             200..=299 => Ok(()),
             404 => Err(errors::bucket_missing(bucket)),
+            // S3 answers a HEAD of a name no bucket can have with a bare 400.
+            400 if !cairn_core::key::is_valid_bucket(bucket) => Err(errors::invalid_bucket(bucket)),
             // A HEAD answer has no body to name the reason: ask for the bucket list to learn it.
             401 | 403 => {
                 let why = self.send(http::Method::GET, None, "").await?;

@@ -522,10 +522,17 @@ async fn download_single(
         let mut written = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(fail)?;
-            out.write_all(&chunk).await.context("writing to stdout")?;
+            match out.write_all(&chunk).await {
+                // The reader went away (`| head`): what it wanted it has, as with `cat`.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                r => r.context("writing to stdout")?,
+            }
             written += chunk.len() as u64;
         }
-        out.flush().await.context("writing to stdout")?;
+        match out.flush().await {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            r => r.context("writing to stdout")?,
+        }
         if written != len {
             bail!("short read: got {written} of {len} bytes");
         }
