@@ -244,3 +244,22 @@ def test_help_shows_defaults_and_the_admin_endpoint():
     for cmd in ("sync", "status", "load"):
         text = subprocess.run([CAIRN_BIN, cmd, "--help"], capture_output=True, text=True, check=True).stdout
         assert "CAIRN_ADMIN" in text and "--admin" in text and "default: http://127.0.0.1:9001" in text, text
+
+
+def test_folder_markers_and_awkward_keys(account, tmp_path):
+    """Keys ending in '/' (the folder markers other tools make) are folders when downloaded and
+    are deleted with the rest; keys with XML-special characters round-trip."""
+    ok(cli(account, "mb", "s3://marks"))
+    s3 = account.s3()
+    s3.put_object(Bucket="marks", Key="p/empty/", Body=b"")
+    s3.put_object(Bucket="marks", Key="p/full/", Body=b"")
+    s3.put_object(Bucket="marks", Key="p/full/f.txt", Body=b"f")
+    s3.put_object(Bucket="marks", Key="p/a&b <c> 'd'.txt", Body=b"amp")
+    out = ok(cli(account, "get", "-r", "s3://marks/p", str(tmp_path / "down")))
+    assert out.startswith("downloaded 2 files ("), out
+    assert (tmp_path / "down" / "empty").is_dir()
+    assert (tmp_path / "down" / "full" / "f.txt").read_bytes() == b"f"
+    assert (tmp_path / "down" / "a&b <c> 'd'.txt").read_bytes() == b"amp"
+    assert ok(cli(account, "rm", "-r", "s3://marks/p/")) == "deleted 4 objects under s3://marks/p/\n"
+    assert s3.list_objects_v2(Bucket="marks").get("KeyCount") == 0
+    assert ok(cli(account, "rb", "s3://marks")) == "removed s3://marks\n"

@@ -1,12 +1,9 @@
 //! Bucket commands (`mb`, `rb`, `ls` without a target) and `rm`, one key or a whole prefix with
 //! parallel deletes.
 
-use std::sync::Arc;
-
 use anyhow::{Result, bail};
 use futures::{StreamExt, TryStreamExt};
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::ObjectStoreExt;
 
 use crate::client::{Endpoint, Target, store};
 use crate::errors;
@@ -138,29 +135,25 @@ pub async fn rm(a: RmArgs) -> Result<()> {
     Ok(())
 }
 
-/// Deletes every object under `prefix` ("" or ending in '/'), `jobs` at a time while the
-/// listing goes on; the number deleted.
+/// Deletes every object under `prefix` ("" or ending in '/'), `jobs` at a time, page by page
+/// of the listing; the number deleted. Keys are deleted as stored, folder markers included.
 async fn delete_prefix(ep: &Endpoint, bucket: &str, prefix: &str, jobs: usize) -> Result<u64> {
-    let s: Arc<dyn ObjectStore> = store(ep, bucket)?;
-    let listed = (!prefix.is_empty()).then(|| Path::from(prefix.trim_end_matches('/')));
-    let fail = |e| errors::from_store(e, ep, bucket, prefix);
-    let deletes = s
-        .list(listed.as_ref())
-        .map_err(fail)
-        .map_ok(|m| {
-            let s = Arc::clone(&s);
-            async move {
-                let key = m.location.to_string();
-                match s.delete(&m.location).await {
-                    Ok(()) => Ok(1u64),
-                    // Deleted meanwhile by someone else: gone either way.
-                    Err(object_store::Error::NotFound { .. }) => Ok(1),
-                    Err(e) => Err(errors::from_store(e, ep, bucket, &key)),
-                }
-            }
-        })
-        .try_buffer_unordered(jobs.max(1));
-    deletes.try_fold(0u64, |n, one| async move { Ok(n + one) }).await
+    let s3 = ep.s3()?;
+    let mut deleted = 0u64;
+    let mut token: Option<String> = None;
+    loop {
+        let (page, next) = s3.list_page(bucket, prefix, token.as_deref()).await?;
+        let s3 = &s3;
+        deleted += futures::stream::iter(page)
+            .map(|o| async move { s3.delete_object(bucket, &o.key).await.map(|()| 1u64) })
+            .buffer_unordered(jobs.max(1))
+            .try_fold(0u64, |n, one| async move { Ok(n + one) })
+            .await?;
+        match next {
+            Some(t) => token = Some(t),
+            None => return Ok(deleted),
+        }
+    }
 }
 
 pub async fn list_buckets(ep: &Endpoint) -> Result<()> {

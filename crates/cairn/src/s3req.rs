@@ -1,6 +1,8 @@
 //! Plain signed S3 requests that `object_store` cannot make: ListBuckets, CreateBucket,
 //! DeleteBucket and HeadBucket (the check every object command starts with, so a missing bucket,
-//! an unreachable node or a wrong key is named before any transfer starts).
+//! an unreachable node or a wrong key is named before any transfer starts); and ListObjectsV2
+//! and DeleteObject on keys exactly as stored (`object_store` drops a key's trailing '/', so it
+//! cannot see or delete the folder markers other tools create).
 //!
 //! Sent with reqwest, the HTTP client `object_store` itself uses (same version, same rustls), so
 //! an `https://` endpoint behaves the same for both kinds of request.
@@ -51,10 +53,22 @@ impl<'a> S3Client<'a> {
     /// Sends a signed request with an empty body to `/BUCKET?QUERY` (or `/` without a bucket).
     /// A node that cannot be reached is an error; any HTTP answer is returned.
     pub async fn send(&self, method: http::Method, bucket: Option<&str>, query: &str) -> Result<Answer> {
+        self.send_to(method, bucket, None, query).await
+    }
+
+    /// The same for `/BUCKET/KEY`.
+    pub async fn send_to(
+        &self,
+        method: http::Method,
+        bucket: Option<&str>,
+        key: Option<&str>,
+        query: &str,
+    ) -> Result<Answer> {
         let base = self.ep.url().trim_end_matches('/');
-        let path = match bucket {
-            Some(b) => format!("/{}", sigv4::uri_encode(b, false)),
-            None => "/".to_owned(),
+        let path = match (bucket, key) {
+            (Some(b), Some(k)) => format!("/{}/{}", sigv4::uri_encode(b, false), sigv4::uri_encode(k, true)),
+            (Some(b), None) => format!("/{}", sigv4::uri_encode(b, false)),
+            (None, _) => "/".to_owned(),
         };
         let url = if query.is_empty() { format!("{base}{path}") } else { format!("{base}{path}?{query}") };
         let parsed = reqwest::Url::parse(&url).map_err(|e| errors::bad_endpoint(self.ep.url(), &e))?;
@@ -141,6 +155,67 @@ impl<'a> S3Client<'a> {
                 return Ok(out);
             }
         }
+    }
+}
+
+/// One object of a listing, its key exactly as stored.
+pub struct ObjectEntry {
+    pub key: String,
+    pub size: u64,
+}
+
+impl S3Client<'_> {
+    /// One page of ListObjectsV2 under `prefix`, and the token of the next page.
+    pub async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        token: Option<&str>,
+    ) -> Result<(Vec<ObjectEntry>, Option<String>)> {
+        let mut query = format!("list-type=2&prefix={}", sigv4::uri_encode(prefix, false));
+        if let Some(t) = token {
+            query.push_str(&format!("&continuation-token={}", sigv4::uri_encode(t, false)));
+        }
+        let a = self.send(http::Method::GET, Some(bucket), &query).await?;
+        if !a.status.is_success() {
+            if a.status == http::StatusCode::NOT_FOUND && a.error().0 == "NoSuchBucket" {
+                return Err(errors::bucket_missing(bucket));
+            }
+            return Err(self.refused(&a, &format!("listing s3://{bucket}/{prefix}")));
+        }
+        let text = String::from_utf8_lossy(&a.body);
+        let mut objects = Vec::new();
+        for c in xml_all(&text, "Contents") {
+            let key = xml_text(c, "Key").unwrap_or_default();
+            let size = xml_text(c, "Size").and_then(|s| s.parse().ok()).unwrap_or(0);
+            objects.push(ObjectEntry { key, size });
+        }
+        let truncated = xml_text(&text, "IsTruncated").is_some_and(|t| t == "true");
+        let next = xml_text(&text, "NextContinuationToken").filter(|t| truncated && !t.is_empty());
+        Ok((objects, next))
+    }
+
+    /// Every object under `prefix`, in key order.
+    pub async fn list_all(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectEntry>> {
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let (page, next) = self.list_page(bucket, prefix, token.as_deref()).await?;
+            out.extend(page);
+            match next {
+                Some(t) => token = Some(t),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// DeleteObject of the key as stored (a missing key is no error, as in S3).
+    pub async fn delete_object(&self, bucket: &str, key: &str) -> Result<()> {
+        let a = self.send_to(http::Method::DELETE, Some(bucket), Some(key), "").await?;
+        if a.status.is_success() || a.status == http::StatusCode::NOT_FOUND && a.error().0 == "NoSuchKey" {
+            return Ok(());
+        }
+        Err(self.refused(&a, &format!("deleting s3://{bucket}/{key}")))
     }
 }
 

@@ -384,15 +384,23 @@ async fn download(
         let name = prefix.trim_end_matches('/').rsplit('/').next().unwrap_or("");
         if name.is_empty() { t.bucket.clone() } else { name.to_owned() }
     }));
-    let listed = (!prefix.is_empty()).then(|| Path::from(prefix.trim_end_matches('/')));
+    // Listed as stored: a key ending in '/' is a folder marker (made by other tools), a folder here.
     let mut items = Vec::new();
-    let mut list = s.list(listed.as_ref());
-    while let Some(m) = list.next().await {
-        let m = m.map_err(|e| errors::from_store(e, ep, &t.bucket, &prefix))?;
-        let key = m.location.to_string();
-        let rel = key.strip_prefix(&prefix).unwrap_or(&key);
-        let local = local_path(&dir, rel).with_context(|| format!("s3://{}/{key}", t.bucket))?;
-        items.push(Item { local, key, size: m.size });
+    let mut folders = Vec::new();
+    for o in ep.s3()?.list_all(&t.bucket, &prefix).await? {
+        let rel = o.key.strip_prefix(&prefix).unwrap_or(&o.key);
+        if rel.is_empty() {
+            continue;
+        }
+        if let Some(folder) = rel.strip_suffix('/') {
+            folders.push(local_path(&dir, folder).with_context(|| format!("s3://{}/{}", t.bucket, o.key))?);
+            continue;
+        }
+        let local = local_path(&dir, rel).with_context(|| format!("s3://{}/{}", t.bucket, o.key))?;
+        items.push(Item { local, key: o.key, size: o.size });
+    }
+    for f in &folders {
+        tokio::fs::create_dir_all(f).await.map_err(|e| local_error(f, &e))?;
     }
     if items.is_empty() {
         eprintln!("cairn: no objects under s3://{}/{prefix}; nothing downloaded", t.bucket);
