@@ -17,9 +17,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// How often `sync` asks for progress.
 const POLL: Duration = Duration::from_millis(250);
 
+/// What `sync`, `status` and `load` print after their --help.
+pub const ADMIN_HELP: &str = "These commands talk to the node's admin endpoint (its node.admin_listen, \
+`cairn serve --admin-listen`), not to its S3 endpoint. For a node that is not on the default ports, \
+pass --admin http://HOST:PORT or set CAIRN_ADMIN, e.g. CAIRN_ADMIN=http://127.0.0.1:19001.";
+
 #[derive(clap::Args, Clone)]
 pub struct Admin {
-    /// The node's admin endpoint.
+    /// The node's admin endpoint (its `--admin-listen`); needed for a node not on the default ports.
     #[arg(long, env = "CAIRN_ADMIN", default_value = "http://127.0.0.1:9001")]
     admin: String,
 }
@@ -79,7 +84,7 @@ async fn request_json<T: serde::de::DeserializeOwned>(
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let uri = format!("{}{}", admin.admin.trim_end_matches('/'), path);
     let req = http::Request::builder().method(method).uri(&uri).body(Full::new(Bytes::from(body)))?;
-    let resp = client.request(req).await.with_context(|| format!("asking {uri}"))?;
+    let resp = client.request(req).await.map_err(|e| crate::errors::admin_unreachable(&admin.admin, &e))?;
     let status = resp.status();
     let body = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
     if !status.is_success() {
@@ -219,7 +224,7 @@ async fn get_json<T: serde::de::DeserializeOwned>(admin: &Admin, path_and_query:
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let uri = format!("{}{}", admin.admin.trim_end_matches('/'), path_and_query);
     let req = http::Request::get(&uri).body(Full::new(Bytes::new()))?;
-    let resp = client.request(req).await.with_context(|| format!("asking {uri}"))?;
+    let resp = client.request(req).await.map_err(|e| crate::errors::admin_unreachable(&admin.admin, &e))?;
     let status = resp.status();
     let body = resp.into_body().collect().await.context("reading the answer")?.to_bytes();
     if !status.is_success() {

@@ -1,5 +1,6 @@
-//! The `cairn` binary: `cairn serve` runs a node; `get`, `put`, `ls` and `stat` talk to one over
-//! its S3 endpoint.
+//! The `cairn` binary: `cairn serve` runs a node; `get`, `put`, `cp`, `ls`, `stat`, `rm`, `mb` and
+//! `rb` talk to one over its S3 endpoint, `sync`, `status` and `load` over its admin endpoint.
+//! Every failure ends as one line, `cairn: <what and why>`, and exit status 1.
 //!
 //! The global allocator is jemalloc, not glibc's malloc. A node allocates and frees 8 MiB chunks,
 //! odd-sized KV values (64 KiB to 4 MiB) and request bodies on many threads (tokio workers, up to
@@ -15,14 +16,20 @@
 //! `malloc_trim` through `unsafe` FFI, which the workspace forbids.
 
 mod admin;
+mod buckets;
 mod client;
+mod errors;
+mod s3req;
+mod serve_help;
+mod sigv4;
+mod transfer;
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use cairn_core::{ByteSize, Config, MetadataPolicy, OriginConfig};
 use cairn_node::metrics::AllocatorStats;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -58,19 +65,30 @@ struct Cli {
 enum Command {
     /// Run a node. With no arguments: ./data as the origin, the cache in ./.cairn, loopback only.
     Serve(Box<ServeArgs>),
-    /// Download an object (to a file, or to stdout with `-`).
-    Get(client::GetArgs),
-    /// Upload a file as an object.
-    Put(client::PutArgs),
-    /// List objects under a bucket and prefix.
+    /// Download an object (to a file, or to stdout with `-`), or a prefix with --recursive.
+    Get(transfer::GetArgs),
+    /// Upload a file as an object, or a folder with --recursive.
+    Put(transfer::PutArgs),
+    /// Copy between a local path and s3:// (either way), a folder tree with --recursive.
+    Cp(transfer::CpArgs),
+    /// List the buckets, or the objects under s3://BUCKET[/PREFIX].
     Ls(client::LsArgs),
     /// Show an object's size, ETag and last-modified time.
     Stat(client::StatArgs),
+    /// Delete an object, or everything under a prefix with --recursive.
+    Rm(buckets::RmArgs),
+    /// Create a bucket.
+    Mb(buckets::MbArgs),
+    /// Remove a bucket (empty, or with everything in it with --force).
+    Rb(buckets::RbArgs),
     /// Wait until everything written under BUCKET/PREFIX before now is in the origin.
+    #[command(after_help = admin::ADMIN_HELP)]
     Sync(admin::SyncArgs),
-    /// Show pending uploads (objects, bytes, oldest age) per node.
+    /// Show the members, preloads and pending uploads (objects, bytes, oldest age) per node.
+    #[command(after_help = admin::ADMIN_HELP)]
     Status(admin::StatusArgs),
     /// Preload every object under BUCKET/PREFIX (or a list of keys) into the cluster.
+    #[command(after_help = admin::ADMIN_HELP)]
     Load(admin::LoadArgs),
     /// Create a cache directory and give it (and what is in it) to a user, so a node can run as
     /// that user on a host directory created by root (the image's init step in Kubernetes).
@@ -82,6 +100,7 @@ struct PrepareDirArgs {
     /// Owner as UID:GID.
     #[arg(long, default_value = "65532:65532")]
     owner: String,
+    /// The directory to create and hand over.
     dir: PathBuf,
 }
 
@@ -119,26 +138,30 @@ struct ServeArgs {
     /// Address of the S3 endpoint.
     #[arg(long, env = "CAIRN_LISTEN")]
     listen: Option<String>,
-    /// Address of /metrics and /healthz.
+    /// Address of the admin endpoint: the status page, /metrics, /healthz, and what `cairn sync`,
+    /// `status` and `load` ask (their --admin).
     #[arg(long, env = "CAIRN_ADMIN_LISTEN")]
     admin_listen: Option<String>,
-    /// Cache directory (disk tier and multipart staging).
+    /// Cache directory: the disk tier, the write-back journal and multipart staging.
     #[arg(long, env = "CAIRN_CACHE_DIR")]
     cache_dir: Option<String>,
+    /// Bytes of chunks kept in RAM, e.g. 4GiB.
     #[arg(long, env = "CAIRN_RAM_CAPACITY")]
     ram_capacity: Option<ByteSize>,
+    /// Bytes of chunks kept on disk under the cache directory; 0 disables the disk tier.
     #[arg(long, env = "CAIRN_DISK_CAPACITY")]
     disk_capacity: Option<ByteSize>,
     /// Free space the disk tier leaves on the cache dir's device ("10%" or "2GiB").
     #[arg(long, env = "CAIRN_FREE_SPACE_RESERVE")]
     free_space_reserve: Option<cairn_core::SpaceReserve>,
-    /// Chunks fetched ahead of sequential readers.
+    /// Chunks fetched ahead of a sequential reader at first (the window grows while it waits).
     #[arg(long, env = "CAIRN_READAHEAD")]
     readahead: Option<usize>,
     /// Replace the configured origins with this one (file://, az://, s3://, gs://).
     #[arg(long, env = "CAIRN_ORIGIN")]
     origin: Option<String>,
-    /// Expose --origin under this bucket name (default: account mode).
+    /// Expose --origin under this one bucket name; without it, account mode (bucket names pass
+    /// through: sub-folders of a file:// origin, buckets or containers of the account).
     #[arg(long, env = "CAIRN_BUCKET", requires = "origin")]
     bucket: Option<String>,
     /// Backend option for --origin, as KEY=VALUE (repeatable), e.g. aws_endpoint=http://127.0.0.1:9100.
@@ -159,9 +182,10 @@ struct ServeArgs {
     /// Replace the access keys with this one (needs --secret-key).
     #[arg(long, env = "CAIRN_ACCESS_KEY", requires = "secret_key")]
     access_key: Option<String>,
+    /// The secret key of --access-key.
     #[arg(long, env = "CAIRN_SECRET_KEY", hide_env_values = true)]
     secret_key: Option<String>,
-    /// Serve unsigned requests too.
+    /// Serve unsigned (anonymous) S3 requests too.
     #[arg(long, env = "CAIRN_ALLOW_ANONYMOUS")]
     allow_anonymous: bool,
     /// Cluster map file (joins a cluster; re-read when it changes).
@@ -179,11 +203,13 @@ struct ServeArgs {
     /// Gossip seeds instead of a map file: other nodes' peer addresses or DNS names, comma-separated.
     #[arg(long, env = "CAIRN_SEEDS", value_delimiter = ',')]
     seeds: Option<Vec<String>>,
-    /// This node's zone, rack and failure-detection cell (gossip mode).
+    /// This node's zone (replicas land in different zones and racks).
     #[arg(long, env = "CAIRN_ZONE")]
     zone: Option<String>,
+    /// This node's rack within its zone; a dead node's chunks move to nodes of its rack.
     #[arg(long, env = "CAIRN_RACK")]
     rack: Option<String>,
+    /// The failure-detection cell this node probes within (gossip mode); empty: its zone.
     #[arg(long, env = "CAIRN_CELL")]
     cell: Option<String>,
     /// The address peers reach this node at, when --peer-listen is a wildcard address.
@@ -201,8 +227,10 @@ struct ServeArgs {
     /// Address of the KV (Redis-protocol) endpoint; empty disables it.
     #[arg(long, env = "CAIRN_KV_LISTEN")]
     kv_listen: Option<String>,
+    /// Bytes of KV values kept in RAM (separate from the chunk cache).
     #[arg(long, env = "CAIRN_KV_RAM_CAPACITY")]
     kv_ram_capacity: Option<ByteSize>,
+    /// Bytes of KV values kept on disk under <cache dir>/kv (emptied at start); 0 disables it.
     #[arg(long, env = "CAIRN_KV_DISK_CAPACITY")]
     kv_disk_capacity: Option<ByteSize>,
     /// Password of the KV endpoint's default user (Redis `requirepass`).
@@ -497,18 +525,36 @@ async fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
+/// Parses the command line; `serve --help` shows each flag's default from `Config::default()`.
+fn parse_cli() -> Cli {
+    let cmd = Cli::command().mut_subcommand("serve", serve_help::with_defaults);
+    let matches = cmd.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
         Command::Serve(a) => serve(*a).await,
-        Command::Get(a) => client::get(a).await,
-        Command::Put(a) => client::put(a).await,
+        Command::Get(a) => transfer::get(a).await,
+        Command::Put(a) => transfer::put(a).await,
+        Command::Cp(a) => transfer::cp(a).await,
         Command::Ls(a) => client::ls(a).await,
         Command::Stat(a) => client::stat(a).await,
+        Command::Rm(a) => buckets::rm(a).await,
+        Command::Mb(a) => buckets::mb(a).await,
+        Command::Rb(a) => buckets::rb(a).await,
         Command::Sync(a) => admin::sync(a).await,
         Command::Status(a) => admin::status(a).await,
         Command::Load(a) => admin::load(a).await,
         Command::PrepareDir(a) => prepare_dir(&a),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = parse_cli();
+    if let Err(e) = run(cli.command).await {
+        eprintln!("cairn: {}", errors::one_line(&e));
+        std::process::exit(1);
     }
 }
