@@ -84,3 +84,43 @@ def test_a_pushed_chunk_that_fails_its_checksum_is_refused(tmp_path, prefix):
             assert n.s3().get_object(Bucket="data", Key=key)["Body"].read() == body
     finally:
         c.stop()
+
+
+def test_a_frozen_owner_costs_the_carry_over_one_timeout_and_the_read_back_stays_exact(tmp_path, prefix):
+    """An owner frozen (SIGSTOP: its kernel still accepts connections) while an upload's chunks are
+    carried over: the push to it times out once, it is marked suspect and its chunks go to the next
+    candidates, so the upload is not held for a timeout per chunk; reads of the object through the
+    other nodes stay exact while it is frozen and after it resumes. (`sync` itself waits for the
+    frozen node, which cannot say what it holds, until it answers or the map marks it down.)"""
+    import signal
+
+    c = Cluster(tmp_path, 3, chunk=1 * MIB)
+    frozen = c.nodes[2]
+    try:
+        key = prefix + "ckpt/rank-0.bin"
+        body = payload(32 * MIB + 99, seed=75)
+        with_durability(c.nodes[0].s3(), "local").put_object(Bucket="data", Key=key, Body=body)
+        frozen.proc.send_signal(signal.SIGSTOP)
+        t = time.time()
+        writer = c.nodes[0]
+        while time.time() - t < 60:
+            if writer.metric("cairn_pending_uploads") == 0:
+                break
+            time.sleep(0.2)
+        took = time.time() - t
+        # 33 chunks, about a third owned by the frozen node: one 1 s peer timeout, not eleven.
+        assert writer.metric("cairn_pending_uploads") == 0
+        assert took < 8, f"the upload and its carry-over took {took:.1f} s with one owner frozen"
+        assert writer.metric("cairn_upload_carried_bytes_total") == len(body)
+        before = origin_bytes(c.nodes[:2])
+        for n in c.nodes[:2]:
+            assert n.s3().get_object(Bucket="data", Key=key)["Body"].read() == body
+        # The frozen owner's chunks were carried to the next candidates, whom readers ask next.
+        assert origin_bytes(c.nodes[:2]) == before
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)
+    try:
+        for n in c.nodes:
+            assert n.s3().get_object(Bucket="data", Key=key)["Body"].read() == body
+    finally:
+        c.stop()

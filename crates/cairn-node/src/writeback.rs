@@ -1118,6 +1118,9 @@ const CARRY_PARALLEL: usize = 4;
 /// by the cluster instead of the origin. The bytes come from this node's journal, each checked
 /// against its checksum, and are the bytes the origin received. Best effort: a chunk that cannot
 /// be carried is fetched from the origin by its first reader.
+/// Candidates a carried chunk is offered to before it is left to the origin.
+const CARRY_CANDIDATES: usize = 3;
+
 async fn carry_over(state: &Arc<NodeState>, rec: &Arc<WriteRecord>, info: &ObjectInfo) {
     let v = ObjectVersion { version: info.etag.clone(), ..rec.object_version() };
     let carried = futures::stream::iter(0..rec.chunk_count())
@@ -1136,22 +1139,32 @@ async fn carry_over(state: &Arc<NodeState>, rec: &Arc<WriteRecord>, info: &Objec
                 let owner = state.cluster.as_ref().map(|c| (c, c.route(id.0 as u64)));
                 match owner {
                     Some((cluster, route)) if !route.self_is_owner => {
-                        // The first healthy candidate: a peer that failed a push is suspect and
-                        // comes last, so a frozen owner costs one peer timeout, not one per chunk.
-                        let Some(node) = route.candidates.first() else { return 0 };
+                        // Healthy candidates first: a peer that fails a push is marked suspect (so
+                        // a frozen owner costs one peer timeout, not one per chunk) and the chunk
+                        // goes to the next candidate, which its readers ask next.
                         let q = ChunkQuery::new(&v, rec.chunk_size, index);
                         let sum = rec.sums.get(index as usize).copied().unwrap_or_default();
                         let len = b.len() as u64;
-                        match cluster.put_chunk(node, &q, b, sum).await {
-                            Ok(()) => len,
-                            Err(e) => {
-                                tracing::debug!(peer = %node.id, key = %rec.key, index, error = ?e, "chunk not carried over");
-                                if matches!(e, PeerError::Unavailable(_)) {
+                        for node in route.candidates.iter().take(CARRY_CANDIDATES) {
+                            if node.id == cluster.node_id {
+                                return match state.reader.store().insert_and_persist(id, b).await {
+                                    Ok(()) => len,
+                                    Err(_) => 0,
+                                };
+                            }
+                            match cluster.put_chunk(node, &q, b.clone(), sum).await {
+                                Ok(()) => return len,
+                                Err(PeerError::Unavailable(e)) => {
+                                    tracing::debug!(peer = %node.id, key = %rec.key, index, error = %e, "chunk not carried to this peer; trying the next");
                                     cluster.mark_suspect(&node.id);
                                 }
-                                0
+                                Err(e) => {
+                                    tracing::debug!(peer = %node.id, key = %rec.key, index, error = ?e, "chunk not carried over");
+                                    return 0;
+                                }
                             }
                         }
+                        0
                     }
                     _ => {
                         let len = b.len() as u64;
