@@ -23,7 +23,7 @@ process of its own; its CPU seconds and the node's are reported per byte beside 
    every rank's write is acknowledged, against the disk's own speed (the same bytes written to
    16 files on the cache's disk, each fsync'd).
 4. **st**: a 2 GiB safetensors file (16 float32 tensors) loaded through the mount
-   (`safetensors.numpy.load_file`) and through the native client (`cairn.checkpoint.load`),
+   (`safetensors.numpy.load_file`) and through the native client (`cairn.checkpoint.load_file`),
    against the same file loaded from tmpfs.
 
 The Markdown tables are printed and written to bench/client_results.md.
@@ -457,9 +457,9 @@ def load(): return load_file(os.environ["BENCH_ST_LOCAL"])
 from safetensors.numpy import load_file
 def load(): return load_file(os.environ["BENCH_MNT"] + "/st/model.safetensors")
 """,
-    "native (cairn.checkpoint.load)": """
+    "native (cairn.checkpoint.load_file)": """
 import cairn, cairn.checkpoint
-def load(): return cairn.checkpoint.load("cairn://bench/st/model.safetensors")
+def load(): return cairn.checkpoint.load_file("cairn://bench/st/model.safetensors")
 """,
 }
 
