@@ -21,176 +21,23 @@ The Markdown table is printed and written to bench/results.md.
 """
 
 import argparse
-import hashlib
-import json
 import os
 import pathlib
-import platform
-import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import cpustat  # noqa: E402
-from toolkit import (  # noqa: E402,F401  (shared helpers; tls_bench and compat use them through this module)
-    ANOMALIES, GIB, MIB, PROCS, ROOT, Cairn, ForeignLoad, anomaly, cpu_busy, free_port, gen_file, log, revision,
-    start, stop, stop_all, table, wait_port,
+from toolkit import (  # noqa: E402
+    HIT_OBJECT, HIT_OBJECTS, HIT_RANGE, MIB, ROOT, Azurite, Cairn, ForeignLoad, Nginx, ServerCpu, anomalies_section,
+    anomaly, busy_at_start, cairn_binary, clean_up, curl_sha256, finish, gen_file, http_get, load_note, log,
+    machine, need_tools, private_copy, revision, table, wrk, wrk_script,
 )
-
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-AZURITE_ACCOUNT = "devstoreaccount1"
-HIT_OBJECT = 16 * MIB
-HIT_OBJECTS = 4
-RANGE = (4096, 8191)
-
-
-# ---------------------------------------------------------------------------------------------
-# Servers
-
-
-class Nginx:
-    def __init__(self, tmp, origin):
-        self.dir = tmp / "nginx"
-        self.dir.mkdir()
-        self.port = free_port()
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        temp = "".join(
-            f"  {d}_temp_path {self.dir / d};\n" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        conf = f"""{user}worker_processes 2;
-daemon off;
-pid {self.dir / "nginx.pid"};
-error_log {self.dir / "error.log"} warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  keepalive_requests 100000000;
-  keepalive_timeout 120s;
-  default_type application/octet-stream;
-{temp}  server {{
-    listen 127.0.0.1:{self.port};
-    location /bench/ {{ alias {origin}/; }}
-  }}
-}}
-"""
-        self.conf = self.dir / "nginx.conf"
-        self.conf.write_text(conf)
-        self.proc = start(["nginx", "-c", str(self.conf), "-p", str(self.dir)], self.dir / "stdout.log")
-        wait_port(self.port, self.proc)
-
-    def url(self, path):
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def stop(self):
-        stop(self.proc)
-
-
-class Azurite:
-    def __init__(self, tmp):
-        from azure.storage.blob import BlobServiceClient
-
-        bin_path = ROOT / ".test-deps" / "node_modules" / ".bin" / "azurite-blob"
-        if not bin_path.exists():
-            log("installing Azurite into .test-deps")
-            subprocess.run(
-                ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(ROOT / ".test-deps"), "azurite@3.37.0"],
-                check=True,
-            )
-        self.port = free_port()
-        loc = tmp / "azurite"
-        loc.mkdir()
-        self.proc = start(
-            [
-                str(bin_path),
-                "--blobHost", "127.0.0.1",
-                "--blobPort", str(self.port),
-                "--location", str(loc),
-                "--silent", "--skipApiVersionCheck", "--loose",
-            ],
-            loc / "azurite.log",
-        )
-        wait_port(self.port, self.proc)
-        self.endpoint = f"http://127.0.0.1:{self.port}/{AZURITE_ACCOUNT}"
-        conn = (
-            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
-            f"AccountKey={AZURITE_KEY};BlobEndpoint={self.endpoint};"
-        )
-        self.service = BlobServiceClient.from_connection_string(conn)
-
-    def sas_url(self, container, blob):
-        from datetime import datetime, timedelta, timezone
-
-        from azure.storage.blob import BlobSasPermissions, generate_blob_sas
-
-        sas = generate_blob_sas(
-            AZURITE_ACCOUNT,
-            container,
-            blob,
-            account_key=AZURITE_KEY,
-            permission=BlobSasPermissions(read=True),
-            expiry=datetime.now(timezone.utc) + timedelta(hours=2),
-        )
-        return f"{self.endpoint}/{container}/{blob}?{sas}"
-
-    def stop(self):
-        stop(self.proc)
-
 
 # ---------------------------------------------------------------------------------------------
 # Clients
-
-WRK_DONE = """
-done = function(summary, latency, requests)
-  io.write(string.format(
-    'WRKJSON {"duration_us":%d,"requests":%d,"bytes":%d,"connect":%d,"read":%d,"write":%d,"status":%d,' ..
-    '"timeout":%d,"p50_us":%d,"p99_us":%d,"max_us":%d}\\n',
-    summary.duration, summary.requests, summary.bytes, summary.errors.connect, summary.errors.read,
-    summary.errors.write, summary.errors.status, summary.errors.timeout,
-    latency:percentile(50), latency:percentile(99), latency.max))
-end
-"""
-
-
-def wrk_script(path, paths, headers=None):
-    lines = ["local paths = {" + ", ".join(f'"{p}"' for p in paths) + "}", "local i = 0"]
-    for k, v in (headers or {}).items():
-        lines.append(f'wrk.headers["{k}"] = "{v}"')
-    lines += [
-        "request = function()",
-        "  i = i % #paths + 1",
-        '  return wrk.format("GET", paths[i])',
-        "end",
-    ]
-    path.write_text("\n".join(lines) + "\n" + WRK_DONE)
-    return path
-
-
-def wrk(base_url, script, conns, seconds, latency=False):
-    threads = min(2, conns)
-    args = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script)]
-    if latency:
-        args.append("--latency")
-    args.append(base_url)
-    out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60)
-    for line in out.stdout.splitlines():
-        if line.startswith("WRKJSON "):
-            r = json.loads(line[len("WRKJSON "):])
-            r["errors"] = sum(r[k] for k in ("connect", "read", "write", "status", "timeout"))
-            r["gbps"] = r["bytes"] / (r["duration_us"] / 1e6) / 1e9
-            return r
-    raise RuntimeError(f"wrk printed no summary:\n{out.stdout}\n{out.stderr}")
-
-
-def http_get(url, headers=None):
-    req = urllib.request.Request(url, headers=headers or {})
-    with urllib.request.urlopen(req, timeout=120) as r:
-        return r.status, r.read()
 
 
 def curl_timed(url, sink="/dev/null"):
@@ -203,24 +50,6 @@ def curl_timed(url, sink="/dev/null"):
     dt = time.perf_counter() - t0
     code, size = out.stdout.split()
     return dt, int(code), int(float(size))
-
-
-def curl_sha256(url):
-    """Streams a GET through curl into sha256; returns (hexdigest, bytes, http code)."""
-    proc = subprocess.Popen(
-        ["curl", "-s", "-o", "-", "-w", "%{stderr}%{http_code}", url],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    h, n = hashlib.sha256(), 0
-    while True:
-        buf = proc.stdout.read(4 * MIB)
-        if not buf:
-            break
-        h.update(buf)
-        n += len(buf)
-    code = proc.stderr.read().decode().strip()
-    proc.wait()
-    return h.hexdigest(), n, int(code or 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +95,7 @@ def bench_hits(cairn, nginx, tmp, seconds, rows):
 
 def bench_ranges(cairn, nginx, tmp, seconds, rows):
     path = "/bench/obj0"
-    lo, hi = RANGE
+    lo, hi = HIT_RANGE
     want = (tmp / "origin" / "obj0").read_bytes()[lo : hi + 1]
     hdr = {"Range": f"bytes={lo}-{hi}"}
     for name, server in (("cairn", cairn), ("nginx", nginx)):
@@ -284,7 +113,7 @@ def bench_ranges(cairn, nginx, tmp, seconds, rows):
             wrk(server.url(""), script, conns, 2)
             # The server's CPU per request (all its threads, or nginx's workers): steadier than
             # requests/s when the machine is shared.
-            with cpustat.Meter(server.proc.pid) as m:
+            with ServerCpu(server.proc.pid) as m:
                 r = wrk(server.url(""), script, conns, seconds, latency=True)
             rps = r["requests"] / (r["duration_us"] / 1e6)
             r["cpu_us"] = m.per(r["requests"])
@@ -467,17 +296,10 @@ def main():
                     help="only the hit rows (16 MiB GETs and 4 KiB ranged GETs), no cold reads")
     args = ap.parse_args()
 
-    bin_path = os.environ.get("CAIRN_BIN", str(ROOT / "target" / "release" / "cairn"))
-    bin_path = str(pathlib.Path(bin_path).resolve())
-    for tool in ("nginx", "wrk", "curl"):
-        if shutil.which(tool) is None:
-            sys.exit(f"{tool} not found (cargo xtask bench installs nginx-light and wrk)")
-    if not os.access(bin_path, os.X_OK):
-        sys.exit(f"cairn binary not found at {bin_path} (cargo build --release -p cairn)")
+    need_tools(("nginx", "wrk", "curl"), "cargo xtask bench installs nginx-light and wrk")
+    bin_path = cairn_binary()
 
-    busy_before = cpu_busy()
-    if busy_before > 0.10:
-        log(f"warning: the machine is {busy_before:.0%} busy before the benchmark starts; numbers will be noisy")
+    busy_before = busy_at_start()
     bin_mtime = os.stat(bin_path).st_mtime
     big = (256 if args.quick else 1024) * MIB
     seconds = 3 if args.quick else 10
@@ -486,9 +308,7 @@ def main():
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="cairn-bench-"))
     rows = []
     try:
-        # A private copy, so a rebuild of target/release during the run cannot swap binaries.
-        shutil.copy2(bin_path, tmp / "cairn")
-        bin_path = str(tmp / "cairn")
+        bin_path = private_copy(bin_path, tmp)
         origin = tmp / "origin"
         origin.mkdir()
         for i in range(HIT_OBJECTS):
@@ -517,11 +337,7 @@ def main():
             bench_azure_cold(bin_path, tmp, big_path, big_sha, big, rows)
             bench_collapse(bin_path, tmp, big_path, big_sha, big, rows)
     finally:
-        stop_all()
-        if args.keep:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        clean_up(tmp, args.keep)
 
     wall = time.time() - started
     md = table(rows)
@@ -529,16 +345,10 @@ def main():
     header = (
         f"cairn benchmark{' (--quick)' if args.quick else ''}, {time.strftime('%Y-%m-%d %H:%M %Z')}, "
         f"commit {rev}, binary built {time.strftime('%Y-%m-%d %H:%M', time.localtime(bin_mtime))}, "
-        f"{os.cpu_count()} CPUs, {platform.machine()} Linux {platform.release()}, "
-        f"wrk runs {seconds} s, wall time {wall:.0f} s, CPU busy before start {busy_before:.0%}, "
-        f"CPU used by other processes during the run ≈ {foreign.cores():.2f} cores"
+        f"{machine()}, "
+        f"wrk runs {seconds} s, wall time {wall:.0f} s, {load_note(busy_before, foreign.cores())}"
     )
-    notes = "\n".join(f"- {a}" for a in ANOMALIES) or "- none"
-    text = f"{header}\n\n{md}\n\nAnomalies seen in cairn's behaviour:\n{notes}\n"
-    print(text)
-    pathlib.Path(args.out).write_text(text)
-    log(f"wrote {args.out}")
-    return 1 if ANOMALIES else 0
+    return finish(f"{header}\n\n{md}\n\n{anomalies_section()}", args.out)
 
 
 if __name__ == "__main__":

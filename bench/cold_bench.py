@@ -42,8 +42,8 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from toolkit import (  # noqa: E402
-    ANOMALIES, MIB, ROOT, Cairn, CpuMeter, Emu, ForeignLoad, cairn_binary, cpu_busy, gen_file, log, machine,
-    ns_per_byte, revision, sha256_file, stop_all, table,
+    ANOMALIES, MIB, ROOT, Cairn, CpuMeter, Emu, ForeignLoad, anomalies_section, cairn_binary, clean_up, cpu_busy,
+    finish, gen_file, load_note, log, machine, ns_per_byte, private_copy, revision, sha256_file, table,
 )
 
 BUCKET = "cold"
@@ -151,8 +151,7 @@ def main():
     results = {}  # name -> (seconds, cpu seconds)
     checkpoint = None
     try:
-        shutil.copy2(bin_path, tmp / "cairn")
-        bin_path = str(tmp / "cairn")
+        bin_path = private_copy(bin_path, tmp)
         root = tmp / "origin"
         (root / BUCKET).mkdir(parents=True)
         log(f"generating a {args.size_mib} MiB object")
@@ -229,12 +228,8 @@ def main():
             checkpoint = checkpoint_round_trip(bin_path, tmp, emu, args.checkpoint_mib * MIB)
         load = foreign.cores()
     finally:
-        stop_all()
+        clean_up(tmp, args.keep)
         shutil.rmtree(shm, ignore_errors=True)
-        if args.keep:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     def mbps(name):
         return size / results[name][0] / 1e6
@@ -271,16 +266,11 @@ def main():
     header = (
         f"Cold read of a {args.size_mib} MiB object from cairn-emu (latency {args.latency}, {args.bandwidth}/s per "
         f"connection), {time.strftime('%Y-%m-%d %H:%M %Z')}, commit {revision()}, {machine()}, "
-        f"wall time {time.time() - started:.0f} s, CPU busy before start {busy_before:.0%}, "
-        f"CPU used by other processes during the run ≈ {load:.2f} cores"
+        f"wall time {time.time() - started:.0f} s, {load_note(busy_before, load)}"
     )
-    notes = "\n".join(f"- {a}" for a in ANOMALIES) or "- none"
     text = (f"{header}\n\n{table(rows, head)}\n\n" + "\n".join(f"- {v}" for v in verdicts)
-            + f"\n\nAnomalies seen in cairn's behaviour:\n{notes}\n")
-    print(text)
-    pathlib.Path(args.out).write_text(text)
-    log(f"wrote {args.out}")
-    return 1 if ANOMALIES else 0
+            + f"\n\n{anomalies_section()}")
+    return finish(text, args.out)
 
 
 if __name__ == "__main__":

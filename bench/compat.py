@@ -30,8 +30,6 @@ import os
 import pathlib
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -41,9 +39,8 @@ import urllib.request
 import xml.etree.ElementTree as ET
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from bench import free_port, stop, wait_port  # noqa: E402
+from toolkit import ROOT, cairn_binary, free_port, start, stop_all, wait_port  # noqa: E402
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 PIN = "8f0ae7b404a3a2fcf7038bf1e6bf29544fe9b6a3"
 TARBALL = f"https://codeload.github.com/ceph/s3-tests/tar.gz/{PIN}"
 TEST_FILES = ["s3tests/functional/test_s3.py", "s3tests/functional/test_headers.py"]
@@ -187,17 +184,14 @@ keys = [{keys}]
 [[origin]]
 url = "file://{origin}"
 """)
-    log = open(work / "cairn.log", "wb")
-    proc = subprocess.Popen([binary, "serve", "--config", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    proc = start([binary, "serve", "--config", str(conf)], work / "cairn.log")
     wait_port(port, proc)
     return proc, port
 
 
 def start_moto(work):
     port = free_port()
-    log = open(work / "moto.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = start([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], work / "moto.log")
     wait_port(port, proc)
     return proc, port
 
@@ -333,18 +327,13 @@ def main():
         print(table)
         write_compat_md(table)
         return
-    binary = os.environ.get("CAIRN_BIN", str(ROOT / "target" / "release" / "cairn"))
-    if not pathlib.Path(binary).exists():
-        sys.exit(f"compat: no cairn binary at {binary} (set CAIRN_BIN)")
+    binary = cairn_binary()
     tree = s3_tests_checkout(args.s3_tests)
     work = pathlib.Path(tempfile.mkdtemp(prefix="cairn-compat-"))
-    procs = []
     started = time.time()
     try:
-        cairn, cairn_port = start_cairn(work, binary)
-        procs.append(cairn)
-        moto, moto_port = start_moto(work)
-        procs.append(moto)
+        _, cairn_port = start_cairn(work, binary)
+        _, moto_port = start_moto(work)
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             runs = {
                 "cairn": pool.submit(run_suite, tree, work, "cairn", cairn_port, USERS, args.k),
@@ -362,8 +351,7 @@ def main():
         else:
             write_compat_md(table)
     finally:
-        for p in procs:
-            stop(p)
+        stop_all()
         if args.keep or args.k:
             print(f"compat: work directory kept: {work}", file=sys.stderr)
         else:

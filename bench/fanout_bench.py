@@ -29,7 +29,6 @@ import concurrent.futures
 import os
 import pathlib
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,9 +36,13 @@ import threading
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import cluster_bench as cb  # noqa: E402
+from toolkit import (  # noqa: E402
+    MIB, ROOT, Cluster, cairn_binary, clean_up, curl_sha256sum, gen_file, log, mon_check, mon_mark, need_tools,
+    private_copy, set_log_tag, table, total, wait_quiet, watch_machine,
+)
 
-MIB = cb.MIB
+set_log_tag("cluster-bench")
+
 NODES = 8
 
 
@@ -49,13 +52,13 @@ def egress(m):
 
 def herd(bin_path, tmp, name, origin_dir, key, size, digest, chunk, fanout):
     origins = [f'[[origin]]\nbucket = "bench"\nurl = "file://{origin_dir}"\nmetadata = "immutable"\nchunk_size = "{chunk}"\n']
-    cluster = cb.Cluster(bin_path, tmp, name, NODES, origins, extra_cluster=f"fanout = {str(fanout).lower()}\n")
+    cluster = Cluster(bin_path, tmp, name, NODES, origins, extra_cluster=f"fanout = {str(fanout).lower()}\n")
     try:
         barrier = threading.Barrier(NODES)
 
         def read(node):
             barrier.wait()
-            return cb.curl_sha256(node.url(f"/bench/{key}"))
+            return curl_sha256sum(node.url(f"/bench/{key}"))
 
         started = time.time()
         with concurrent.futures.ThreadPoolExecutor(NODES) as pool:
@@ -71,9 +74,9 @@ def herd(bin_path, tmp, name, origin_dir, key, size, digest, chunk, fanout):
             "seconds": took,
             "max_egress": max(out),
             "mean_egress": sum(out) / len(out),
-            "origin": cb.total(m, "cairn_origin_bytes_total") / size,
-            "handoffs": cb.total(m, "cairn_p2p_handoffs_total"),
-            "reselections": cb.total(m, "cairn_p2p_reselections_total"),
+            "origin": total(m, "cairn_origin_bytes_total") / size,
+            "handoffs": total(m, "cairn_p2p_handoffs_total"),
+            "reselections": total(m, "cairn_p2p_reselections_total"),
         }
     finally:
         cluster.stop()
@@ -85,7 +88,7 @@ def load_rows(bin_path, tmp, origin_dir):
     prefix_dir.mkdir()
     digests = {}
     for i in range(64):
-        digests[f"pfx/o{i:02d}"] = cb.gen_file(prefix_dir / f"o{i:02d}", 16 * MIB, 5000 + i)
+        digests[f"pfx/o{i:02d}"] = gen_file(prefix_dir / f"o{i:02d}", 16 * MIB, 5000 + i)
     size = 64 * 16 * MIB
     env = dict(os.environ)
     env.pop("AWS_CA_BUNDLE", None)
@@ -95,7 +98,7 @@ def load_rows(bin_path, tmp, origin_dir):
                    capture_output=True)
     rclone_secs = time.time() - started
     origins = [f'[[origin]]\nbucket = "bench"\nurl = "file://{origin_dir}"\nmetadata = "immutable"\nchunk_size = "8MiB"\n']
-    cluster = cb.Cluster(bin_path, tmp, "load", NODES, origins)
+    cluster = Cluster(bin_path, tmp, "load", NODES, origins)
     try:
         node = cluster.nodes[0]
         started = time.time()
@@ -104,16 +107,16 @@ def load_rows(bin_path, tmp, origin_dir):
         load_secs = time.time() - started
         if p.returncode != 0:
             raise RuntimeError(f"cairn load failed: {p.stderr}")
-        before = cb.total(cluster.metrics(), "cairn_origin_bytes_total")
+        before = total(cluster.metrics(), "cairn_origin_bytes_total")
         reader = cluster.nodes[NODES - 1]
         started = time.time()
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            got = list(pool.map(lambda k: (k, cb.curl_sha256(reader.url(f"/bench/{k}"))), sorted(digests)))
+            got = list(pool.map(lambda k: (k, curl_sha256sum(reader.url(f"/bench/{k}"))), sorted(digests)))
         read_secs = time.time() - started
         for k, (d, n, code) in got:
             if (d, n, code) != (digests[k], 16 * MIB, 200):
                 raise RuntimeError(f"read of {k} after the load: status {code}, {n} bytes")
-        after = cb.total(cluster.metrics(), "cairn_origin_bytes_total")
+        after = total(cluster.metrics(), "cairn_origin_bytes_total")
         cluster.check_metrics()
     finally:
         cluster.stop()
@@ -123,66 +126,63 @@ def load_rows(bin_path, tmp, origin_dir):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(cb.ROOT / "bench" / "fanout_results.md"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "fanout_results.md"))
     ap.add_argument("--max-wait", type=float, default=1800,
                     help="seconds to wait for other work to finish before starting")
     args = ap.parse_args()
-    bin_path = str(pathlib.Path(os.environ.get("CAIRN_BIN", cb.ROOT / "target" / "release" / "cairn")).resolve())
-    if shutil.which("curl") is None:
-        sys.exit("curl not found")
-    cb.wait_quiet(args.max_wait, "the benchmark", quiet_for=10.0)
-    cb.FOREIGN = cb.ForeignLoad()
-    cb.MONITOR = cb.Monitor()
+    bin_path = cairn_binary()
+    need_tools(("curl",), "apt-get install -y curl")
+    wait_quiet(args.max_wait, "the benchmark", quiet_for=10.0)
+    _, monitor = watch_machine()
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="cairn-fanout-bench-"))
     rows = []
     try:
-        shutil.copy2(bin_path, tmp / "cairn")
-        bin_path = str(tmp / "cairn")
+        bin_path = private_copy(bin_path, tmp)
         origin = tmp / "origin"
         origin.mkdir()
         cases = [("64 MiB in 32 MiB chunks", "small.bin", 64 * MIB, "32MiB"),
                  ("1 GiB in 8 MiB chunks", "big.bin", 1024 * MIB, "8MiB")]
         for label, key, size, chunk in cases:
-            digest = cb.gen_file(origin / key, size, size)
+            digest = gen_file(origin / key, size, size)
             for fanout in (False, True):
                 name = f"{key}-{'p2p' if fanout else 'owner'}"
-                mark = cb.mon_mark()
+                mark = mon_mark()
                 r = herd(bin_path, tmp, name, origin, key, size, digest, chunk, fanout)
-                cb.mon_check(mark, name)
+                mon_check(mark, name)
                 r.update(label=label, scheme="fan-out" if fanout else "owner only")
                 rows.append(r)
-                cb.log(f"{label} {r['scheme']}: {r}")
-        mark = cb.mon_mark()
+                log(f"{label} {r['scheme']}: {r}")
+        mark = mon_mark()
         load = load_rows(bin_path, tmp, origin)
-        cb.mon_check(mark, "load")
-        cb.log(f"load: {load}")
+        mon_check(mark, "load")
+        log(f"load: {load}")
     finally:
-        cb.stop_all()
-        cb.MONITOR.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        clean_up(tmp)
+        monitor.stop()
 
     lines = [
         f"8 nodes on loopback, every node reads the same cold object at once ({platform.node()}, "
         f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}).",
         "",
-        "| object | scheme | all 8 done | max egress / object | mean egress / object | origin bytes / object | hand-offs | reselections |",
-        "|---|---|---|---|---|---|---|---|",
+        table([(r["label"], r["scheme"], f"{r['seconds']:.2f} s", f"{r['max_egress']:.2f}x", f"{r['mean_egress']:.2f}x",
+                f"{r['origin']:.2f}x", f"{r['handoffs']:.0f}", f"{r['reselections']:.0f}") for r in rows],
+              ("object", "scheme", "all 8 done", "max egress / object", "mean egress / object",
+               "origin bytes / object", "hand-offs", "reselections")),
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['label']} | {r['scheme']} | {r['seconds']:.2f} s | {r['max_egress']:.2f}x | {r['mean_egress']:.2f}x "
-            f"| {r['origin']:.2f}x | {r['handoffs']:.0f} | {r['reselections']:.0f} |")
     gb = load["size"] / 1e9
     lines += [
         "",
         "Preloading 64 objects of 16 MiB (1 GiB) into the 8 nodes, against a plain parallel copy of the prefix from the origin:",
         "",
-        "| | time | GB/s | origin bytes / prefix |",
-        "|---|---|---|---|",
-        f"| `cairn load s3://bench/pfx/` | {load['load_secs']:.2f} s | {gb / load['load_secs']:.2f} | {load['load_origin']:.2f}x |",
-        f"| `rclone copy --transfers 16` (reference) | {load['rclone_secs']:.2f} s | {gb / load['rclone_secs']:.2f} | 1.00x |",
-        f"| ratio cairn / rclone (throughput) | | {load['rclone_secs'] / load['load_secs']:.2f}x | |",
-        f"| then reading the prefix through one node | {load['read_secs']:.2f} s | {gb / load['read_secs']:.2f} | {load['read_origin']:.2f}x |",
+        table([
+            ("`cairn load s3://bench/pfx/`", f"{load['load_secs']:.2f} s", f"{gb / load['load_secs']:.2f}",
+             f"{load['load_origin']:.2f}x"),
+            ("`rclone copy --transfers 16` (reference)", f"{load['rclone_secs']:.2f} s",
+             f"{gb / load['rclone_secs']:.2f}", "1.00x"),
+            ("ratio cairn / rclone (throughput)", "", f"{load['rclone_secs'] / load['load_secs']:.2f}x", ""),
+            ("then reading the prefix through one node", f"{load['read_secs']:.2f} s",
+             f"{gb / load['read_secs']:.2f}", f"{load['read_origin']:.2f}x"),
+        ], ("", "time", "GB/s", "origin bytes / prefix")),
     ]
     text = "\n".join(lines) + "\n"
     print(text)

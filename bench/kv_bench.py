@@ -21,19 +21,16 @@ import csv
 import io
 import os
 import pathlib
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import cpustat  # noqa: E402
+from toolkit import (  # noqa: E402
+    MIB, ROOT, ServerCpu, cairn_binary, clean_up, free_port, need_tools, start, stop, table_head, table_row,
+    wait_port,
+)
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-MIB = 1024 * 1024
 SMALL = [(1024, "1 KiB"), (4096, "4 KiB")]
 LARGE = [(MIB, "1 MiB"), (32 * MIB, "32 MiB")]
 SMALL_CONNS = [1, 8, 32, 50]
@@ -48,40 +45,17 @@ KEYSPACE = {1024: 1000, 4096: 1000, MIB: 200, 32 * MIB: 16}
 WORKING_SET_RAM = 1024 * MIB
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing on port {port}")
-
-
 class Server:
-    def __init__(self, name, args, port, log):
+    """A Redis-protocol server (redis-server or cairn) on 127.0.0.1:`port`."""
+
+    def __init__(self, name, args, port, log_path):
         self.name, self.port = name, port
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        wait_port(port, self.proc)
+        self.proc = start(args, log_path)
+        wait_port(port, self.proc, timeout=30)
         self.pid = self.proc.pid
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc, timeout=20)
 
     def cli(self, *args):
         out = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True, timeout=60)
@@ -102,7 +76,7 @@ def start_redis(work, maxmemory=None):
             "--dir", str(d), "--protected-mode", "no", "--proto-max-bulk-len", "512mb"]
     if maxmemory:
         args += ["--maxmemory", str(maxmemory), "--maxmemory-policy", "allkeys-lru"]
-    return Server("redis", args, port, open(d / "log", "wb"))
+    return Server("redis", args, port, d / "log")
 
 
 def start_cairn(work, bin_path, ram, disk):
@@ -129,7 +103,7 @@ requirepass = ""
 url = "file://{d / 'origin'}"
 """)
     (d / "origin").mkdir()
-    return Server("cairn", [bin_path, "serve", "--config", str(cfg)], port, open(d / "log", "wb"))
+    return Server("cairn", [bin_path, "serve", "--config", str(cfg)], port, d / "log")
 
 
 def benchmark(port, *args, n, c):
@@ -147,9 +121,8 @@ def benchmark(port, *args, n, c):
 def throughput(servers, quick, small_only):
     """GET/SET rows; beside each throughput, the server's CPU time per request (all its threads,
     from the scheduler), which moves much less than throughput when the machine is shared."""
-    lines = ["| value | conns | pipeline | op | Redis req/s | cairn req/s | ratio | Redis CPU µs/req | "
-             "cairn CPU µs/req | CPU ratio | Redis p99 ms | cairn p99 ms | cairn MB/s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = table_head(("value", "conns", "pipeline", "op", "Redis req/s", "cairn req/s", "ratio", "Redis CPU µs/req",
+                        "cairn CPU µs/req", "CPU ratio", "Redis p99 ms", "cairn p99 ms", "cairn MB/s"))
     groups = [(SMALL, SMALL_CONNS, PIPELINES["small"])]
     if not small_only:
         groups.append((LARGE, LARGE_CONNS, PIPELINES["large"]))
@@ -167,30 +140,30 @@ def throughput(servers, quick, small_only):
                     for s in servers:
                         # SET first (fills the keyspace), then GET of the same keys; each measured alone.
                         for op in ("set", "get"):
-                            with cpustat.Meter(s.pid) as m:
+                            with ServerCpu(s.pid) as m:
                                 row = benchmark(s.port, "-t", op, "-P", str(p), "-d", str(size), "-r",
                                                 str(KEYSPACE[size]), n=n, c=c)
                             res[(s.name, op.upper())] = row[op.upper()] + (m.per(n),)
                     for op in ("SET", "GET"):
                         r, k = res[("redis", op)], res[("cairn", op)]
                         mbs = k[0] * size / 1e6
-                        lines.append(f"| {label} | {c} | {p} | {op} | {r[0]:,.0f} | {k[0]:,.0f} | {k[0] / r[0]:.2f}× | "
-                                     f"{r[3]:.1f} | {k[3]:.1f} | {k[3] / r[3]:.2f}× | {r[2]:.2f} | {k[2]:.2f} | "
-                                     f"{mbs:,.0f} |")
+                        lines.append(table_row((label, c, p, op, f"{r[0]:,.0f}", f"{k[0]:,.0f}", f"{k[0] / r[0]:.2f}×",
+                                                f"{r[3]:.1f}", f"{k[3]:.1f}", f"{k[3] / r[3]:.2f}×", f"{r[2]:.2f}",
+                                                f"{k[2]:.2f}", f"{mbs:,.0f}")))
                     print(lines[-2] + "\n" + lines[-1], flush=True)
     return lines
 
 
 def exists_batch(servers, quick):
     keys = [f"meta-llama/Llama-3.1-8B-Instruct@1@0@{i:064x}@bfloat16metadata" for i in range(128)]
-    lines = ["| server | 128-key EXISTS req/s | p50 ms | p99 ms |", "|---|---|---|---|"]
+    lines = table_head(("server", "128-key EXISTS req/s", "p50 ms", "p99 ms"))
     for s in servers:
         pipe = "".join(f"*3\r\n$3\r\nSET\r\n${len(k)}\r\n{k}\r\n$2\r\nok\r\n" for k in keys[::2])
         subprocess.run(["redis-cli", "-p", str(s.port), "--pipe"], input=pipe, capture_output=True, text=True,
                        timeout=60)
         rows = benchmark(s.port, "EXISTS", *keys, n=5000 if quick else 20000, c=8)
         (rps, p50, p99), = rows.values()
-        lines.append(f"| {s.name} | {rps:,.0f} | {p50:.3f} | {p99:.3f} |")
+        lines.append(table_row((s.name, f"{rps:,.0f}", f"{p50:.3f}", f"{p99:.3f}")))
         print(lines[-1], flush=True)
     return lines
 
@@ -198,13 +171,13 @@ def exists_batch(servers, quick):
 def working_set(work, bin_path, quick):
     size = MIB
     keys = 2 * WORKING_SET_RAM // size
-    lines = ["| server | RAM limit | GET req/s | hit ratio | note |", "|---|---|---|---|---|"]
+    lines = table_head(("server", "RAM limit", "GET req/s", "hit ratio", "note"))
     setups = [
         ("redis", lambda: start_redis(work, maxmemory=WORKING_SET_RAM), "maxmemory 1 GiB, allkeys-lru"),
         ("cairn", lambda: start_cairn(work, bin_path, "1GiB", "8GiB"), "RAM tier 1 GiB + disk tier"),
     ]
-    for name, start, note in setups:
-        s = start()
+    for name, launch, note in setups:
+        s = launch()
         try:
             # Fill: every key once, in order (2 GiB).
             fill_keys(s, keys, size)
@@ -214,7 +187,7 @@ def working_set(work, bin_path, quick):
             h1, m1 = s.info_stat("keyspace_hits"), s.info_stat("keyspace_misses")
             rps = rows["GET"][0]
             ratio = (h1 - h0) / max(1, (h1 - h0) + (m1 - m0))
-            lines.append(f"| {name} | 1 GiB | {rps:,.0f} | {ratio:.1%} | {note} |")
+            lines.append(table_row((name, "1 GiB", f"{rps:,.0f}", f"{ratio:.1%}", note)))
             print(lines[-1], flush=True)
         finally:
             s.stop()
@@ -240,10 +213,9 @@ def main():
     ap.add_argument("--small-only", action="store_true",
                     help="only the 1 KiB and 4 KiB GET/SET rows (no large values, EXISTS or working set)")
     args = ap.parse_args()
-    bin_path = os.environ.get("CAIRN_BIN", str(ROOT / "target" / "release" / "cairn"))
-    for tool in ("redis-server", "redis-benchmark", "redis-cli"):
-        if not shutil.which(tool):
-            sys.exit(f"{tool} is missing: run `cargo xtask deps` (apt: redis-server, redis-tools)")
+    bin_path = cairn_binary()
+    need_tools(("redis-server", "redis-benchmark", "redis-cli"),
+               "run `cargo xtask deps`; apt: redis-server, redis-tools")
     work = pathlib.Path(tempfile.mkdtemp(prefix="cairn-kv-bench-"))
     out = [f"redis-benchmark {subprocess.run(['redis-benchmark', '--version'], capture_output=True, text=True).stdout.strip()}, "
            f"{subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout.split()[2]}, "
@@ -263,8 +235,7 @@ def main():
             out += ["### Working set twice the RAM limit (1 MiB values, 2 GiB of keys, random GETs, 8 connections)",
                     ""] + working_set(work, bin_path, args.quick) + [""]
     finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+        clean_up(work, args.keep)
     out.append(f"Load average at the end: {os.getloadavg()[0]:.1f} (above ~2 on 2 CPUs: the machine was shared and "
                "the numbers are noisy).")
     text = "\n".join(out)

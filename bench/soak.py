@@ -42,8 +42,6 @@ import http.client
 import os
 import pathlib
 import random
-import re
-import shutil
 import signal
 import sys
 import tempfile
@@ -52,11 +50,13 @@ import time
 import urllib.request
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import cluster_bench as cb  # noqa: E402  (process start/stop helpers shared with the cluster bench)
+from toolkit import (  # noqa: E402
+    KIB, MIB, ROOT, cairn_binary, clean_up, free_ports, log, log_lines, private_copy, scrape, set_log_tag, start,
+    table_head, table_row, tree_cpu_seconds, wait_map_version, wait_port, write_cluster_map,
+)
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-MIB = 1 << 20
-KIB = 1 << 10
+set_log_tag("soak")
+
 NODES = 3
 SECRET = "soak-secret-0123456789abcdef"
 KV_PASSWORD = "soak-kv-password"
@@ -75,10 +75,6 @@ KV_MIN_VALUE, KV_MAX_VALUE = 64 * KIB, 4 * MIB
 KV_MEAN_VALUE = int((KV_MAX_VALUE - KV_MIN_VALUE) / 4.1589)
 
 
-def log(msg):
-    print(f"[soak {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
 def odd_size(lo, hi, rng):
     """A log-uniform size in [lo, hi], made odd so buffers are never a power of two."""
     lo_l, hi_l = lo.bit_length(), hi.bit_length()
@@ -92,10 +88,7 @@ class Node:
         self.ip = f"127.0.0.{11 + index}"
         self.dir = tmp / self.id
         self.dir.mkdir()
-        ports = set()
-        while len(ports) < 4:
-            ports = {cb.free_port(self.ip) for _ in range(4)}
-        self.port, self.admin, self.peer_port, self.kv_port = sorted(ports)
+        self.port, self.admin, self.peer_port, self.kv_port = free_ports(4, self.ip)
         self.map_path, self.origin, self.args = map_path, origin, args
         self.log_path = self.dir / "cairn.log"
         self.proc = None
@@ -140,25 +133,14 @@ metadata = "ttl:30s"
 """)
 
     def start(self, bin_path, env):
-        self.proc = cb.start([str(bin_path), "serve", "--config", str(self.dir / "cfg.toml")], self.log_path, env)
+        self.proc = start([str(bin_path), "serve", "--config", str(self.dir / "cfg.toml")], self.log_path, env)
 
     def wait_ready(self):
-        cb.wait_port(self.ip, self.port, self.proc)
-        cb.wait_port(self.ip, self.admin, self.proc)
-        cb.wait_port(self.ip, self.kv_port, self.proc)
+        for port in (self.port, self.admin, self.kv_port):
+            wait_port(port, self.proc, host=self.ip)
 
     def metrics(self):
-        with urllib.request.urlopen(f"http://{self.ip}:{self.admin}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        values = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                try:
-                    values[key] = float(value)
-                except ValueError:
-                    pass
-        return values
+        return scrape(self.ip, self.admin)
 
     def rss(self):
         with open(f"/proc/{self.proc.pid}/status") as f:
@@ -168,7 +150,7 @@ metadata = "ttl:30s"
         return 0
 
     def cpu(self):
-        return cb.proc_cpu([self.proc.pid])
+        return tree_cpu_seconds([self.proc.pid])
 
 
 class Load:
@@ -425,13 +407,10 @@ def main():
     # SIGTERM unwinds like Ctrl-C, so the nodes are stopped and the directory removed.
     signal.signal(signal.SIGTERM, interrupted)
 
-    bin_src = pathlib.Path(os.environ.get("CAIRN_BIN", ROOT / "target" / "release" / "cairn"))
-    if not bin_src.exists():
-        sys.exit(f"no cairn binary at {bin_src}: build it (cargo build --release -p cairn) or set CAIRN_BIN")
+    bin_src = cairn_binary()
     env = dict(kv.split("=", 1) for kv in args.node_env)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="cairn-soak-"))
-    bin_path = tmp / "cairn"
-    shutil.copy2(bin_src, bin_path)  # a rebuild during the run does not change the binary under test
+    bin_path = private_copy(bin_src, tmp)
     tiers = (args.ram_mib + args.kv_ram_mib) * MIB
     samples = []  # (t, [rss], [reported], [cpu], client bytes)
     load = None
@@ -441,19 +420,13 @@ def main():
         log(f"origin: {len(objects)} objects, {sum(s for _, s in objects) / MIB:,.0f} MiB; node env {env or 'default'}")
         map_path = tmp / "map.toml"
         nodes = [Node(tmp, i, map_path, origin, args) for i in range(NODES)]
-        lines = ["version = 1"]
-        for i, nd in enumerate(nodes):
-            lines += ["[[node]]", f'id = "{nd.id}"', f'addr = "{nd.ip}:{nd.peer_port}"', 'zone = "z1"',
-                      f'rack = "r{i % 2}"', "weight = 100", 'state = "up"']
-        map_path.write_text("\n".join(lines) + "\n")
+        write_cluster_map(map_path, nodes)
         for nd in nodes:
             nd.write_config()
             nd.start(bin_path, env)
         for nd in nodes:
             nd.wait_ready()
-        deadline = time.time() + 10
-        while time.time() < deadline and not all(nd.metrics().get("cairn_cluster_map_version", 0) == 1 for nd in nodes):
-            time.sleep(0.1)
+        wait_map_version(nodes)
 
         load = Load(nodes, objects, args)
         prefill(nodes, objects, load)
@@ -490,11 +463,7 @@ def main():
         load.join()
         report(args, samples, load, tiers, env, nodes)
     finally:
-        cb.stop_all()
-        if args.keep:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        clean_up(tmp, args.keep)
 
 
 def report(args, samples, load, tiers, env, nodes):
@@ -506,27 +475,26 @@ def report(args, samples, load, tiers, env, nodes):
     out.append(f"{args.minutes:g} min, {args.workers} workers offering {args.rate:g} MiB/s; tiers per node: RAM "
                f"{args.ram_mib} MiB + KV RAM {args.kv_ram_mib} MiB = {tiers / MIB:.0f} MiB (disk {args.disk_mib} + "
                f"KV disk {args.kv_disk_mib} MiB); {args.objects} origin objects.\n")
-    out.append("| min | " + " | ".join(f"{nd.id} RSS MiB" for nd in nodes) + " | reported RAM MiB (sum) | "
-               "live heap MiB (sum) | disk MiB (sum) | dirty MiB (sum) | payload MiB/s | MB per CPU-s |")
-    out.append("|---:|" + "---:|" * (len(nodes) + 6))
+    head = (["min"] + [f"{nd.id} RSS MiB" for nd in nodes] + ["reported RAM MiB (sum)", "live heap MiB (sum)",
+            "disk MiB (sum)", "dirty MiB (sum)", "payload MiB/s", "MB per CPU-s"])
+    out += table_head(head, "r" * len(head))
     for prev, cur in zip(samples, samples[1:]):
         dt = cur[0] - prev[0]
         cpu = sum(cur[3]) - sum(prev[3])
         db = cur[4] - prev[4]
-        out.append(f"| {cur[0] / 60:.1f} | " + " | ".join(fmt_mib(r) for r in cur[1])
-                   + f" | {fmt_mib(sum(cur[2]))} | {heap_cell(cur[7])} | {fmt_mib(sum(cur[5]))} | {fmt_mib(sum(cur[6]))} | "
-                   f"{db / dt / MIB:.1f} | {db / cpu / 1e6 if cpu else float('nan'):.1f} |")
+        out.append(table_row([f"{cur[0] / 60:.1f}"] + [fmt_mib(r) for r in cur[1]] + [
+            fmt_mib(sum(cur[2])), heap_cell(cur[7]), fmt_mib(sum(cur[5])), fmt_mib(sum(cur[6])),
+            f"{db / dt / MIB:.1f}", f"{db / cpu / 1e6 if cpu else float('nan'):.1f}"]))
     half = samples[0][0] + (samples[-1][0] - samples[0][0]) / 2
     last_half = [s for s in samples if s[0] >= half]
     out.append("")
-    out.append("| node | RSS start MiB (first sample after 1 min) | RSS end MiB | slope over the last half MiB/min "
-               "| RSS end / tiers | RSS end − tiers MiB |")
-    out.append("|---|---:|---:|---:|---:|---:|")
+    out += table_head(("node", "RSS start MiB (first sample after 1 min)", "RSS end MiB",
+                       "slope over the last half MiB/min", "RSS end / tiers", "RSS end − tiers MiB"), "lrrrrr")
     first = next((s for s in samples if s[0] >= 60), samples[1])
     for i, nd in enumerate(nodes):
         sl = slope([(s[0] / 60, s[1][i] / MIB) for s in last_half])
-        out.append(f"| {nd.id} | {fmt_mib(first[1][i])} | {fmt_mib(samples[-1][1][i])} | {sl:+.1f} | "
-                   f"{samples[-1][1][i] / tiers:.2f}× | {fmt_mib(samples[-1][1][i] - tiers)} |")
+        out.append(table_row((nd.id, fmt_mib(first[1][i]), fmt_mib(samples[-1][1][i]), f"{sl:+.1f}",
+                              f"{samples[-1][1][i] / tiers:.2f}×", fmt_mib(samples[-1][1][i] - tiers))))
 
     def per_cpu(a, b):
         cpu = sum(b[3]) - sum(a[3])
@@ -545,10 +513,9 @@ def report(args, samples, load, tiers, env, nodes):
     bad = []
     for nd in nodes:
         try:
-            text = re.sub(r"\x1b\[[0-9;]*m", "", nd.log_path.read_text(errors="replace"))
+            lines = log_lines(nd.log_path, " ERROR ", "panicked")
         except OSError:
             continue
-        lines = [ln for ln in text.splitlines() if " ERROR " in ln or "panicked" in ln]
         if lines:
             bad.append(f"{nd.id}: {len(lines)} ERROR/panic line(s), first: {lines[0][:200]}")
     if bad:

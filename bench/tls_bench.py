@@ -22,22 +22,19 @@ not handshakes. The Markdown table is printed and written to bench/tls_results.m
 
 import argparse
 import datetime
-import os
 import pathlib
-import platform
-import shutil
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import bench as b  # noqa: E402  (process, wrk and file helpers shared with the single-node bench)
+from toolkit import (  # noqa: E402
+    HIT_OBJECT, HIT_OBJECTS, HIT_RANGE, ROOT, Cairn, ForeignLoad, Nginx, anomalies_section, anomaly, cairn_binary,
+    clean_up, cpu_busy, finish, gen_file, http_get, load_note, log, machine, need_tools, private_copy, revision,
+    table, wrk, wrk_script,
+)
 
-ROOT = b.ROOT
-MIB = b.MIB
 
 
 def make_cert(folder):
@@ -77,55 +74,6 @@ def make_cert(folder):
     return paths
 
 
-class NginxBoth:
-    """nginx serving the same folder on an http and an https port (OpenSSL, sendfile where it can)."""
-
-    def __init__(self, tmp, origin, cert, key):
-        self.dir = tmp / "nginx"
-        self.dir.mkdir()
-        self.port, self.tls_port = b.free_port(), b.free_port()
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        temp = "".join(
-            f"  {d}_temp_path {self.dir / d};\n" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        conf = f"""{user}worker_processes 2;
-daemon off;
-pid {self.dir / "nginx.pid"};
-error_log {self.dir / "error.log"} warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  keepalive_requests 100000000;
-  keepalive_timeout 120s;
-  default_type application/octet-stream;
-{temp}  server {{
-    listen 127.0.0.1:{self.port};
-    listen 127.0.0.1:{self.tls_port} ssl;
-    ssl_certificate {cert};
-    ssl_certificate_key {key};
-    ssl_protocols TLSv1.3;
-    location /bench/ {{ alias {origin}/; }}
-  }}
-}}
-"""
-        (self.dir / "nginx.conf").write_text(conf)
-        self.proc = b.start(["nginx", "-c", str(self.dir / "nginx.conf"), "-p", str(self.dir)],
-                            self.dir / "stdout.log")
-        b.wait_port(self.port, self.proc)
-        b.wait_port(self.tls_port, self.proc)
-
-    def stop(self):
-        b.stop(self.proc)
-
-
-def fetch(url, ctx, headers=None):
-    req = urllib.request.Request(url, headers=headers or {})
-    with urllib.request.urlopen(req, timeout=120, context=ctx) as r:
-        return r.status, r.read()
-
-
 def negotiated(port, ctx):
     import socket
 
@@ -141,30 +89,28 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "bench" / "tls_results.md"))
     args = ap.parse_args()
 
-    bin_path = str(pathlib.Path(os.environ.get("CAIRN_BIN", str(ROOT / "target" / "release" / "cairn"))).resolve())
-    for tool in ("nginx", "wrk"):
-        if shutil.which(tool) is None:
-            sys.exit(f"{tool} not found (cargo xtask bench installs nginx-light and wrk)")
-    busy_before = b.cpu_busy()
+    bin_path = cairn_binary()
+    need_tools(("nginx", "wrk"), "cargo xtask bench installs nginx-light and wrk")
+    busy_before = cpu_busy()
     seconds = 3 if args.quick else 10
     started = time.time()
-    foreign = b.ForeignLoad()
+    foreign = ForeignLoad()
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="cairn-tls-bench-"))
     rows = []
     cipher = "?"
     try:
-        shutil.copy2(bin_path, tmp / "cairn")
+        bin_path = private_copy(bin_path, tmp)
         origin = tmp / "origin"
         origin.mkdir()
-        for i in range(b.HIT_OBJECTS):
-            b.gen_file(origin / f"obj{i}", b.HIT_OBJECT, i)
+        for i in range(HIT_OBJECTS):
+            gen_file(origin / f"obj{i}", HIT_OBJECT, i)
         cert, key, ca = make_cert(tmp)
         ctx = ssl.create_default_context(cafile=str(ca))
         bucket = f'[[origin]]\nbucket = "bench"\nurl = "file://{origin}"\nmetadata = "immutable"\n'
         tls = f'[tls]\ncert = "{cert}"\nkey = "{key}"\ns3 = true\n'
-        plain = b.Cairn(str(tmp / "cairn"), tmp, "cairn-http", [bucket])
-        secure = b.Cairn(str(tmp / "cairn"), tmp, "cairn-https", [bucket, tls])
-        nginx = NginxBoth(tmp, origin, cert, key)
+        plain = Cairn(bin_path, tmp, "cairn-http", [bucket])
+        secure = Cairn(bin_path, tmp, "cairn-https", [bucket, tls])
+        nginx = Nginx(tmp, origin, tls=(cert, key))
         servers = {
             ("cairn", "http"): f"http://127.0.0.1:{plain.port}",
             ("cairn", "https"): f"https://127.0.0.1:{secure.port}",
@@ -172,30 +118,30 @@ def main():
             ("nginx", "https"): f"https://127.0.0.1:{nginx.tls_port}",
         }
         cipher = f"cairn {negotiated(secure.port, ctx)}, nginx {negotiated(nginx.tls_port, ctx)}"
-        paths = [f"/bench/obj{i}" for i in range(b.HIT_OBJECTS)]
-        lo, hi = b.RANGE
+        paths = [f"/bench/obj{i}" for i in range(HIT_OBJECTS)]
+        lo, hi = HIT_RANGE
         for p in paths:
             want = (origin / p.rsplit("/", 1)[1]).read_bytes()
             for (name, scheme), base in servers.items():
-                status, body = fetch(base + p, ctx)  # warms the caches
+                status, body = http_get(base + p, context=ctx)  # warms the caches
                 if status != 200 or body != want:
-                    b.anomaly(f"{name} {scheme} GET {p}: status {status}, {len(body)} bytes, equal={body == want}")
-                status, body = fetch(base + p, ctx, {"Range": f"bytes={lo}-{hi}"})
+                    anomaly(f"{name} {scheme} GET {p}: status {status}, {len(body)} bytes, equal={body == want}")
+                status, body = http_get(base + p, {"Range": f"bytes={lo}-{hi}"}, ctx)
                 if status != 206 or body != want[lo : hi + 1]:
-                    b.anomaly(f"{name} {scheme} ranged GET {p}: status {status}, {len(body)} bytes")
-        hits = b.wrk_script(tmp / "hits.lua", paths)
-        ranges = b.wrk_script(tmp / "range.lua", [paths[0]], {"Range": f"bytes={lo}-{hi}"})
+                    anomaly(f"{name} {scheme} ranged GET {p}: status {status}, {len(body)} bytes")
+        hits = wrk_script(tmp / "hits.lua", paths)
+        ranges = wrk_script(tmp / "range.lua", [paths[0]], {"Range": f"bytes={lo}-{hi}"})
         results = {}
         for what, script, latency in (("hit", hits, False), ("range", ranges, True)):
             for conns in (1, 8):
                 for key_ in (("nginx", "http"), ("nginx", "https"), ("cairn", "http"), ("cairn", "https")):
-                    b.wrk(servers[key_], script, conns, 2)  # unmeasured warm-up
-                    r = b.wrk(servers[key_], script, conns, seconds, latency=latency)
+                    wrk(servers[key_], script, conns, 2)  # unmeasured warm-up
+                    r = wrk(servers[key_], script, conns, seconds, latency=latency)
                     r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
-                    b.log(f"{what} c={conns} {key_[0]} {key_[1]}: {r['gbps']:.2f} GB/s, {r['rps']:.0f} req/s, "
+                    log(f"{what} c={conns} {key_[0]} {key_[1]}: {r['gbps']:.2f} GB/s, {r['rps']:.0f} req/s, "
                           f"p50 {r['p50_us']} us, p99 {r['p99_us']} us, {r['errors']} errors")
                     if r["errors"]:
-                        b.anomaly(f"wrk {what} c={conns} {key_}: errors {r}")
+                        anomaly(f"wrk {what} c={conns} {key_}: errors {r}")
                     results[(what, conns) + key_] = r
 
         def row(label, value, fmt, lower_is_better=False):
@@ -222,30 +168,16 @@ def main():
         plain.stop()
         secure.stop()
     finally:
-        b.stop_all()
-        if args.keep:
-            b.log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        clean_up(tmp, args.keep)
 
     head = ("Benchmark", "cairn http", "cairn https", "cairn https/http", "nginx http", "nginx https",
             "nginx https/http")
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     header = (
         f"cairn TLS benchmark{' (--quick)' if args.quick else ''}, {time.strftime('%Y-%m-%d %H:%M %Z')}, "
-        f"commit {rev.stdout.strip() or '?'}, {os.cpu_count()} CPUs, {platform.machine()} Linux "
-        f"{platform.release()}, wrk runs {seconds} s, wall time {time.time() - started:.0f} s, "
-        f"negotiated: {cipher}, CPU busy before start {busy_before:.0%}, "
-        f"CPU used by other processes during the run ≈ {foreign.cores():.2f} cores"
+        f"commit {revision()}, {machine()}, wrk runs {seconds} s, wall time {time.time() - started:.0f} s, "
+        f"negotiated: {cipher}, {load_note(busy_before, foreign.cores())}"
     )
-    notes = "\n".join(f"- {a}" for a in b.ANOMALIES) or "- none"
-    text = f"{header}\n\n" + "\n".join(lines) + f"\n\nAnomalies seen in cairn's behaviour:\n{notes}\n"
-    print(text)
-    pathlib.Path(args.out).write_text(text)
-    b.log(f"wrote {args.out}")
-    return 1 if b.ANOMALIES else 0
+    return finish(f"{header}\n\n{table(rows, head)}\n\n{anomalies_section()}", args.out)
 
 
 if __name__ == "__main__":

@@ -29,12 +29,9 @@ bench/write_results.md.
 """
 
 import argparse
-import concurrent.futures
 import hashlib
 import os
 import pathlib
-import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,13 +39,15 @@ import time
 import urllib.request
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import cluster_bench as cb  # noqa: E402  (process, port and cluster helpers)
+from toolkit import (  # noqa: E402
+    ANOMALIES, AZURITE_BIN, MIB, NOTES, ROOT, Azurite, Cluster, anomaly, cairn_binary, clean_up, log, need_tools,
+    set_log_tag, start, stop, table, unmount, wait_mounted, wait_quiet,
+)
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-MIB = 1 << 20
+set_log_tag("cluster-bench")
+
 RANKS = 16
 NODES = 4
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 CONTAINER = "ckpt"
 
 
@@ -82,26 +81,9 @@ def dd_direct(tmp, total):
     return secs
 
 
-def azurite_client(port):
-    from azure.storage.blob import BlobServiceClient
-
-    conn = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-            f"AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
-    return BlobServiceClient.from_connection_string(conn).get_container_client(CONTAINER)
-
-
-def rclone_remote(port):
+def rclone_remote(az):
     """rclone's Azure backend (1.60) reaches a non-default Azurite port only through a SAS URL."""
-    import datetime
-
-    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
-
-    sas = generate_container_sas(
-        "devstoreaccount1", CONTAINER, account_key=AZURITE_KEY,
-        permission=ContainerSasPermissions(read=True, write=True, delete=True, list=True, add=True, create=True),
-        expiry=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=12),
-    )
-    return f":azureblob,sas_url='http://127.0.0.1:{port}/devstoreaccount1/{CONTAINER}?{sas}':{CONTAINER}/"
+    return f":azureblob,sas_url='{az.container_sas_url(CONTAINER)}':{CONTAINER}/"
 
 
 def parallel(cmds, env=None):
@@ -119,7 +101,7 @@ def check_origin(container, prefix, shards):
     for r, (_, digest) in enumerate(shards):
         data = container.download_blob(f"{prefix}shard-{r:02}.bin").readall()
         if hashlib.sha256(data).hexdigest() != digest:
-            cb.anomaly(f"{prefix}shard-{r:02}.bin in the origin does not match what was written")
+            anomaly(f"{prefix}shard-{r:02}.bin in the origin does not match what was written")
 
 
 def cairn_round(cluster, durability, prefix, shards, total):
@@ -135,27 +117,22 @@ def cairn_round(cluster, durability, prefix, shards, total):
         f"http://{nodes[0].ip}:{nodes[0].admin}/v1/sync?bucket={CONTAINER}&prefix={prefix}&timeout=30m", method="POST")
     with urllib.request.urlopen(req, timeout=3600) as resp:
         if resp.status != 200:
-            cb.anomaly(f"sync of {prefix} answered {resp.status}")
+            anomaly(f"sync of {prefix} answered {resp.status}")
     in_origin = time.time() - t0
     return ack, in_origin
 
 
-def rclone_mount_round(tmp, port, prefix, shards, container):
+def rclone_mount_round(tmp, az, prefix, shards, container):
     mnt = tmp / "rclone-mnt"
     cache = tmp / "rclone-cache"
     mnt.mkdir()
     cache.mkdir()
     conf = tmp / "rclone.conf"
     conf.touch()
-    proc = cb.start(["rclone", "mount", rclone_remote(port), str(mnt), "--vfs-cache-mode", "writes",
-                     "--cache-dir", str(cache), "--config", str(conf), "--transfers", "16"],
-                    tmp / "rclone-mount.log")
-    cb.MOUNTS.append(mnt)
-    deadline = time.time() + 30
-    while not os.path.ismount(mnt):
-        if proc.poll() is not None or time.time() > deadline:
-            sys.exit(f"rclone mount failed: {(tmp / 'rclone-mount.log').read_text()[-2000:]}")
-        time.sleep(0.1)
+    proc = start(["rclone", "mount", rclone_remote(az), str(mnt), "--vfs-cache-mode", "writes",
+                  "--cache-dir", str(cache), "--config", str(conf), "--transfers", "16"],
+                 tmp / "rclone-mount.log")
+    wait_mounted(mnt, proc, tmp / "rclone-mount.log")
     (mnt / prefix.rstrip("/")).mkdir(exist_ok=True)
     cmds = [["cp", str(p), str(mnt / f"{prefix}shard-{r:02}.bin")] for r, (p, _) in enumerate(shards)]
     t0 = time.time()
@@ -166,12 +143,12 @@ def rclone_mount_round(tmp, port, prefix, shards, container):
         if len(sizes) == RANKS and all(s == want for s in sizes.values()):
             break
         if time.time() - t0 > 3600:
-            cb.anomaly("rclone mount did not upload every shard within an hour")
+            anomaly("rclone mount did not upload every shard within an hour")
             break
         time.sleep(0.2)
     in_origin = time.time() - t0
-    cb.unmount(mnt)
-    cb.stop(proc)
+    unmount(mnt)
+    stop(proc)
     return ack, in_origin
 
 
@@ -182,86 +159,72 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "bench" / "write_results.md"))
     ap.add_argument("--max-wait", type=float, default=600)
     args = ap.parse_args()
-    bin_path = str(pathlib.Path(os.environ.get("CAIRN_BIN", ROOT / "target" / "release" / "cairn")).resolve())
-    azurite_exe = ROOT / ".test-deps" / "node_modules" / ".bin" / "azurite-blob"
-    for tool in ("rclone", "curl", "dd", "fusermount"):
-        if shutil.which(tool) is None:
-            sys.exit(f"{tool} not found (apt-get install -y rclone curl fuse3)")
-    if not azurite_exe.exists():
-        sys.exit(f"{azurite_exe} is missing: run `cargo xtask deps`")
+    bin_path = cairn_binary()
+    need_tools(("rclone", "curl", "dd", "fusermount"), "apt-get install -y rclone curl fuse3")
+    if not AZURITE_BIN.exists():
+        sys.exit(f"{AZURITE_BIN} is missing: run `cargo xtask deps`")
     shard = args.shard_mib * MIB
     total = shard * RANKS
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="cairn-cluster-bench-write-"))
-    cb.log(f"working in {tmp}; {RANKS} ranks x {args.shard_mib} MiB over {NODES} nodes")
+    log(f"working in {tmp}; {RANKS} ranks x {args.shard_mib} MiB over {NODES} nodes")
     rows = []
     try:
-        cb.wait_quiet(args.max_wait, "the write benchmark", quiet_for=10.0)
+        wait_quiet(args.max_wait, "the write benchmark", quiet_for=10.0)
         shards = make_shards(tmp, shard)
-        az_port = cb.free_port()
-        (tmp / "azurite").mkdir()
-        cb.start([str(azurite_exe), "--blobHost", "127.0.0.1", "--blobPort", str(az_port), "--location",
-                  str(tmp / "azurite"), "--silent", "--skipApiVersionCheck", "--loose"], tmp / "azurite.log")
-        cb.wait_port("127.0.0.1", az_port, cb.PROCS[-1])
-        container = azurite_client(az_port)
+        az = Azurite(tmp)
+        container = az.service.get_container_client(CONTAINER)
         container.create_container()
-        os.environ["AZURITE_BLOB_STORAGE_URL"] = f"http://127.0.0.1:{az_port}"
+        os.environ["AZURITE_BLOB_STORAGE_URL"] = f"http://127.0.0.1:{az.port}"
 
         dd_secs = dd_direct(tmp, total)
         dd_mbs = total / dd_secs / 1e6
-        cb.log(f"dd O_DIRECT: {dd_mbs:.0f} MB/s")
+        log(f"dd O_DIRECT: {dd_mbs:.0f} MB/s")
 
         conf = tmp / "rclone.conf"
         conf.touch()
         cmds = [["rclone", "copyto", "--config", str(conf), "--azureblob-chunk-size", "8M", str(p),
-                 f"{rclone_remote(az_port)}direct/shard-{r:02}.bin"] for r, (p, _) in enumerate(shards)]
+                 f"{rclone_remote(az)}direct/shard-{r:02}.bin"] for r, (p, _) in enumerate(shards)]
         direct = parallel(cmds)
         check_origin(container, "direct/", shards)
-        cb.log(f"direct to Azurite: {direct:.1f} s")
+        log(f"direct to Azurite: {direct:.1f} s")
 
         origin_toml = (f'[[origin]]\nbucket = "{CONTAINER}"\nurl = "az://{CONTAINER}"\n'
                        'options = { azure_storage_use_emulator = "true" }\n')
-        cluster = cb.Cluster(bin_path, tmp, "cluster", NODES, [origin_toml])
+        cluster = Cluster(bin_path, tmp, "cluster", NODES, [origin_toml])
         results = {}
         for durability in ("local", "replicated"):
-            cb.wait_quiet(args.max_wait, f"cairn {durability}", quiet_for=5.0)
+            wait_quiet(args.max_wait, f"cairn {durability}", quiet_for=5.0)
             ack, in_origin = cairn_round(cluster, durability, f"{durability}/", shards, total)
             check_origin(container, f"{durability}/", shards)
             results[durability] = (ack, in_origin)
-            cb.log(f"cairn {durability}: ack {ack:.1f} s, in origin {in_origin:.1f} s")
+            log(f"cairn {durability}: ack {ack:.1f} s, in origin {in_origin:.1f} s")
         cluster.check_metrics()
         cluster.stop()
 
-        cb.wait_quiet(args.max_wait, "rclone mount", quiet_for=5.0)
-        rc_ack, rc_origin = rclone_mount_round(tmp, az_port, "rclone/", shards, container)
+        wait_quiet(args.max_wait, "rclone mount", quiet_for=5.0)
+        rc_ack, rc_origin = rclone_mount_round(tmp, az, "rclone/", shards, container)
         check_origin(container, "rclone/", shards)
-        cb.log(f"rclone mount: ack {rc_ack:.1f} s, in origin {rc_origin:.1f} s")
+        log(f"rclone mount: ack {rc_ack:.1f} s, in origin {rc_origin:.1f} s")
 
         def row(name, ack, in_origin):
             mbs = total / ack / 1e6
-            rows.append(f"| {name} | {ack:.2f} | {mbs:.0f} | {direct / ack:.2f}x | {mbs / dd_mbs:.2f}x | "
-                        + (f"{in_origin:.1f} |" if in_origin else "- |"))
+            rows.append((name, f"{ack:.2f}", f"{mbs:.0f}", f"{direct / ack:.2f}x", f"{mbs / dd_mbs:.2f}x",
+                         f"{in_origin:.1f}" if in_origin else "-"))
 
         row("direct to Azurite (16 x rclone copyto)", direct, direct)
         row("cairn, durability local", *results["local"])
         row("cairn, durability replicated (R=2)", *results["replicated"])
         row("rclone mount --vfs-cache-mode writes", rc_ack, rc_origin)
-        rows.append(f"| disk: dd bs=8M oflag=direct | {dd_secs:.2f} | {dd_mbs:.0f} | - | 1.00x | - |")
+        rows.append(("disk: dd bs=8M oflag=direct", f"{dd_secs:.2f}", f"{dd_mbs:.0f}", "-", "1.00x", "-"))
     finally:
-        cb.stop_all()
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-    header = [
-        f"{RANKS} ranks x {args.shard_mib} MiB ({total / 2**30:.1f} GiB) over {NODES} nodes, "
-        f"Azurite as the origin, {os.cpu_count()} CPUs.",
-        "",
-        "| writer | time to ack (s) | ack MB/s | vs direct | vs disk | in origin after (s) |",
-        "|---|---|---|---|---|---|",
-    ]
-    text = "\n".join(header + rows) + "\n"
-    if cb.ANOMALIES:
-        text += "\nAnomalies:\n" + "\n".join(f"- {a}" for a in cb.ANOMALIES) + "\n"
-    if cb.NOTES:
-        text += "\nNotes:\n" + "\n".join(f"- {n}" for n in cb.NOTES) + "\n"
+        clean_up(tmp, args.keep)
+    head = ("writer", "time to ack (s)", "ack MB/s", "vs direct", "vs disk", "in origin after (s)")
+    text = (f"{RANKS} ranks x {args.shard_mib} MiB ({total / 2**30:.1f} GiB) over {NODES} nodes, "
+            f"Azurite as the origin, {os.cpu_count()} CPUs.\n\n" + table(rows, head) + "\n")
+    if ANOMALIES:
+        text += "\nAnomalies:\n" + "\n".join(f"- {a}" for a in ANOMALIES) + "\n"
+    if NOTES:
+        text += "\nNotes:\n" + "\n".join(f"- {n}" for n in NOTES) + "\n"
     print(text)
     pathlib.Path(args.out).write_text(text)
 
