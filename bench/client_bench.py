@@ -33,20 +33,17 @@ import argparse
 import json
 import os
 import pathlib
-import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from toolkit import (  # noqa: E402
-    ANOMALIES, MIB, ROOT, Cairn, CpuMeter, Emu, ForeignLoad, cairn_binary, free_port, gen_file, log, machine,
-    ns_per_byte, proc_cpu_seconds, revision, start, stop, stop_all, table, wait_port,
+    ANOMALIES, MIB, ROOT, Cairn, CpuMeter, Emu, cairn_binary, gen_file, log, machine,
+    ns_per_byte, proc_cpu_seconds, revision, start, stop_all, table, wait_mounted,
 )
 
 BUCKET = "bench"
@@ -96,34 +93,12 @@ def torchclient():
 """
 
 
-class Mounts:
-    """FUSE mounts started for the run, unmounted at the end."""
-
-    def __init__(self):
-        self.procs = []
-
-    def start(self, args, mountpoint, log_path, env=None):
-        mountpoint.mkdir(parents=True, exist_ok=True)
-        p = start(args, log_path, env=env)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if os.path.ismount(mountpoint):
-                self.procs.append((p, mountpoint))
-                return p
-            if p.poll() is not None:
-                raise RuntimeError(f"{args[0]} exited: {log_path.read_text()[-1500:]}")
-            time.sleep(0.2)
-        raise RuntimeError(f"{mountpoint} was not mounted within 60 s")
-
-    def stop(self):
-        for p, mp in reversed(self.procs):
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-            subprocess.run(["umount", "-l", str(mp)], capture_output=True)
-        self.procs = []
+def mount(args, mountpoint, log_path, env=None):
+    """Starts a FUSE process and waits for its mount (unmounted by stop_all at the end)."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    p = start(args, log_path, env=env)
+    wait_mounted(mountpoint, p, log_path, timeout=60)
+    return p
 
 
 def drop_page_cache():
@@ -158,7 +133,7 @@ def timed_reader(label, node, cmd_or_code, nbytes, env, shell=False):
 # Sections
 
 
-def seq(args, node, tmp, mounts, env, rows):
+def seq(args, node, tmp, env, rows):
     size = args.size_mib * MIB
     mnt, rmnt, jmnt = tmp / "mnt", tmp / "rclone-mnt", tmp / "juicefs-mnt"
     readers = {
@@ -538,7 +513,6 @@ def main():
         for i in range(args.shards):
             (origin / BUCKET / "shards" / f"{i:04d}.bin").write_bytes(i.to_bytes(4, "little") + block[4:])
     emu = Emu(tmp, origin, latency="0ms", bandwidth="0")
-    mounts = Mounts()
     rows = []
     try:
         node = Node(cairn, tmp, "node", [emu.origin_toml(BUCKET)],
@@ -557,30 +531,30 @@ def one(i): return len(s3.get_object(Bucket="{BUCKET}", Key=f"shards/{{i:04d}}.b
 with concurrent.futures.ThreadPoolExecutor(16) as ex: n = sum(ex.map(one, range({args.shards})))
 print(json.dumps({{"bytes": n}}))""", env=env)
         if "mount" in args.only:
-            mounts.start([cairn, "mount", f"s3://{BUCKET}", str(tmp / "mnt")], tmp / "mnt", tmp / "mount.log", env=env)
-            mounts.start([cairn, "mount", "--durability", "local", f"s3://{BUCKET}", str(tmp / "mnt-ckpt")],
-                         tmp / "mnt-ckpt", tmp / "mount-ckpt.log", env=env)
+            mount([cairn, "mount", f"s3://{BUCKET}", str(tmp / "mnt")], tmp / "mnt", tmp / "mount.log", env=env)
+            mount([cairn, "mount", "--durability", "local", f"s3://{BUCKET}", str(tmp / "mnt-ckpt")],
+                  tmp / "mnt-ckpt", tmp / "mount-ckpt.log", env=env)
         if "rclone" in args.only and "seq" in sections and tool("rclone"):
             conf = tmp / "rclone.conf"
             conf.write_text(f"[cairn]\ntype = s3\nprovider = Other\nendpoint = {node.url('')}\n"
                             f"access_key_id = {ACCESS}\nsecret_access_key = {SECRET}\nregion = us-east-1\n")
             renv = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
-            mounts.start([tool("rclone"), "mount", "--config", str(conf), f"cairn:{BUCKET}", str(tmp / "rclone-mnt"),
-                          "--read-only", "--vfs-cache-mode", "off", "--buffer-size", "64M"],
-                         tmp / "rclone-mnt", tmp / "rclone.log", env=renv)
+            mount([tool("rclone"), "mount", "--config", str(conf), f"cairn:{BUCKET}", str(tmp / "rclone-mnt"),
+                   "--read-only", "--vfs-cache-mode", "off", "--buffer-size", "64M"],
+                  tmp / "rclone-mnt", tmp / "rclone.log", env=renv)
         if "juicefs" in args.only and "seq" in sections and tool("juicefs"):
             jenv = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
             meta = f"sqlite3://{tmp / 'jfs.db'}"
             subprocess.run([tool("juicefs"), "format", "--storage", "s3", "--bucket", f"{emu.endpoint}/jfs",
                             "--access-key", Emu.ACCESS, "--secret-key", Emu.SECRET, "--trash-days", "0",
                             meta, "bench"], check=True, capture_output=True, env=jenv)
-            mounts.start([tool("juicefs"), "mount", "--cache-dir", str(tmp / "jfs-cache"), "--cache-size",
-                          str(args.size_mib * 2), meta, str(tmp / "juicefs-mnt")],
-                         tmp / "juicefs-mnt", tmp / "juicefs.log", env=jenv)
+            mount([tool("juicefs"), "mount", "--cache-dir", str(tmp / "jfs-cache"), "--cache-size",
+                   str(args.size_mib * 2), meta, str(tmp / "juicefs-mnt")],
+                  tmp / "juicefs-mnt", tmp / "juicefs.log", env=jenv)
             log("writing the object into JuiceFS")
             shutil.copyfile(origin / BUCKET / SEQ_KEY, tmp / "juicefs-mnt" / "big.bin")
         if "seq" in sections:
-            seq(args, node, tmp, mounts, env, rows)
+            seq(args, node, tmp, env, rows)
         if "random" in sections:
             random_reads(args, node, tmp, env, rows)
         if "ckpt" in sections:
@@ -589,7 +563,6 @@ print(json.dumps({{"bytes": n}}))""", env=env)
             st(args, node, tmp, env, rows)
         node.check_metrics()
     finally:
-        mounts.stop()
         stop_all()
     head = ("Benchmark", "client", "result", "second figure", "third figure")
     out = [f"Revision {revision()}, {machine()}, {time.strftime('%Y-%m-%d')}.", "",
