@@ -232,6 +232,7 @@ def test_sigterm_unmounts_and_exits_0(cluster, mount):
 def test_a_sequential_read_survives_a_restart_of_the_endpoint_node(cluster, mount):
     size = 96 * MIB + 7
     data = put(cluster, "big/restart.bin", size, seed=9)
+    put(cluster, "later/x.txt", 10, seed=10)
     m = mount("--retry-for", "60s")
     endpoint = cluster.nodes[1]
     progress, got, failure = threading.Event(), bytearray(), []
@@ -246,7 +247,7 @@ def test_a_sequential_read_survives_a_restart_of_the_endpoint_node(cluster, moun
                     got.extend(b)
                     if len(got) >= 8 * MIB:
                         progress.set()
-                        time.sleep(0.02)  # keep the read going while the node restarts
+                        time.sleep(0.05)  # keep the read going while the node restarts
         except Exception as e:  # noqa: BLE001 (reported below)
             failure.append(e)
             progress.set()
@@ -255,9 +256,19 @@ def test_a_sequential_read_survives_a_restart_of_the_endpoint_node(cluster, moun
     t.start()
     assert progress.wait(60)
     endpoint.stop(signal.SIGKILL)
+    at_kill = len(got)
+    # A listing while the endpoint is down (listings go through it) waits for it to return.
+    listed = []
+    lister = threading.Thread(target=lambda: listed.append(os.listdir(os.path.join(m.dir, "later"))), daemon=True)
+    lister.start()
     time.sleep(2.0)
     endpoint.start()  # same config, same cache directory
+    at_restart = len(got)
     t.join(180)
+    lister.join(60)
+    assert listed == [["x.txt"]]
+    print(f"read {at_kill >> 20} MiB at the kill, {at_restart >> 20} MiB at the restart, of {size >> 20} MiB")
+    assert at_restart < size, "the read ended before the node was back: the test proves nothing"
     assert not t.is_alive(), "the read did not finish"
     assert not failure, failure
     assert len(got) == size
