@@ -3,7 +3,8 @@ through cat, dd, Python file objects and random seeks give the objects' exact by
 sizes and prefixes as directories; a file written with `cp` reads back through the mount and
 through S3, and is in the origin folder when close returns (durability origin); what object
 storage cannot do fails with the documented errno; SIGTERM unmounts; a sequential read survives a
-kill -9 and restart of the mount's endpoint node.
+kill -9 and restart of the mount's endpoint node; an object changed at the origin reads as its
+new version once the metadata TTLs have passed.
 
 Needs root and /dev/fuse (the mount is fuser's pure-Rust mount(2), no libfuse)."""
 
@@ -273,3 +274,22 @@ def test_a_sequential_read_survives_a_restart_of_the_endpoint_node(cluster, moun
     assert not failure, failure
     assert len(got) == size
     assert bytes(got) == data
+
+
+def test_a_changed_object_reads_as_its_new_version_after_the_metadata_ttl(cluster, mount):
+    v1 = put(cluster, "ch/obj.bin", 3 * MIB + 5, seed=11)
+    m = mount("--metadata-ttl", "1s")
+    path = os.path.join(m.dir, "ch", "obj.bin")
+    with open(path, "rb") as f:
+        assert f.read() == v1
+    with open(path, "rb") as f:  # same version: served from the kernel's page cache
+        assert f.read() == v1
+    v2 = put(cluster, "ch/obj.bin", 2 * MIB + 77, seed=12)
+    time.sleep(2.5)  # the node's metadata TTL (1 s) and the mount's (1 s)
+    assert os.stat(path).st_size == len(v2)
+    with open(path, "rb") as f:
+        assert f.read() == v2
+    v3 = put(cluster, "ch/obj.bin", 5 * MIB + 1, seed=13)  # and a longer one
+    time.sleep(2.5)
+    with open(path, "rb") as f:
+        assert f.read() == v3
