@@ -48,6 +48,9 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 const STATFS_BLOCKS: u64 = 1 << 40;
 const STATFS_FILES: u64 = 1 << 32;
 const NAME_MAX: u32 = 1024;
+/// A listing that finished while a lookup waited for it is used even under `--metadata-ttl
+/// always`, when it is at most this old.
+const LISTING_SHARED: Duration = Duration::from_millis(100);
 
 /// The file system fuser drives.
 pub(crate) struct CairnFs {
@@ -61,6 +64,9 @@ struct Shared {
     table: Mutex<Table>,
     handles: Mutex<HashMap<u64, OpenHandle>>,
     next_fh: AtomicU64,
+    /// One listing request per directory at a time: lookups that find it stale together wait
+    /// for the same answer.
+    listing_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// An open file or directory.
@@ -124,6 +130,7 @@ impl CairnFs {
                 table,
                 handles: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
+                listing_locks: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -197,6 +204,18 @@ impl Shared {
         if let Some(l) = self.table.lock().fresh_listing(dir_key, self.ttl()) {
             return Ok(l);
         }
+        let lock = self.listing_locks.lock().entry(dir_key.to_owned()).or_default().clone();
+        let _one = lock.lock().await;
+        // Listed while this call waited: that answer is as new as one of its own.
+        if let Some(l) = self.table.lock().fresh_listing(dir_key, self.ttl().max(LISTING_SHARED)) {
+            return Ok(l);
+        }
+        let r = self.fetch_listing(dir_key).await;
+        self.listing_locks.lock().remove(dir_key);
+        r
+    }
+
+    async fn fetch_listing(&self, dir_key: &str) -> Result<Arc<BTreeMap<String, Entry>>, Error> {
         let bucket = &self.cfg.bucket;
         let listing = self.retry("list", || self.client.list(bucket, dir_key, false)).await?;
         let mut entries = BTreeMap::new();
