@@ -16,10 +16,13 @@ pub struct MountArgs {
     /// The node's S3 endpoint (the node on this host).
     #[arg(long, env = "CAIRN_ENDPOINT", default_value = "http://127.0.0.1:9000")]
     endpoint: String,
+    /// An access key of the pool (a client key; read_only keys give a read-only mount in effect).
     #[arg(long, env = "CAIRN_ACCESS_KEY", default_value = "cairn")]
     access_key: String,
+    /// Its secret key.
     #[arg(long, env = "CAIRN_SECRET_KEY", default_value = "cairn-secret-key", hide_env_values = true)]
     secret_key: String,
+    /// The region requests are signed for.
     #[arg(long, env = "CAIRN_REGION", default_value = "us-east-1")]
     region: String,
     /// direct: each chunk from its owner; local: everything through the endpoint node.
