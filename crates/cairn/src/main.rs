@@ -19,6 +19,7 @@ mod admin;
 mod buckets;
 mod client;
 mod errors;
+mod mount;
 mod s3req;
 mod serve_help;
 mod sigv4;
@@ -93,6 +94,8 @@ enum Command {
     /// Create a cache directory and give it (and what is in it) to a user, so a node can run as
     /// that user on a host directory created by root (the image's init step in Kubernetes).
     PrepareDir(PrepareDirArgs),
+    /// Mount s3://BUCKET[/PREFIX] on a directory (FUSE; root or /dev/fuse access needed).
+    Mount(Box<mount::MountArgs>),
 }
 
 #[derive(Args)]
@@ -547,6 +550,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Status(a) => admin::status(a).await,
         Command::Load(a) => admin::load(a).await,
         Command::PrepareDir(a) => prepare_dir(&a),
+        Command::Mount(a) => mount::mount(*a).await,
     }
 }
 
