@@ -522,3 +522,43 @@ def test_map_and_iterable_datasets_shard_by_rank_and_worker(cluster, objects):
     # Picklable (spawned data loader workers), with the keys listed once.
     again = pickle.loads(pickle.dumps(ds))
     assert again.keys == keys and again[1] == objects[keys[1]]
+
+
+_FORKED = {}
+
+
+def _read_in_child(i):
+    ds = _FORKED["ds"]
+    return i, ds[i]
+
+
+def test_a_forked_data_loader_worker_and_threads_read_through_the_parents_client(cluster, objects):
+    """A data loader forks its workers after the dataset (and its client) exist: a child has
+    the parent's client but not its I/O threads, and connects again on its first call."""
+    import multiprocessing
+    import threading
+
+    from cairn.data import ObjectDataset
+
+    c = client(cluster.nodes[0])
+    ds = ObjectDataset("cairn://data/py-objs/", client=c)
+    assert ds[0] == objects[ds.keys[0]]  # the parent's runtime and connections exist now
+    _FORKED["ds"] = ds
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        got = dict(pool.map(_read_in_child, range(len(ds)), chunksize=1))
+    assert got == {i: objects[k] for i, k in enumerate(ds.keys)}
+    # Threads share one client (the GIL is released while each waits).
+    results, errors = {}, []
+
+    def read(k):
+        try:
+            results[k] = c.get("data", k)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=read, args=(k,)) for k in objects]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and results == objects
