@@ -685,5 +685,5 @@ fn connect_cause(e: &hyper_util::client::legacy::Error) -> String {
 }
 
 fn humantime_short(d: Duration) -> String {
-    if d.as_millis() % 1000 == 0 { format!("{} s", d.as_secs()) } else { format!("{} ms", d.as_millis()) }
+    if d.as_millis().is_multiple_of(1000) { format!("{} s", d.as_secs()) } else { format!("{} ms", d.as_millis()) }
 }

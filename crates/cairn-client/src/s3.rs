@@ -19,11 +19,14 @@ pub const PART_SIZE: usize = 16 << 20;
 /// Parts of one writer uploading at once.
 const PART_CONCURRENCY: usize = 4;
 
+/// A bucket and the durability its writes ask for.
+type StoreKey = (String, Option<String>);
+
 /// One S3 client per (bucket, durability), made on first use.
 pub(crate) struct Stores {
     cfg: Config,
     endpoint: String,
-    made: Mutex<HashMap<(String, Option<String>), Arc<dyn ObjectStore>>>,
+    made: Mutex<HashMap<StoreKey, Arc<dyn ObjectStore>>>,
 }
 
 impl Stores {
