@@ -1,5 +1,5 @@
 """The README's examples run as written. The ```sh, ```console and ```python blocks of the sections
-"Using a node", "The cairn CLI" and "Checkpoint writes" run, in README order, against one node
+"Using a node", "The cairn CLI", "Python" and "Checkpoint writes" run, in README order, against one node
 started on the embedded default (`cairn serve` with no config, in a fresh folder: ./data as the
 origin in account mode, the default credentials), the way a new user would run them; the files
 they name (`shard.tar`, `rank-03.pt`, ...) are created first, as a user would have them.
@@ -31,7 +31,7 @@ import pytest
 from conftest import CAIRN_BIN, ROOT, free_port, payload, stop, wait_port
 
 README = ROOT / "README.md"
-SECTIONS = ["Using a node", "The cairn CLI", "Checkpoint writes"]
+SECTIONS = ["Using a node", "The cairn CLI", "Python", "Checkpoint writes"]
 SKIP_MARKER = re.compile(r"<!--\s*readme-test:\s*skip\b(.*?)-->")
 # The files the examples name, as a user would have them.
 FIXTURES = {
