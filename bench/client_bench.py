@@ -445,7 +445,7 @@ def st(args, node, tmp, env, rows):
     from safetensors.numpy import save_file
 
     local = pathlib.Path("/dev/shm") / f"cairn-bench-{os.getpid()}.safetensors"
-    tensors = {f"layer{i}.weight": np.random.default_rng(i).standard_normal((args.st_mib * MIB // 64 // 4,), dtype=np.float32)
+    tensors = {f"layer{i}.weight": np.random.default_rng(i).standard_normal((args.st_mib * MIB // 16 // 4,), dtype=np.float32)
                for i in range(16)}
     save_file(tensors, str(local))
     del tensors

