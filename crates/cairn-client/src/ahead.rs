@@ -25,11 +25,11 @@ pub type Learned = (Arc<Mutex<HashMap<String, usize>>>, String);
 /// the next reader starts there. Each fetch runs as a task of its own, so it makes progress
 /// whether or not the reader is polling (a fetch only polled when the reader asks would not be
 /// ahead of it); the tasks still running when the read ends are aborted.
-pub struct Ahead<F> {
+pub struct Ahead<F, T = Bytes> {
     pieces: std::iter::Enumerate<std::vec::IntoIter<(u64, Range<usize>)>>,
-    first: Option<Bytes>,
+    first: Option<T>,
     fetch: F,
-    inflight: std::collections::VecDeque<tokio::task::JoinHandle<Result<Bytes, io::Error>>>,
+    inflight: std::collections::VecDeque<tokio::task::JoinHandle<Result<T, io::Error>>>,
     window: usize,
     max: usize,
     /// The piece the reader last had to wait for (grows the window once per piece).
@@ -39,14 +39,15 @@ pub struct Ahead<F> {
     learned: Option<Learned>,
 }
 
-impl<F, Fut> Ahead<F>
+impl<F, Fut, T> Ahead<F, T>
 where
-    F: FnMut(u64, Range<usize>, Option<Bytes>) -> Fut,
-    Fut: Future<Output = Result<Bytes, io::Error>> + Send + 'static,
+    F: FnMut(u64, Range<usize>, Option<T>) -> Fut,
+    Fut: Future<Output = Result<T, io::Error>> + Send + 'static,
+    T: Send + 'static,
 {
     pub fn new(
         pieces: Vec<(u64, Range<usize>)>,
-        first: Option<Bytes>,
+        first: Option<T>,
         fetch: F,
         window: usize,
         max: usize,
@@ -74,12 +75,13 @@ where
     }
 }
 
-impl<F, Fut> Stream for Ahead<F>
+impl<F, Fut, T> Stream for Ahead<F, T>
 where
-    F: FnMut(u64, Range<usize>, Option<Bytes>) -> Fut + Unpin,
-    Fut: Future<Output = Result<Bytes, io::Error>> + Send + 'static,
+    F: FnMut(u64, Range<usize>, Option<T>) -> Fut + Unpin,
+    Fut: Future<Output = Result<T, io::Error>> + Send + 'static,
+    T: Send + Unpin + 'static,
 {
-    type Item = Result<Bytes, io::Error>;
+    type Item = Result<T, io::Error>;
 
     fn poll_next(
         self: std::pin::Pin<&mut Self>,
@@ -110,7 +112,7 @@ where
     }
 }
 
-impl<F> Drop for Ahead<F> {
+impl<F, T> Drop for Ahead<F, T> {
     fn drop(&mut self) {
         for task in &self.inflight {
             task.abort();

@@ -315,6 +315,19 @@ impl Client {
         path_and_query: &str,
         timeout: Option<Duration>,
     ) -> Result<(StatusCode, Bytes), Error> {
+        let (status, frames) = self.call_frames(base, method, path_and_query, timeout).await?;
+        Ok((status, concat(frames)))
+    }
+
+    /// As [`Client::call`], the body as the connection delivered it (not gathered into one
+    /// buffer: a reader copies each frame once, straight to where it goes).
+    async fn call_frames(
+        &self,
+        base: &str,
+        method: Method,
+        path_and_query: &str,
+        timeout: Option<Duration>,
+    ) -> Result<(StatusCode, Frames), Error> {
         let now = sign::now_ms();
         let auth = client_header(&self.inner.key, &self.inner.cfg.access_key, method.as_str(), path_and_query, now);
         let req = http::Request::builder()
@@ -327,8 +340,14 @@ impl Client {
         let work = async {
             let resp = self.inner.http.request(req).await.map_err(|e| unreachable(connect_cause(&e)))?;
             let status = resp.status();
-            let body = resp.into_body().collect().await.map_err(|e| unreachable(e.to_string()))?.to_bytes();
-            Ok::<_, Error>((status, body))
+            let mut body = resp.into_body();
+            let mut frames = Frames::new();
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.map_err(|e| unreachable(e.to_string()))?.into_data() {
+                    frames.push(data);
+                }
+            }
+            Ok::<_, Error>((status, frames))
         };
         let (status, body) = match timeout.or(Some(self.inner.cfg.timeout)).filter(|t| !t.is_zero()) {
             Some(t) => tokio::time::timeout(t, work)
@@ -339,6 +358,7 @@ impl Client {
         if status.is_success() {
             return Ok((status, body));
         }
+        let body = concat(body);
         let e: api::ErrorBody = serde_json::from_slice(&body).unwrap_or_else(|_| api::ErrorBody {
             code: status.canonical_reason().unwrap_or("Error").replace(' ', ""),
             message: String::from_utf8_lossy(&body).trim().to_owned(),
@@ -392,6 +412,11 @@ impl Client {
     /// Bytes `sub` (offsets within the chunk) of chunk `index` of `st`, from its owner (or the
     /// endpoint node).
     pub async fn chunk(&self, st: &Stat, index: u64, sub: Range<usize>) -> Result<Bytes, Error> {
+        Ok(concat(self.chunk_frames(st, index, sub).await?))
+    }
+
+    /// As [`Client::chunk`], in the frames the connection delivered.
+    pub async fn chunk_frames(&self, st: &Stat, index: u64, sub: Range<usize>) -> Result<Frames, Error> {
         let layout = ChunkLayout::new(st.chunk_size.max(1), st.size);
         if st.chunk_size == 0 || index >= layout.chunk_count() {
             return Err(Error::Invalid(format!("chunk {index} is outside s3://{}/{}", st.bucket, st.key)));
@@ -435,7 +460,8 @@ impl Client {
             _ => Vec::new(),
         };
         let body = self.hedged(&candidates, &pq).await.map_err(|e| name_missing(e, &st.bucket, &st.key))?;
-        if body.len() != sub.len() {
+        let got: usize = body.iter().map(Bytes::len).sum();
+        if got != sub.len() {
             return Err(Error::Server {
                 status: 502,
                 code: "ShortChunk".into(),
@@ -482,13 +508,13 @@ impl Client {
     }
 
     /// Asks `candidates` in order (hedging a slow one, skipping a failed one), then the endpoint.
-    async fn hedged(&self, candidates: &[(String, String)], pq: &str) -> Result<Bytes, Error> {
+    async fn hedged(&self, candidates: &[(String, String)], pq: &str) -> Result<Frames, Error> {
         let endpoint = (String::new(), self.inner.endpoint.clone());
         let unreachable = std::sync::atomic::AtomicUsize::new(0);
         let asked = hedge::ask_in_turn(
             candidates.iter().cloned().chain(std::iter::once(endpoint)),
             || self.hedge_delay(),
-            |(_, base): (String, String)| async move { self.call(&base, Method::GET, pq, None).await },
+            |(_, base): (String, String)| async move { self.call_frames(&base, Method::GET, pq, None).await },
             |c: &(String, String), e: Error| {
                 let id = &c.0;
                 if !e.retryable() {
@@ -551,10 +577,12 @@ impl Client {
             return self.chunk(st, i, sub).await;
         }
         let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
-        let mut parts = futures::stream::iter(pieces.into_iter().map(|(i, sub)| self.chunk(st, i, sub)))
+        let mut parts = futures::stream::iter(pieces.into_iter().map(|(i, sub)| self.chunk_frames(st, i, sub)))
             .buffered(self.inner.cfg.parallel.max(1));
-        while let Some(b) = parts.try_next().await? {
-            out.extend_from_slice(&b);
+        while let Some(frames) = parts.try_next().await? {
+            for f in frames {
+                out.extend_from_slice(&f);
+            }
         }
         Ok(out.freeze())
     }
@@ -567,11 +595,13 @@ impl Client {
         }
         let layout = ChunkLayout::new(st.chunk_size.max(1), st.size);
         let mut at = 0usize;
-        let mut parts = futures::stream::iter(layout.pieces(offset..end).map(|(i, sub)| self.chunk(st, i, sub)))
+        let mut parts = futures::stream::iter(layout.pieces(offset..end).map(|(i, sub)| self.chunk_frames(st, i, sub)))
             .buffered(self.inner.cfg.parallel.max(1));
-        while let Some(b) = parts.try_next().await? {
-            buf[at..at + b.len()].copy_from_slice(&b);
-            at += b.len();
+        while let Some(frames) = parts.try_next().await? {
+            for f in frames {
+                buf[at..at + f.len()].copy_from_slice(&f);
+                at += f.len();
+            }
         }
         Ok(at)
     }
@@ -650,6 +680,21 @@ impl Client {
             Err(e) => Err(name_missing(e, bucket, "")),
         }
     }
+}
+
+/// A body in the pieces the connection delivered (slices of its read buffer, not copied).
+pub type Frames = Vec<Bytes>;
+
+/// One buffer of `frames` (no copy when there is one frame).
+fn concat(mut frames: Frames) -> Bytes {
+    if frames.len() <= 1 {
+        return frames.pop().unwrap_or_default();
+    }
+    let mut out = BytesMut::with_capacity(frames.iter().map(Bytes::len).sum());
+    for f in frames {
+        out.extend_from_slice(&f);
+    }
+    out.freeze()
 }
 
 /// Names the object or bucket in a not-found answer.

@@ -1,6 +1,7 @@
 //! A seekable reader of one object version: reads that follow each other stream through a
 //! readahead window ([`crate::ahead::Ahead`]); a read somewhere else fetches just its bytes.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::ops::Range;
@@ -11,17 +12,18 @@ use cairn_core::ChunkLayout;
 use futures::StreamExt;
 
 use crate::ahead::Ahead;
-use crate::{Client, Error, Stat};
+use crate::{Client, Error, Frames, Stat};
 
-type FetchFuture = Pin<Box<dyn Future<Output = Result<Bytes, io::Error>> + Send + 'static>>;
-type Fetch = Box<dyn FnMut(u64, Range<usize>, Option<Bytes>) -> FetchFuture + Send + Unpin>;
+type FetchFuture = Pin<Box<dyn Future<Output = Result<Frames, io::Error>> + Send + 'static>>;
+type Fetch = Box<dyn FnMut(u64, Range<usize>, Option<Frames>) -> FetchFuture + Send + Unpin>;
 
 /// A stream of the object from `at` on.
 struct Sequential {
     /// Offset of the first byte of `buf`.
     at: u64,
-    buf: Bytes,
-    ahead: Ahead<Fetch>,
+    /// What is left of the piece being read, in the frames it arrived in.
+    buf: VecDeque<Bytes>,
+    ahead: Ahead<Fetch, Frames>,
 }
 
 /// A reader of one object at the version it was opened at.
@@ -68,10 +70,10 @@ impl Reader {
         let client = self.client.clone();
         let fetch: Fetch = Box::new(move |index, sub, _ready| {
             let (client, st) = (client.clone(), st.clone());
-            Box::pin(async move { client.chunk(&st, index, sub).await.map_err(Error::into_io) })
+            Box::pin(async move { client.chunk_frames(&st, index, sub).await.map_err(Error::into_io) })
         });
         let ahead = Ahead::new(pieces, None, fetch, window, max, Some((learned, self.stat.bucket.clone())));
-        self.seq = Some(Sequential { at: self.pos, buf: Bytes::new(), ahead });
+        self.seq = Some(Sequential { at: self.pos, buf: VecDeque::new(), ahead });
     }
 
     /// Up to `max` bytes from the position (fewer only at the end of the object or of a chunk),
@@ -94,9 +96,12 @@ impl Reader {
             self.start_stream();
         }
         let s = self.seq.as_mut().expect("started above");
-        if s.buf.is_empty() {
+        while s.buf.front().is_none_or(Bytes::is_empty) {
+            if s.buf.pop_front().is_some() {
+                continue;
+            }
             match s.ahead.next().await {
-                Some(Ok(b)) => s.buf = b,
+                Some(Ok(frames)) => s.buf = frames.into(),
                 Some(Err(e)) => {
                     self.seq = None;
                     return Err(Error::from_io(e));
@@ -104,8 +109,9 @@ impl Reader {
                 None => return Ok(Bytes::new()),
             }
         }
-        let n = max.min(s.buf.len());
-        let out = s.buf.split_to(n);
+        let front = s.buf.front_mut().expect("a frame with bytes");
+        let n = max.min(front.len());
+        let out = front.split_to(n);
         s.at += n as u64;
         self.advance(n);
         Ok(out)

@@ -180,7 +180,7 @@ pub struct AccessKey {
     pub secret_key: String,
     /// May read (GET, HEAD, list, the client routes' reads) and nothing else: a credential to
     /// hand to jobs that only load data.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
 }
 
