@@ -130,12 +130,17 @@ class Runner:
         elif block.lang == "console":
             self.console(block)
         elif block.lang == "python":
-            cwd = os.getcwd()
+            # Python blocks run in this process: they see the node through the same CAIRN_*
+            # variables the shell blocks get (cairn.Client() reads them).
+            cwd, saved = os.getcwd(), dict(os.environ)
             os.chdir(self.work)
+            os.environ.update({k: v for k, v in self.env.items() if k.startswith("CAIRN_")})
             try:
                 exec(compile(self.local(block.text), str(block), "exec"), self.namespace)
             finally:
                 os.chdir(cwd)
+                os.environ.clear()
+                os.environ.update(saved)
         elif block.lang == "ini" and block.text.startswith("[cairn]"):
             conf = pathlib.Path(self.env["HOME"]) / ".config" / "rclone" / "rclone.conf"
             conf.parent.mkdir(parents=True, exist_ok=True)
