@@ -95,6 +95,8 @@ fn deps() -> Result<()> {
         "ca-certificates",
         "file",
         "chromium",
+        // tests/test_readme.py: the README's `| xxd | head` examples.
+        "xxd",
     ])?;
     helm(&node_dir)?;
     spark_deps(&root)?;
