@@ -177,6 +177,11 @@ def test_client_routes_on_the_peer_port_take_an_access_key_never_the_cluster_sec
         pq = "/status"
         r = requests.get(peer + pq, headers=client_auth("GET", pq, ACCESS_KEY, SECRET_KEY), timeout=10)
         assert r.status_code == 403
+        # Node 0 allows anonymous S3 requests; its peer port still takes only signed client
+        # requests, so an unsigned connection never holds one of its authenticated slots.
+        r = requests.get(f"http://{c.peer_addr(0)}/_cairn/v1/members", timeout=10)
+        assert (r.status_code, r.json()["code"]) == (403, "AccessDenied")
+        assert requests.get(c.nodes[0].endpoint + "/_cairn/v1/members", timeout=10).status_code == 200
         # A refused client request closes its connection, so it keeps no slot.
         host, port = c.peer_addr(1).rsplit(":", 1)
         with socket.create_connection((host, int(port)), timeout=10) as s:

@@ -361,6 +361,32 @@ def test_reads_fail_over_when_a_node_is_killed(tmp_path):
         cl.stop(signal.SIGKILL)
 
 
+def test_a_frozen_owner_costs_reads_a_hedge_delay_not_a_timeout(tmp_path):
+    """An owner stopped with SIGSTOP still accepts connections (its kernel answers), so only the
+    client's hedging keeps reads going: each chunk it owns is asked of the next candidate after
+    the hedge delay (at most 2 s), never after the 30 s request deadline."""
+    import time
+
+    cl = make_cluster(tmp_path)
+    frozen = cl.nodes[2]
+    try:
+        data = {f"py-frozen/obj-{i}.bin": payload(4 * MIB + i, seed=970 + i) for i in range(4)}
+        for k, b in data.items():
+            cl.origin.put_direct(k, b)
+        c = client(cl.nodes[0])
+        assert c.direct_members() == 3
+        frozen.proc.send_signal(signal.SIGSTOP)
+        t = time.time()
+        for k, b in data.items():
+            assert c.get("data", k) == b
+        took = time.time() - t
+        # 20 chunks, about a third owned by the frozen node, fetched 16 at a time.
+        assert took < 15, f"reads took {took:.1f} s with one owner frozen"
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)
+        cl.stop(signal.SIGKILL)
+
+
 # ---------------------------------------------------------------------------------------------
 # fsspec, pandas, pyarrow, datasets
 

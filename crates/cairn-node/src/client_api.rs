@@ -59,10 +59,16 @@ pub enum Grant {
 
 /// Checks a client request's signature against the configured access keys. `Err` is the refusal
 /// to send (403, as S3 answers a bad signature).
-fn authorize(state: &NodeState, method: &Method, path_and_query: &str, headers: &HeaderMap) -> Result<Grant, Answer> {
+fn authorize(
+    state: &NodeState,
+    method: &Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    anonymous_ok: bool,
+) -> Result<Grant, Answer> {
     let auth = &state.config.auth;
     let Some(header) = headers.get(CLIENT_HEADER) else {
-        if auth.allow_anonymous {
+        if auth.allow_anonymous && anonymous_ok {
             return Ok(Grant::ReadWrite);
         }
         return Err(Answer::error(
@@ -94,17 +100,27 @@ fn authorize(state: &NodeState, method: &Method, path_and_query: &str, headers: 
 }
 
 /// Answers a request whose path starts with [`PREFIX`].
+/// Unsigned requests are served only when `auth.allow_anonymous` is set (as S3 requests are).
 pub async fn handle(state: &Arc<NodeState>, method: &Method, uri: &http::Uri, headers: &HeaderMap) -> Answer {
-    match check(state, method, uri, headers) {
+    match check(state, method, uri, headers, true) {
         Ok(grant) => serve(state, grant, method, uri).await,
         Err(refusal) => refusal,
     }
 }
 
-/// Verifies a client request's signature: what it may do, or the refusal to send.
-pub fn check(state: &NodeState, method: &Method, uri: &http::Uri, headers: &HeaderMap) -> Result<Grant, Answer> {
+/// Verifies a client request's signature: what it may do, or the refusal to send. The peer
+/// listener passes `anonymous_ok = false`: an unsigned connection never takes one of its
+/// authenticated slots, whatever `auth.allow_anonymous` says for S3.
+pub fn check(
+    state: &NodeState,
+    method: &Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    anonymous_ok: bool,
+) -> Result<Grant, Answer> {
     let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    authorize(state, method, path_and_query, headers).inspect_err(|_| Metrics::add(&state.metrics.client_refused, 1))
+    authorize(state, method, path_and_query, headers, anonymous_ok)
+        .inspect_err(|_| Metrics::add(&state.metrics.client_refused, 1))
 }
 
 /// Serves a verified client request.

@@ -209,7 +209,7 @@ async fn handle(state: &Arc<NodeState>, cluster: &Cluster, conn: &PeerConn, req:
     if req.uri().path().starts_with(crate::client_api::PREFIX) {
         // A smart client's request, signed with its own access key: served like a peer's once
         // the signature verifies, refused and closed otherwise.
-        let grant = match crate::client_api::check(state, req.method(), req.uri(), req.headers()) {
+        let grant = match crate::client_api::check(state, req.method(), req.uri(), req.headers(), false) {
             Ok(g) => g,
             Err(refusal) => {
                 let mut r: Resp = refusal.into_response();
