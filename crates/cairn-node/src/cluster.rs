@@ -64,6 +64,15 @@ pub enum PeerError {
     Origin(OriginError),
 }
 
+impl std::fmt::Display for PeerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerError::Unavailable(m) => f.write_str(m),
+            PeerError::Origin(e) => write!(f, "{:?}: {}", e.kind, e.message),
+        }
+    }
+}
+
 /// A chunk owner's answer: the bytes, or holders to fetch them from and the digest to check.
 pub enum ChunkAnswer {
     Bytes(Bytes),

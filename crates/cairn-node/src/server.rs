@@ -723,7 +723,7 @@ fn write_back_metrics(out: &mut Scrape, state: &NodeState) {
     );
     out.counter(
         "cairn_replicas_orphaned_total",
-        "Replicas dropped during a takeover because another holder did not hold the write (never acknowledged, or already uploaded).",
+        "Replicas dropped during a takeover because chunks were missing and another holder did not hold the write (never acknowledged, already uploaded, or lost with that holder's disk too).",
         get(&wb.stats.orphans_dropped),
     );
     out.counter(

@@ -221,6 +221,9 @@ pub struct ClusterSummary {
     pub replicas: u64,
     pub nodes: Vec<Summary>,
     pub unreachable: Vec<String>,
+    /// Why each unreachable node could not be asked, by node id.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub why: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Default)]
@@ -1393,15 +1396,19 @@ async fn replica_watch(state: Arc<NodeState>) {
     }
 }
 
-async fn alive(cluster: &Cluster, id: &str) -> bool {
-    let Some(node) = cluster.node(id) else { return false };
-    cluster.probe(&node).await
-}
-
-/// The holder that uploads a write whose writer is gone: the first live one in the record's order.
+/// The holder that uploads a write whose writer is gone: the first one in the record's order
+/// that answers and still holds the write. A holder that answers without it (its disk was lost
+/// too, or it released the write) is passed over: waiting for it would hold the write forever.
 async fn successor(cluster: &Cluster, rec: &WriteRecord) -> Option<String> {
+    let body = Bytes::from(serde_json::to_vec(&[&rec.wid]).ok()?);
     for h in &rec.holders {
-        if *h == cluster.node_id || (!cluster.is_down(h) && alive(cluster, h).await) {
+        if *h == cluster.node_id {
+            return Some(h.clone());
+        }
+        let Some(node) = cluster.node(h).filter(|_| !cluster.is_down(h)) else { continue };
+        if let Ok((_, b)) = cluster.call(&node, Method::POST, "/wb/held".into(), body.clone()).await
+            && serde_json::from_slice::<HeldAnswer>(&b).is_ok_and(|a| a.held.contains(&rec.wid))
+        {
             return Some(h.clone());
         }
     }
@@ -1712,8 +1719,9 @@ pub async fn cluster_summary(
             };
             let r = cluster.call(node, Method::GET, format!("/wb/pending?{query}"), Bytes::new()).await;
             Some(match r {
-                Ok((_, body)) => serde_json::from_slice::<Summary>(&body).map_err(|_| node.id.clone()),
-                Err(_) => Err(node.id.clone()),
+                Ok((_, body)) => serde_json::from_slice::<Summary>(&body)
+                    .map_err(|e| (node.id.clone(), format!("unreadable summary: {e}"))),
+                Err(e) => Err((node.id.clone(), e.to_string())),
             })
         }
     });
@@ -1724,7 +1732,10 @@ pub async fn cluster_summary(
     for a in answers.into_iter().flatten() {
         match a {
             Ok(s) => out.nodes.push(s),
-            Err(id) => out.unreachable.push(id),
+            Err((id, why)) => {
+                out.unreachable.push(id.clone());
+                out.why.insert(id, why);
+            }
         }
     }
     out.objects = out.nodes.iter().map(|n| n.objects).sum();
@@ -1748,10 +1759,17 @@ pub async fn sync(
 ) -> (bool, ClusterSummary) {
     let mark = state.writeback.mark();
     let started = tokio::time::Instant::now();
+    let mut told: std::collections::BTreeMap<String, String> = Default::default();
     loop {
         let s = cluster_summary(state, bucket, prefix, Some(mark)).await;
         if s.objects == 0 && s.replicas == 0 && s.unreachable.is_empty() {
             return (true, s);
+        }
+        for (id, why) in &s.why {
+            if told.get(id) != Some(why) {
+                tracing::warn!(node = %id, %why, "sync: a node cannot be asked what it still holds");
+                told.insert(id.clone(), why.clone());
+            }
         }
         if timeout.is_some_and(|t| started.elapsed() >= t) {
             return (false, s);
