@@ -12,6 +12,7 @@ import botocore.exceptions
 import pytest
 
 from conftest import AzuriteOrigin, LocalOrigin, payload
+from test_cluster import Cluster
 from test_writeback import azurite, blob, sync, wait_clean, with_durability  # noqa: F401 (azurite is a fixture)
 
 MIB = 1024 * 1024
@@ -267,3 +268,145 @@ def test_full_journal_answers_507_and_leaves_nothing_half_written(make_node, azu
     assert code == 200, answer
     assert blob(origin, prefix + "again") == again
     assert blob(origin, key) == part
+
+
+def fill_to(mnt, leave):
+    """Fills the device with a file nobody can evict until at most `leave` bytes are free (or the
+    file system refuses more); returns the file."""
+    filler = mnt / "filler"
+    block = b"\0" * (64 * 1024)
+    with open(filler, "wb") as f:
+        try:
+            while free_bytes(mnt) > leave:
+                f.write(block[:max(4096, min(len(block), free_bytes(mnt) - leave))])
+                f.flush()
+        except OSError:
+            pass
+    assert free_bytes(mnt) <= leave + 64 * 1024
+    return filler
+
+
+def refused_507(call):
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        call()
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 507, e.value.response
+    assert e.value.response["Error"]["Code"] == "InsufficientStorage", e.value.response
+
+
+def error_code(call):
+    try:
+        call()
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"]
+    return None
+
+
+def journal_folders(node):
+    d = node.cache_dir / "writeback"
+    return sorted(p.name for p in d.iterdir()) if d.exists() else []
+
+
+def test_complete_multipart_on_a_full_disk_answers_507_and_keeps_the_upload(make_node, tmp_path, tmpfs, prefix):
+    mnt = tmpfs(32)
+    origin = LocalOrigin(tmp_path / "origin")
+    node = node_on(make_node, mnt, origin.toml())
+    s3 = with_durability(node.s3(), "local")
+    key = prefix + "multi.bin"
+    parts = [payload(5 * MIB, seed=30), payload(2 * MIB + 3, seed=31)]
+    up = s3.create_multipart_upload(Bucket="data", Key=key)["UploadId"]
+    etags = [s3.upload_part(Bucket="data", Key=key, UploadId=up, PartNumber=i + 1, Body=b)["ETag"]
+             for i, b in enumerate(parts)]
+    listing = {"Parts": [{"PartNumber": i + 1, "ETag": e} for i, e in enumerate(etags)]}
+    staged = part_files(node)
+    assert len(staged) == 2
+    filler = fill_to(mnt, 0)
+    refused_507(lambda: s3.complete_multipart_upload(Bucket="data", Key=key, UploadId=up, MultipartUpload=listing))
+    # The upload is as it was: its parts staged and listed, no journal entry, no object.
+    assert part_files(node) == staged
+    listed = s3.list_parts(Bucket="data", Key=key, UploadId=up)["Parts"]
+    assert [(p["PartNumber"], p["ETag"], p["Size"]) for p in listed] == \
+        [(i + 1, e, len(b)) for i, (e, b) in enumerate(zip(etags, parts))]
+    assert journal_folders(node) == [] and leftovers(node) == []
+    assert node.metric("cairn_dirty_bytes") == 0
+    assert error_code(lambda: s3.head_object(Bucket="data", Key=key)) == "404"
+    assert not (origin.root / key).exists()
+    # Space comes back: the same completion succeeds with exactly the parts' bytes.
+    filler.unlink()
+    r = s3.complete_multipart_upload(Bucket="data", Key=key, UploadId=up, MultipartUpload=listing)
+    assert r["ETag"].strip('"').startswith("cairn-w-")
+    assert s3.get_object(Bucket="data", Key=key)["Body"].read() == b"".join(parts)
+    code, answer = sync(node, prefix, timeout="60s")
+    assert code == 200, answer
+    assert (origin.root / key).read_bytes() == b"".join(parts)
+
+
+def test_copy_onto_a_full_disk_answers_507_and_writes_nothing(make_node, tmp_path, tmpfs, prefix):
+    mnt = tmpfs(32)
+    origin = LocalOrigin(tmp_path / "origin")
+    node = node_on(make_node, mnt, origin.toml())
+    s3 = with_durability(node.s3(), "local")
+    src, dst = prefix + "src.bin", prefix + "dst.bin"
+    body = payload(6 * MIB + 11, seed=40)
+    origin.put_direct(src, body)
+    # Less than the copy needs, and below the tier's reserve (so no cache chunk is there to evict).
+    filler = fill_to(mnt, 2 * MIB)
+    free = free_bytes(mnt)
+    refused_507(lambda: s3.copy_object(Bucket="data", Key=dst, CopySource={"Bucket": "data", "Key": src}))
+    assert error_code(lambda: s3.head_object(Bucket="data", Key=dst)) == "404"
+    assert s3.get_object(Bucket="data", Key=src)["Body"].read() == body
+    assert journal_folders(node) == [] and leftovers(node) == []
+    assert node.metric("cairn_dirty_bytes") == 0
+    assert free_bytes(mnt) >= free - 64 * 1024, "the refused copy still holds disk space"
+    code, answer = sync(node, prefix, timeout="10s")
+    assert code == 200, answer
+    assert not (origin.root / dst).exists()
+    assert (origin.root / src).read_bytes() == body
+    filler.unlink()
+    s3.copy_object(Bucket="data", Key=dst, CopySource={"Bucket": "data", "Key": src})
+    assert s3.get_object(Bucket="data", Key=dst)["Body"].read() == body
+    code, answer = sync(node, prefix, timeout="60s")
+    assert code == 200, answer
+    assert (origin.root / dst).read_bytes() == body
+
+
+def test_replicated_write_to_a_holder_with_a_full_disk_answers_507_and_leaves_nothing(tmp_path, tmpfs, prefix):
+    """Two nodes: the writer's replica can only go to the other, whose disk is full part-way
+    through the object. SEMANTICS: a full disk fails the write with 507, a replica push between
+    nodes included, and removes what it had written."""
+    mnt = tmpfs(32)
+    c = Cluster(tmp_path, 2, chunk=MIB, more_sections='[writeback]\nreplicas = 2\nretry_min = "100ms"\n'
+                'retry_max = "500ms"\nupload_defer = "0s"\n')
+    try:
+        holder = c.nodes[1]
+        holder.stop()
+        holder.config_path.write_text(holder.config_path.read_text().replace(str(holder.cache_dir), str(mnt / "cache")))
+        holder.cache_dir = mnt / "cache"
+        holder.start()
+        # Room for two of the object's six chunks.
+        filler = fill_to(mnt, 2 * MIB + 512 * 1024)
+        free = free_bytes(mnt)
+        key = prefix + "shard.bin"
+        body = payload(6 * MIB - 100, seed=50)
+        s3 = with_durability(c.nodes[0].s3(), "replicated")
+        refused_507(lambda: s3.put_object(Bucket="data", Key=key, Body=body))
+        for n in c.nodes:
+            assert error_code(lambda: n.s3().head_object(Bucket="data", Key=key)) == "404"
+            assert journal_folders(n) == [], (n.endpoint, journal_folders(n))
+            assert n.metric("cairn_dirty_bytes") == 0
+            assert n.metric("cairn_replicas_held") == 0
+        assert free_bytes(mnt) >= free - 64 * 1024, "the refused write still holds the holder's disk"
+        for n in c.nodes:
+            code, answer = sync(n, prefix, timeout="10s")
+            assert code == 200, answer
+        assert not (c.origin.root / key).exists()
+        # With room again the same write is taken, replicated and uploaded.
+        filler.unlink()
+        s3.put_object(Bucket="data", Key=key, Body=body)
+        for n in c.nodes:
+            assert n.s3().get_object(Bucket="data", Key=key)["Body"].read() == body
+        for n in c.nodes:
+            code, answer = sync(n, prefix, timeout="60s")
+            assert code == 200, answer
+        assert (c.origin.root / key).read_bytes() == body
+    finally:
+        c.stop()

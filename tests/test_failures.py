@@ -380,3 +380,119 @@ def test_a_replica_of_a_write_never_acknowledged_is_dropped(tmp_path, prefix):
             assert missing(n, key)
     finally:
         c.stop()
+
+
+def served(node, key):
+    """(ETag, body) of a GET through `node`, or the S3 error code."""
+    try:
+        r = get(node, key)
+        return r["ETag"], r["Body"].read()
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"]
+
+
+def check_for(nodes, seconds, expected):
+    """GETs every key of `expected` ({key: (etag or None, bytes)}) through every node, again and
+    again for `seconds`; fails on the first answer that is not exactly the expected version."""
+    deadline = time.time() + seconds
+    rounds = 0
+    while True:
+        for n in nodes:
+            for k, (etag, body) in expected.items():
+                got = served(n, k)
+                assert not isinstance(got, str), f"{n.endpoint} answered {got} for {k} (round {rounds})"
+                assert got[1] == body, (f"{n.endpoint} served {len(got[1])} bytes of another version of {k} "
+                                        f"(ETag {got[0]}, round {rounds})")
+                if etag is not None:
+                    assert got[0] == etag, f"{n.endpoint} served ETag {got[0]} for {k}, not {etag} (round {rounds})"
+        rounds += 1
+        if time.time() >= deadline:
+            return rounds
+        time.sleep(0.2)
+
+
+def test_reads_after_a_crash_never_return_the_previous_version(tmp_path, origin_proxy, prefix):
+    """The origin keeps serving reads (its old version) but refuses uploads; every node has the old
+    version's metadata and chunks cached and revalidates every second. A `local` write, then a
+    kill -9 of its writer and of each metadata owner in turn: no node ever serves the old bytes."""
+    origin = origin_proxy.origin()
+    c = Cluster(tmp_path, 3, chunk=MIB, origin=origin, more_sections=WB, metadata="ttl:1s")
+    try:
+        key, new_key = prefix + "ckpt.bin", prefix + "new.bin"
+        old = payload(3 * MIB + 5, seed=900)
+        origin.put_direct(key, old)
+        old_etag = origin.client.head_object(Bucket="data", Key=key)["ETag"]
+        for n in c.nodes:
+            assert served(n, key) == (old_etag, old)
+        origin_proxy.throttle = 503
+        s3 = with_durability(c.nodes[0].s3(), "local")
+        new = payload(3 * MIB + 77, seed=901)
+        fresh = payload(MIB + 3, seed=902)
+        etag = s3.put_object(Bucket="data", Key=key, Body=new)["ETag"]
+        fresh_etag = s3.put_object(Bucket="data", Key=new_key, Body=fresh)["ETag"]
+        acked = time.time()
+        assert etag.strip('"').startswith("cairn-w-") and etag != old_etag
+        expected = {key: (etag, new), new_key: (fresh_etag, fresh)}
+        c.nodes[0].stop(signal.SIGKILL)
+        c.nodes[0].start()
+        # SEMANTICS: a non-owner that cached the previous metadata may serve it for one ttl after
+        # the write; from then on only the new version.
+        time.sleep(max(0.0, acked + 1.5 - time.time()))
+        assert check_for(c.nodes, 4, expected) > 3
+        assert any(s == 503 for _, _, s in origin_proxy.writes_seen), "the origin was never asked to take the upload"
+        for i in (1, 2, 0):
+            c.nodes[i].stop(signal.SIGKILL)
+            c.nodes[i].start()
+            check_for(c.nodes, 2.5, expected)
+        assert origin.client.get_object(Bucket="data", Key=key)["Body"].read() == old
+        origin_proxy.throttle = None
+        for n in c.nodes:
+            code, answer = sync(n, prefix, timeout="60s")
+            assert code == 200, answer
+        assert origin.client.get_object(Bucket="data", Key=key)["Body"].read() == new
+        assert origin.client.get_object(Bucket="data", Key=new_key)["Body"].read() == fresh
+        listed = {o["Key"] for o in origin.client.list_objects_v2(Bucket="data", Prefix=prefix)["Contents"]}
+        assert listed == {key, new_key}
+        time.sleep(1.5)
+        check_for(c.nodes, 0, {key: (None, new), new_key: (None, fresh)})
+    finally:
+        c.stop()
+
+
+@pytest.mark.parametrize("later", ["local", "origin"])
+def test_an_upload_already_running_does_not_land_after_a_later_write(tmp_path, origin_proxy, prefix, later):
+    """An upload of the first write is held at the origin for 3 s; meanwhile another node takes a
+    second write of the key (at `local`, or written through). The first must never land last."""
+    origin = origin_proxy.origin()
+    c = Cluster(tmp_path, 3, chunk=MIB, origin=origin, more_sections=WB, metadata="ttl:1s")
+    try:
+        key = prefix + "ckpt.bin"
+        first, second = payload(4 * MIB, seed=950), payload(3 * MIB + 21, seed=951)
+        origin_proxy.write_delay = 3.0
+        with_durability(c.nodes[0].s3(), "local").put_object(Bucket="data", Key=key, Body=first)
+        deadline = time.time() + 15
+        while origin_proxy.writes_in_flight == 0 and time.time() < deadline:
+            time.sleep(0.05)
+        assert origin_proxy.writes_in_flight > 0, "the upload did not start"
+        with_durability(c.nodes[1].s3(), later).put_object(Bucket="data", Key=key, Body=second)
+        origin_proxy.write_delay = 0
+        for n in c.nodes:
+            assert served(n, key)[1] == second
+        for n in c.nodes:
+            code, answer = sync(n, prefix, timeout="60s")
+            assert code == 200, answer
+        # Let any upload still held by the proxy finish before looking at the origin.
+        deadline = time.time() + 10
+        while origin_proxy.writes_in_flight and time.time() < deadline:
+            time.sleep(0.05)
+        assert origin_proxy.writes_in_flight == 0
+        # Both writes reached the origin: the held one did land, and before the later one.
+        landed = [s for m, p, s in origin_proxy.writes_seen if m == "PUT" and key in p and s == 200]
+        assert len(landed) == 2, origin_proxy.writes_seen
+        assert origin.client.get_object(Bucket="data", Key=key)["Body"].read() == second
+        time.sleep(1.5)
+        for n in c.nodes:
+            assert served(n, key)[1] == second
+        assert origin.client.get_object(Bucket="data", Key=key)["Body"].read() == second
+    finally:
+        c.stop()

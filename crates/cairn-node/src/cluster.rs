@@ -73,6 +73,15 @@ impl std::fmt::Display for PeerError {
     }
 }
 
+impl PeerError {
+    /// The peer answered `507 InsufficientStorage` (a write route: its disk cannot take the
+    /// write). It is alive: nothing to mark suspect. [`Cluster::call`] maps that code, and only
+    /// that one, to `Origin(Backend)`.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, PeerError::Origin(e) if e.kind == ErrorKind::Backend)
+    }
+}
+
 /// A chunk owner's answer: the bytes, or holders to fetch them from and the digest to check.
 pub enum ChunkAnswer {
     Bytes(Bytes),

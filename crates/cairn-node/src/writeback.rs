@@ -24,7 +24,7 @@ use cairn_core::config::WritebackSection;
 use cairn_core::{ChunkId, Durability, ObjectVersion};
 use cairn_origin::{BodyStream, ObjectAttrs, ObjectInfo, WriteAttrs};
 use cairn_store::journal::{Journal, Role, Segment, WriteRecord};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use http::Method;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -672,12 +672,18 @@ async fn finish(
     if durability == Durability::Replicated
         && let Some(cluster) = &state.cluster
     {
-        match pushed {
-            Some(p) if p.version.size == size => {
-                let placed = p.finish().await?;
-                commit_replicas(cluster, &mut record, placed).await?;
-            }
-            _ => replicate(state, cluster, &mut record, state.config.writeback.replicas.saturating_sub(1)).await?,
+        let copies = state.config.writeback.replicas.saturating_sub(1);
+        let placed = match pushed {
+            Some(p) if p.version.size == size => p.finish().await,
+            _ => replicate(state, cluster, &record, copies).await,
+        };
+        let committed = match placed {
+            Ok(placed) => commit_replicas(cluster, &mut record, placed).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = committed {
+            discard_replicas(cluster, &record, copies).await;
+            return Err(e);
         }
     }
     let (j, r) = (wb.journal.clone(), record.clone());
@@ -694,18 +700,19 @@ async fn finish(
 }
 
 /// Pushes every chunk to `replicas - 1` nodes of its ranking other than this one, reading them
-/// back from the journal, and commits a replica record at each.
+/// back from the journal; returns where each went. Every push has ended when it returns, failed
+/// or not, so [`discard_replicas`] after a failure finds all it has to remove.
 async fn replicate(
     state: &Arc<NodeState>,
     cluster: &Arc<Cluster>,
-    record: &mut WriteRecord,
+    record: &WriteRecord,
     copies: usize,
-) -> Result<(), WriteError> {
+) -> Result<Vec<Placed>, WriteError> {
     if copies == 0 {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let rec = Arc::new(record.clone());
-    let placed: Vec<(u64, Vec<String>)> = futures::stream::iter(0..record.chunk_count())
+    let pushed: Vec<Result<Placed, WriteError>> = futures::stream::iter(0..record.chunk_count())
         .map(|index| {
             let (state, cluster, rec) = (state.clone(), cluster.clone(), rec.clone());
             async move {
@@ -715,9 +722,29 @@ async fn replicate(
             }
         })
         .buffer_unordered(PUSH_PARALLELISM)
-        .try_collect()
-        .await?;
-    commit_replicas(cluster, record, placed).await
+        .collect()
+        .await;
+    pushed.into_iter().collect()
+}
+
+/// After a replicated write failed: asks every node that may have taken one of its chunks or
+/// its replica record (the candidates [`push_chunk`] tries) to drop them, so a refused write
+/// leaves nothing behind, and a holder whose disk was full gets its space back at once.
+async fn discard_replicas(cluster: &Cluster, record: &WriteRecord, copies: usize) {
+    let mut nodes: BTreeMap<String, NodeEntry> = BTreeMap::new();
+    for index in 0..record.chunk_count() {
+        for node in cluster.ranking(record.chunk_id(index).0 as u64, copies + 1 + EXTRA_CANDIDATES) {
+            if node.id != cluster.node_id {
+                nodes.entry(node.id.clone()).or_insert(node);
+            }
+        }
+    }
+    let query = format!("/wb/release?wid={}", record.wid);
+    for node in nodes.values() {
+        if let Err(e) = cluster.call(node, Method::POST, query.clone(), Bytes::new()).await {
+            tracing::debug!(node = %node.id, wid = %record.wid, error = ?e, "could not discard replicas of a refused write; its sweep removes them");
+        }
+    }
 }
 
 /// Stores one chunk durably at `copies` nodes of its ranking other than this one; returns them.
@@ -732,6 +759,7 @@ async fn push_chunk(
     let query = format!("/wb/chunk?wid={wid}&index={index}");
     let mut holders = Vec::new();
     let mut last_err = String::new();
+    let mut full = None;
     for node in cluster.ranking(chunk_key, copies + 1 + EXTRA_CANDIDATES) {
         if holders.len() == copies {
             break;
@@ -741,11 +769,18 @@ async fn push_chunk(
         }
         match cluster.call(&node, Method::PUT, query.clone(), data.clone()).await {
             Ok(_) => holders.push(node.id.clone()),
+            // Alive, with a full disk: not a reason to route reads around it.
+            Err(e) if e.is_disk_full() => full = Some(format!("{}: {e:?}", node.id)),
             Err(e) => {
                 last_err = format!("{e:?}");
                 cluster.mark_suspect(&node.id);
             }
         }
+    }
+    if holders.len() < copies
+        && let Some(m) = full
+    {
+        return Err(WriteError::DiskFull(format!("chunk {index}: no replica holder had room: {m}")));
     }
     if holders.len() < copies {
         return Err(WriteError::Replication(format!(
@@ -775,10 +810,10 @@ async fn commit_replicas(
         r.role = Role::Replica { chunks };
         let body = Bytes::from(serde_json::to_vec(&r).map_err(|e| WriteError::Io(e.to_string()))?);
         let node = cluster.node(&holder).ok_or_else(|| WriteError::Replication(format!("{holder} left the map")))?;
-        cluster
-            .call(&node, Method::POST, "/wb/commit".into(), body)
-            .await
-            .map_err(|e| WriteError::Replication(format!("commit at {holder}: {e:?}")))?;
+        cluster.call(&node, Method::POST, "/wb/commit".into(), body).await.map_err(|e| match e.is_disk_full() {
+            true => WriteError::DiskFull(format!("replica record at {holder}: {e:?}")),
+            false => WriteError::Replication(format!("commit at {holder}: {e:?}")),
+        })?;
     }
     Ok(())
 }
@@ -812,12 +847,13 @@ impl Pusher {
         }));
     }
 
+    /// Where each chunk went, once every push has ended (failed or not).
     async fn finish(self) -> Result<Vec<(u64, Vec<String>)>, WriteError> {
         let mut placed = Vec::with_capacity(self.tasks.len());
         for t in self.tasks {
-            placed.push(t.await.map_err(|e| WriteError::Replication(e.to_string()))??);
+            placed.push(t.await.map_err(|e| WriteError::Replication(e.to_string())).and_then(|r| r));
         }
-        Ok(placed)
+        placed.into_iter().collect()
     }
 }
 
@@ -1269,14 +1305,21 @@ pub async fn commit_replica(state: &NodeState, record: WriteRecord) -> Result<()
     blocking(move || j.commit(record)).await.map_err(|e| io_error("replica commit", e))
 }
 
-/// Replica holders: the write is in the origin (or superseded).
+/// Replica holders: the write is in the origin (or superseded), or its replication failed and it
+/// was never acknowledged (then only the chunks that came before a record that never will).
 pub async fn release_replica(state: &NodeState, wid: &str) {
     let j = state.writeback.journal.clone();
-    if j.record(wid).is_some_and(|r| matches!(r.role, Role::Replica { .. })) {
-        let w = wid.to_owned();
-        let _ = tokio::task::spawn_blocking(move || j.remove(&w)).await;
-        state.writeback.dirty_freed.notify_waiters();
+    let w = wid.to_owned();
+    match j.record(wid) {
+        Some(r) if matches!(r.role, Role::Replica { .. }) => {
+            let _ = tokio::task::spawn_blocking(move || j.remove(&w)).await;
+        }
+        Some(_) => return,
+        None => {
+            let _ = tokio::task::spawn_blocking(move || j.remove_uncommitted(&w)).await;
+        }
     }
+    state.writeback.dirty_freed.notify_waiters();
 }
 
 /// Writers: which of `wids` this node still holds, and its incarnation.
@@ -1513,10 +1556,10 @@ pub async fn drain(state: &Arc<NodeState>, grace: Duration) {
             continue;
         }
         let mut r = (*rec).clone();
-        let handed = match tokio::time::timeout(
-            grace.saturating_sub(started.elapsed()),
-            replicate(state, &cluster, &mut r, copies),
-        )
+        let handed = match tokio::time::timeout(grace.saturating_sub(started.elapsed()), async {
+            let placed = replicate(state, &cluster, &r, copies).await?;
+            commit_replicas(&cluster, &mut r, placed).await
+        })
         .await
         {
             Ok(Ok(())) => {

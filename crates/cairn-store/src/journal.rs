@@ -351,6 +351,19 @@ impl Journal {
 
     /// Removes replica folders whose record never came (their writer failed before
     /// acknowledging); returns how many.
+    /// Removes the folder of a write that has no record (its chunks arrived, its commit never
+    /// will), and its bytes from the dirty count.
+    pub fn remove_uncommitted(&self, wid: &str) {
+        if self.records.lock().contains_key(wid) {
+            return;
+        }
+        let dir = self.dir(wid);
+        let bytes = dir_bytes(&dir);
+        if fs::remove_dir_all(&dir).is_ok() {
+            self.sub_dirty(bytes);
+        }
+    }
+
     pub fn sweep_uncommitted(&self, older_than: Duration) -> usize {
         let Ok(entries) = fs::read_dir(&self.root) else { return 0 };
         let mut removed = 0;
