@@ -197,12 +197,16 @@ impl Journal {
         self.room.get().cloned().unwrap_or_else(Room::unchecked)
     }
 
+    /// The record first, then its chunks: a chunk found always has its record. (`records` and
+    /// `chunks` are locked one at a time, never one inside the other: `remove` takes them in the
+    /// other order, and two threads holding one each would wait for ever.)
     fn index(&self, record: WriteRecord) {
+        let record = Arc::new(record);
+        self.records.lock().insert(record.wid.clone(), record.clone());
         let mut chunks = self.chunks.lock();
         for i in record.held_chunks() {
             chunks.insert(record.chunk_id(i), (record.wid.clone(), i));
         }
-        self.records.lock().insert(record.wid.clone(), Arc::new(record));
     }
 
     pub fn dir(&self, wid: &str) -> PathBuf {
@@ -314,7 +318,9 @@ impl Journal {
 
     /// Forgets a write and deletes its files (uploaded, released, or never acknowledged).
     pub fn remove(&self, wid: &str) {
-        if let Some(r) = self.records.lock().remove(wid) {
+        // Its own statement: the `records` guard is dropped before `chunks` is locked.
+        let removed = self.records.lock().remove(wid);
+        if let Some(r) = removed {
             let mut chunks = self.chunks.lock();
             for i in r.held_chunks() {
                 chunks.remove(&r.chunk_id(i));
@@ -430,6 +436,31 @@ mod tests {
             sums,
             holders: vec![],
             role: Role::Writer { segments: vec![Segment { file: "data".into(), len: data.len() as u64 }] },
+        }
+    }
+
+    #[test]
+    fn indexing_and_removing_at_once_never_deadlock() {
+        // Writes committed while others are released, on many threads: before `index` and
+        // `remove` took their two locks one at a time (in opposite orders), this hung within a
+        // few thousand rounds, as it hung a node under the crash test.
+        let tmp = tempfile::tempdir().expect("journal test step");
+        let j = Arc::new(Journal::open(tmp.path()).expect("journal test step").0);
+        let template = record(tmp.path(), &"a".repeat(32), &[7u8; 4096], 1024);
+        let (done, finished) = std::sync::mpsc::channel();
+        for t in 0..4u32 {
+            let (j, template, done) = (j.clone(), template.clone(), done.clone());
+            std::thread::spawn(move || {
+                for n in 0..20_000u32 {
+                    let wid = format!("{t:08x}{n:024x}");
+                    j.index(WriteRecord { wid: wid.clone(), ..template.clone() });
+                    j.remove(&format!("{t:08x}{:024x}", n.saturating_sub(1)));
+                }
+                let _ = done.send(());
+            });
+        }
+        for _ in 0..4 {
+            finished.recv_timeout(std::time::Duration::from_secs(60)).expect("the journal's locks deadlocked");
         }
     }
 
