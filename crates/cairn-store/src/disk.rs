@@ -437,7 +437,13 @@ fn verify(id: &ChunkId, buf: &[u8]) -> Option<usize> {
     let len = u64::from_le_bytes(header[8..16].try_into().ok()?);
     let sum = u64::from_le_bytes(header[16..24].try_into().ok()?);
     let stored_id = u128::from_le_bytes(header[24..40].try_into().ok()?);
-    (&header[..8] == MAGIC && len == payload.len() as u64 && stored_id == id.0 && xxh3_64(payload) == sum)
+    // The header block's padding is zeros: a flipped bit anywhere in the file is caught.
+    let padding_clean = header[HEADER_USED..].iter().all(|b| *b == 0);
+    (&header[..8] == MAGIC
+        && padding_clean
+        && len == payload.len() as u64
+        && stored_id == id.0
+        && xxh3_64(payload) == sum)
         .then_some(HEADER_LEN)
 }
 
@@ -516,6 +522,18 @@ mod tests {
         t.write(&id(2), b"new").expect("write");
         drop(t);
         assert_eq!(DiskTier::open(dir.path(), 1 << 20, NO_RESERVE).expect("reopen").len(), 1);
+    }
+
+    #[test]
+    fn a_flipped_byte_in_the_header_padding_is_corrupt_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = DiskTier::open(dir.path(), 1 << 20, NO_RESERVE).expect("open");
+        t.write(&id(1), b"hello chunk").expect("write");
+        let path = t.chunk_path(&id(1));
+        let mut raw = fs::read(&path).expect("raw");
+        raw[HEADER_LEN / 2] ^= 0x01;
+        fs::write(&path, raw).expect("flip");
+        assert_eq!(t.read(&id(1)).expect("read"), ReadOutcome::Corrupt);
     }
 
     #[test]
