@@ -202,17 +202,24 @@ impl Loads {
         }
         let replica_nodes = replica_set(state, &spec.replicate)?;
         let id = spec.id();
+        // The saved progress (the keys already loaded, possibly millions) is read off the
+        // runtime and before `jobs` is locked, so listing or cancelling loads never waits for it.
+        let saved = self.path(&id);
+        let done: HashSet<String> = tokio::task::spawn_blocking(move || {
+            std::fs::read(saved)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Saved>(&b).ok())
+                .map(|s| s.done.into_iter().collect())
+                .unwrap_or_default()
+        })
+        .await
+        .unwrap_or_default();
         let mut jobs = self.jobs.lock();
         if let Some(job) = jobs.get(&id)
             && job.status.lock().state == "running"
         {
             return Ok(job.snapshot());
         }
-        let done: HashSet<String> = std::fs::read(self.path(&id))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Saved>(&b).ok())
-            .map(|s| s.done.into_iter().collect())
-            .unwrap_or_default();
         let job = Arc::new(Job {
             status: Mutex::new(LoadStatus {
                 id: id.clone(),
