@@ -197,6 +197,31 @@ def test_a_frozen_node_does_not_stall_reads_through_the_others(tmp_path, prefix)
         c.stop()
 
 
+def test_sync_waits_for_a_frozen_node_and_names_it(tmp_path, prefix):
+    """A node frozen (SIGSTOP) with an acknowledged write it has not uploaded: `sync` through another
+    node cannot know what the frozen one holds, so it must not succeed; it answers 504 naming the
+    node and why. Thawed, the node uploads and `sync` succeeds with the exact bytes in the origin."""
+    sections = WB.replace('upload_defer = "0s"', 'upload_defer = "60s"')
+    assert sections != WB
+    c = Cluster(tmp_path, 3, chunk=MIB, more_sections=sections)
+    try:
+        key, body = prefix + "held.bin", payload(3 * MIB + 5, seed=260)
+        with_durability(c.nodes[1].s3(), "local").put_object(Bucket="data", Key=key, Body=body)
+        c.nodes[1].proc.send_signal(signal.SIGSTOP)
+        try:
+            code, answer = sync(c.nodes[0], prefix, timeout="4s")
+            assert code == 504 and answer["unreachable"] == ["n1"], answer
+            assert "probe" in answer["why"]["n1"], answer
+            assert not (c.origin.root / key).exists()
+        finally:
+            c.nodes[1].proc.send_signal(signal.SIGCONT)
+        code, answer = sync(c.nodes[0], prefix, timeout="60s")
+        assert code == 200 and answer["unreachable"] == [], answer
+        assert (c.origin.root / key).read_bytes() == body
+    finally:
+        c.stop()
+
+
 def test_takeover_when_the_writer_is_unreachable_but_not_marked_down(az_cluster, azurite, prefix):
     c = az_cluster(3, more_sections=WB)
     azurite.stop()
