@@ -20,6 +20,7 @@ from test_writeback import (  # noqa: F401  (fixtures)
     azurite,
     blob,
     blob_exists,
+    cli,
     sync,
     wait_clean,
     with_durability,
@@ -212,6 +213,10 @@ def test_sync_waits_for_a_frozen_node_and_names_it(tmp_path, prefix):
             code, answer = sync(c.nodes[0], prefix, timeout="4s")
             assert code == 504 and answer["unreachable"] == ["n1"], answer
             assert "probe" in answer["why"]["n1"], answer
+            p = cli(c.nodes[0], "sync", f"data/{prefix}", "--timeout", "3s")
+            assert p.returncode == 1 and "node n1 could not be asked what it holds" in p.stderr, p.stderr
+            p = cli(c.nodes[0], "status")
+            assert p.returncode == 0 and "unreachable: peer n1" in p.stdout, p.stdout
             assert not (c.origin.root / key).exists()
         finally:
             c.nodes[1].proc.send_signal(signal.SIGCONT)

@@ -296,7 +296,12 @@ pub async fn sync(a: SyncArgs) -> Result<()> {
         }
         if a.timeout.is_some_and(|t| started.elapsed() >= *t) {
             pb.abandon();
-            bail!("timed out: {} objects ({} bytes) not yet in the origin", s.objects, s.bytes);
+            let mut why = format!("timed out: {} objects ({} bytes) not yet in the origin", s.objects, s.bytes);
+            for id in &s.unreachable {
+                let reason = s.why.get(id).map(String::as_str).unwrap_or("no answer");
+                why.push_str(&format!("; node {id} could not be asked what it holds ({reason})"));
+            }
+            bail!(why);
         }
         tokio::time::sleep(POLL).await;
         s = get(&a.admin, &format!("/v1/pending?{}", query(bucket, prefix, Some(mark)))).await?;
@@ -380,7 +385,7 @@ pub async fn status(a: StatusArgs) -> Result<()> {
         );
     }
     for id in &s.unreachable {
-        println!("{id:<24} unreachable");
+        println!("{id:<24} unreachable: {}", s.why.get(id).map(String::as_str).unwrap_or("no answer"));
     }
     println!("total: {} objects, {} bytes pending, {} replicas held", s.objects, s.bytes, s.replicas);
     Ok(())
