@@ -740,11 +740,16 @@ async fn discard_replicas(cluster: &Cluster, record: &WriteRecord, copies: usize
         }
     }
     let query = format!("/wb/release?wid={}", record.wid);
-    for node in nodes.values() {
-        if let Err(e) = cluster.call(node, Method::POST, query.clone(), Bytes::new()).await {
-            tracing::debug!(node = %node.id, wid = %record.wid, error = ?e, "could not discard replicas of a refused write; its sweep removes them");
+    // At once: a frozen candidate costs the refused write one peer timeout, not one each.
+    futures::future::join_all(nodes.values().map(|node| {
+        let query = query.clone();
+        async move {
+            if let Err(e) = cluster.call(node, Method::POST, query, Bytes::new()).await {
+                tracing::debug!(node = %node.id, wid = %record.wid, error = ?e, "could not discard replicas of a refused write; its sweep removes them");
+            }
         }
-    }
+    }))
+    .await;
 }
 
 /// Stores one chunk durably at `copies` nodes of its ranking other than this one; returns them.
@@ -1443,19 +1448,20 @@ async fn replica_watch(state: Arc<NodeState>) {
 /// that answers and still holds the write. A holder that answers without it (its disk was lost
 /// too, or it released the write) is passed over: waiting for it would hold the write forever.
 async fn successor(cluster: &Cluster, rec: &WriteRecord) -> Option<String> {
-    let body = Bytes::from(serde_json::to_vec(&[&rec.wid]).ok()?);
     for h in &rec.holders {
-        if *h == cluster.node_id {
-            return Some(h.clone());
-        }
-        let Some(node) = cluster.node(h).filter(|_| !cluster.is_down(h)) else { continue };
-        if let Ok((_, b)) = cluster.call(&node, Method::POST, "/wb/held".into(), body.clone()).await
-            && serde_json::from_slice::<HeldAnswer>(&b).is_ok_and(|a| a.held.contains(&rec.wid))
-        {
+        if *h == cluster.node_id || holds(cluster, h, &rec.wid).await == Some(true) {
             return Some(h.clone());
         }
     }
     None
+}
+
+/// Whether holder `id` still holds write `wid`; `None` when it is down or does not answer.
+async fn holds(cluster: &Cluster, id: &str, wid: &str) -> Option<bool> {
+    let node = cluster.node(id).filter(|_| !cluster.is_down(id))?;
+    let body = Bytes::from(serde_json::to_vec(&[wid]).ok()?);
+    let (_, b) = cluster.call(&node, Method::POST, "/wb/held".into(), body).await.ok()?;
+    serde_json::from_slice::<HeldAnswer>(&b).ok().map(|a| a.held.iter().any(|w| w == wid))
 }
 
 /// Gathers the chunks this node lacks from the other holders, turns the replica into a writer's
@@ -1581,13 +1587,8 @@ pub async fn drain(state: &Arc<NodeState>, grace: Duration) {
 
 /// A holder of `rec` (other than this node) that answers and does not hold the write.
 async fn holder_without(cluster: &Cluster, rec: &WriteRecord) -> Option<String> {
-    let body = Bytes::from(serde_json::to_vec(&[&rec.wid]).ok()?);
     for id in rec.holders.iter().filter(|h| **h != cluster.node_id) {
-        let Some(node) = cluster.node(id) else { continue };
-        if let Ok((_, b)) = cluster.call(&node, Method::POST, "/wb/held".into(), body.clone()).await
-            && let Ok(answer) = serde_json::from_slice::<HeldAnswer>(&b)
-            && !answer.held.contains(&rec.wid)
-        {
+        if holds(cluster, id, &rec.wid).await == Some(false) {
             return Some(id.clone());
         }
     }
