@@ -19,7 +19,7 @@ use cairn_core::config::ClusterSection;
 use cairn_core::placement::{Placement, key_hash};
 use cairn_origin::{Error as OriginError, ErrorKind, ObjectInfo};
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -32,6 +32,43 @@ use crate::tls::Tls;
 
 /// The pooled peer client: HTTP/1.1, over TLS when the peer transport uses it.
 pub type PeerClient<B> = Client<HttpsConnector<HttpConnector>, B>;
+
+/// A request body of pieces sent in order, with its exact length (so no chunked encoding).
+pub struct Pieces {
+    pieces: std::collections::VecDeque<Bytes>,
+    left: u64,
+}
+
+impl Pieces {
+    pub fn new(pieces: Vec<Bytes>) -> Self {
+        let left = pieces.iter().map(|p| p.len() as u64).sum();
+        Self { pieces: pieces.into_iter().filter(|p| !p.is_empty()).collect(), left }
+    }
+}
+
+impl hyper::body::Body for Pieces {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let next = self.pieces.pop_front();
+        if let Some(p) = &next {
+            self.left -= p.len() as u64;
+        }
+        std::task::Poll::Ready(next.map(|p| Ok(hyper::body::Frame::data(p))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left)
+    }
+}
 /// Header naming the error code of a failed peer request.
 pub const ERROR_HEADER: &str = "x-cairn-error";
 /// Nodes tried after the owners before a requester reads the origin itself.
@@ -120,7 +157,7 @@ pub struct Cluster {
     pub gossip: std::sync::OnceLock<Arc<crate::gossip::Gossip>>,
     map_mtime: Mutex<Option<SystemTime>>,
     placement: RwLock<Arc<Placement>>,
-    client: PeerClient<Full<Bytes>>,
+    client: PeerClient<Pieces>,
     /// Signs peer requests; derived from the cluster secret, which never leaves the node.
     key: PeerKey,
     /// TLS state when the peer transport runs mutual TLS (`tls.peer`).
@@ -388,12 +425,24 @@ impl Cluster {
         path_and_query: String,
         body: Bytes,
     ) -> Result<(http::response::Parts, Bytes), PeerError> {
+        self.call_pieces(node, method, path_and_query, vec![body]).await
+    }
+
+    /// [`Cluster::call`] with a body sent as the pieces it is in (a chunk as it was received),
+    /// never gathered into one buffer.
+    pub async fn call_pieces(
+        &self,
+        node: &NodeEntry,
+        method: Method,
+        path_and_query: String,
+        body: Vec<Bytes>,
+    ) -> Result<(http::response::Parts, Bytes), PeerError> {
         let unavailable = |m: String| PeerError::Unavailable(format!("peer {} ({}): {m}", node.id, node.addr));
         let req = Request::builder()
             .uri(self.peer_url(&node.addr, &path_and_query))
             .header(AUTH_HEADER, self.sign(&method, &path_and_query))
             .method(method)
-            .body(Full::new(body))
+            .body(Pieces::new(body))
             .map_err(|e| unavailable(e.to_string()))?;
         Metrics::add(&self.metrics.peer_requests, 1);
         // A peer that is slow to answer (busy, or waiting on its origin fetch) is still the owner:

@@ -514,11 +514,22 @@ async fn wb_chunk(state: &NodeState, q: &HashMap<String, String>, req: Request<I
     let (Some(wid), Some(index)) = (wid, index) else {
         return text(StatusCode::BAD_REQUEST, "BadRequest", "wid (32 hex digits) and index are required");
     };
-    let body = match http_body_util::Limited::new(req.into_body(), MAX_PUT_CHUNK).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => return text(StatusCode::PAYLOAD_TOO_LARGE, "BadRequest", format!("chunk body refused: {e}")),
-    };
-    match writeback::store_replica_chunk(state, &wid, index, body).await {
+    // The frames as they came: the journal writes them through its aligned buffer, so gathering
+    // them into one buffer first would be a copy for nothing.
+    let mut body = req.into_body();
+    let (mut pieces, mut len) = (Vec::new(), 0usize);
+    while let Some(frame) = body.frame().await {
+        let data = match frame {
+            Ok(f) => f.into_data().unwrap_or_default(),
+            Err(e) => return text(StatusCode::BAD_REQUEST, "BadRequest", format!("chunk body failed: {e}")),
+        };
+        len += data.len();
+        if len > MAX_PUT_CHUNK {
+            return text(StatusCode::PAYLOAD_TOO_LARGE, "BadRequest", "chunk body refused: length limit exceeded");
+        }
+        pieces.push(data);
+    }
+    match writeback::store_replica_chunk(state, &wid, index, pieces).await {
         Ok(()) => text(StatusCode::NO_CONTENT, "", ""),
         Err(e) => write_failure(&e),
     }

@@ -11,7 +11,7 @@
 //! last one in the origin.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{self, Seek, Write};
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -23,7 +23,7 @@ use cairn_core::cluster::NodeEntry;
 use cairn_core::config::WritebackSection;
 use cairn_core::{ChunkId, Durability, ObjectVersion};
 use cairn_origin::{BodyStream, ObjectAttrs, ObjectInfo, WriteAttrs};
-use cairn_store::journal::{Journal, Role, Segment, WriteRecord};
+use cairn_store::journal::{DataFile, Journal, Role, Segment, WriteRecord};
 use futures::StreamExt;
 use http::Method;
 use parking_lot::Mutex;
@@ -54,8 +54,6 @@ const ORIGIN_OP_WAIT: Duration = Duration::from_secs(60);
 const SUMMARY_FANOUT: usize = 64;
 /// How often a deferred upload looks again.
 const DEFER_POLL: Duration = Duration::from_millis(50);
-/// Buffers passed to one `writev`.
-const MAX_IOVECS: usize = 512;
 /// A sync barrier that asked within this long keeps uploads from being deferred.
 const SYNC_INTEREST: Duration = Duration::from_secs(2);
 /// Chunks of one write pushed to replica holders at once.
@@ -437,13 +435,13 @@ pub async fn write_stream(
         blocking(move || j.create(&w).map(|d| d.join("data"))).await.map_err(|e| io_error("journal folder", e))?
     };
     let file = {
-        let p = path.clone();
-        blocking(move || std::fs::File::create(p)).await.map_err(|e| io_error("journal file", e))?
+        let (j, p) = (journal.clone(), path.clone());
+        blocking(move || j.create_data(&p)).await.map_err(|e| io_error("journal file", e))?
     };
     let _active = Active::new(&wb.active_writes);
     // One chunk is written while the next is received; received buffers are written as they
     // came (split at chunk boundaries, never copied).
-    let mut writing: Option<tokio::task::JoinHandle<io::Result<(std::fs::File, u64)>>> = None;
+    let mut writing: Option<tokio::task::JoinHandle<io::Result<(DataFile, u64)>>> = None;
     let mut file = Some(file);
     let mut sums = Vec::new();
     let mut pieces: Vec<Bytes> = Vec::new();
@@ -487,8 +485,8 @@ pub async fn write_stream(
 async fn flush(
     wb: &WriteBack,
     guard: &mut Uncommitted<'_>,
-    writing: &mut Option<tokio::task::JoinHandle<io::Result<(std::fs::File, u64)>>>,
-    file: &mut Option<std::fs::File>,
+    writing: &mut Option<tokio::task::JoinHandle<io::Result<(DataFile, u64)>>>,
+    file: &mut Option<DataFile>,
     sums: &mut Vec<u64>,
     pieces: Vec<Bytes>,
 ) -> Result<(), WriteError> {
@@ -504,12 +502,11 @@ async fn flush(
     let (room, start) = (wb.journal.room(), guard.bytes - len as u64);
     *writing = Some(tokio::task::spawn_blocking(move || {
         let mut hash = Xxh3::new();
-        for p in &pieces {
-            hash.update(p);
-        }
         // Clean cache chunks give way; a retry after ENOSPC rewrites the chunk from its start.
-        room.write(len as u64, || f.seek(io::SeekFrom::Start(start)).and_then(|_| write_all_pieces(&mut f, &pieces)))?;
-        start_writeback(&f, start, len as u64);
+        room.write(len as u64, || f.write_at(start, &pieces, Some(&mut hash)))?;
+        if !f.is_direct() {
+            start_writeback(f.file(), start, len as u64);
+        }
         Ok((f, hash.digest()))
     }));
     Ok(())
@@ -525,32 +522,6 @@ pub fn start_writeback(f: &std::fs::File, offset: u64, len: u64) {
     if let Err(e) = rustix::fs::fadvise(f, offset, std::num::NonZeroU64::new(len), rustix::fs::Advice::DontNeed) {
         tracing::debug!(error = %e, "fadvise refused; the fsync will flush the range");
     }
-}
-
-/// Writes every piece in order with as few system calls as the kernel allows.
-fn write_all_pieces(f: &mut std::fs::File, pieces: &[Bytes]) -> io::Result<()> {
-    let (mut i, mut offset) = (0usize, 0usize);
-    while i < pieces.len() {
-        let mut slices = Vec::with_capacity((pieces.len() - i).min(MAX_IOVECS));
-        slices.push(io::IoSlice::new(&pieces[i][offset..]));
-        slices.extend(pieces[i + 1..].iter().take(MAX_IOVECS - 1).map(|p| io::IoSlice::new(p)));
-        let mut n = f.write_vectored(&slices)?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "journal file took no bytes"));
-        }
-        while i < pieces.len() && n > 0 {
-            let left = pieces[i].len() - offset;
-            if n >= left {
-                n -= left;
-                i += 1;
-                offset = 0;
-            } else {
-                offset += n;
-                n = 0;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Counts writes in progress on this node while alive.
@@ -718,7 +689,7 @@ async fn replicate(
             async move {
                 let (j, r) = (state.writeback.journal.clone(), rec.clone());
                 let data = blocking(move || j.read_chunk(&r, index)).await.map_err(|e| io_error("journal read", e))?;
-                push_chunk(&cluster, &rec.wid, rec.chunk_id(index).0 as u64, index, data, copies).await
+                push_chunk(&cluster, &rec.wid, rec.chunk_id(index).0 as u64, index, vec![data], copies).await
             }
         })
         .buffer_unordered(PUSH_PARALLELISM)
@@ -758,7 +729,7 @@ async fn push_chunk(
     wid: &str,
     chunk_key: u64,
     index: u64,
-    data: Bytes,
+    data: Vec<Bytes>,
     copies: usize,
 ) -> Result<(u64, Vec<String>), WriteError> {
     let query = format!("/wb/chunk?wid={wid}&index={index}");
@@ -772,7 +743,7 @@ async fn push_chunk(
         if node.id == cluster.node_id {
             continue;
         }
-        match cluster.call(&node, Method::PUT, query.clone(), data.clone()).await {
+        match cluster.call_pieces(&node, Method::PUT, query.clone(), data.clone()).await {
             Ok(_) => holders.push(node.id.clone()),
             // Alive, with a full disk: not a reason to route reads around it.
             Err(e) if e.is_disk_full() => full = Some(format!("{}: {e:?}", node.id)),
@@ -839,7 +810,7 @@ struct Pusher {
 
 impl Pusher {
     async fn push(&mut self, index: u64, pieces: &[Bytes]) {
-        let data: Bytes = if pieces.len() == 1 { pieces[0].clone() } else { pieces.concat().into() };
+        let data: Vec<Bytes> = pieces.to_vec();
         let Ok(permit) = self.permits.clone().acquire_owned().await else { return };
         let cluster = self.cluster.clone();
         let key = cairn_core::ChunkId::new(&self.version, self.chunk_size, index).0 as u64;
@@ -1289,9 +1260,9 @@ fn journal_body(journal: Arc<Journal>, rec: Arc<WriteRecord>) -> BodyStream {
 }
 
 /// Replica holders: stores a pushed chunk (before the write's record arrives).
-pub async fn store_replica_chunk(state: &NodeState, wid: &str, index: u64, data: Bytes) -> Result<(), WriteError> {
+pub async fn store_replica_chunk(state: &NodeState, wid: &str, index: u64, data: Vec<Bytes>) -> Result<(), WriteError> {
     let wb = &state.writeback;
-    let n = data.len() as u64;
+    let n = data.iter().map(Bytes::len).sum::<usize>() as u64;
     wb.reserve(n, 0).await;
     let (j, w) = (wb.journal.clone(), wid.to_owned());
     let r = blocking(move || j.write_replica_chunk(&w, index, &data)).await;

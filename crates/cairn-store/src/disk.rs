@@ -33,13 +33,12 @@ use cairn_core::{ChunkId, SpaceReserve};
 use parking_lot::Mutex;
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::direct;
 use crate::s3fifo::S3Fifo;
 use crate::space::{Device, ROOM_MARGIN, Statvfs};
 
 const MAGIC: &[u8; 8] = b"CAIRNCK2";
-/// The unit `O_DIRECT` writes are aligned to (offsets, lengths and buffers): the largest logical
-/// block size of common devices.
-pub const ALIGN: usize = 4096;
+pub use crate::direct::ALIGN;
 /// The header (magic, payload length, payload checksum, chunk id) padded to one block.
 pub const HEADER_LEN: usize = ALIGN;
 const HEADER_USED: usize = 8 + 8 + 8 + 16;
@@ -48,8 +47,6 @@ const CHUNK_EXT: &str = "chunk";
 /// at start-up: it is a cache.
 const FORMAT_FILE: &str = "format";
 const FORMAT: &str = "chunk files v2: header block, payload block-aligned\n";
-/// Bytes copied at a time through an aligned buffer when a payload is not block-aligned in memory.
-const BOUNCE: usize = 1 << 20;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReadOutcome {
@@ -342,10 +339,10 @@ impl DiskTier {
         let result = (|| {
             let mut written = false;
             if self.direct.load(Ordering::Relaxed) {
-                match write_direct(&tmp, &header, data) {
+                match direct::write_file_with_header(&tmp, &header, data) {
                     Ok(()) => written = true,
                     // The filesystem does not do O_DIRECT (or not with these alignments).
-                    Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                    Err(e) if direct::refused(&e) => {
                         tracing::info!(dir = %self.root.display(), "the disk tier's filesystem refuses O_DIRECT: fills go through the page cache");
                         self.direct.store(false, Ordering::Relaxed);
                     }
@@ -377,59 +374,6 @@ impl DiskTier {
     }
 }
 
-/// Writes a chunk file at `path` with `O_DIRECT`: the header block and the payload's whole blocks
-/// from block-aligned memory (the payload itself when it is aligned, else through a bounce
-/// buffer), then its last partial block through the page cache. `EINVAL`: the filesystem refuses.
-fn write_direct(path: &Path, header: &[u8], data: &[u8]) -> io::Result<()> {
-    use rustix::fs::{Mode, OFlags};
-    let fd = rustix::fs::open(
-        path,
-        OFlags::CREATE | OFlags::WRONLY | OFlags::TRUNC | OFlags::CLOEXEC | OFlags::DIRECT,
-        Mode::from_raw_mode(0o644),
-    )?;
-    let mut f = File::from(fd);
-    let whole = data.len() / ALIGN * ALIGN;
-    let mut bounce = AlignedBuf::new(if data.as_ptr().align_offset(ALIGN) == 0 { ALIGN } else { BOUNCE });
-    let first = bounce.get(ALIGN);
-    first.fill(0);
-    first[..header.len()].copy_from_slice(header);
-    f.write_all(first)?;
-    if data.as_ptr().align_offset(ALIGN) == 0 {
-        f.write_all(&data[..whole])?;
-    } else {
-        for piece in data[..whole].chunks(BOUNCE) {
-            let buf = bounce.get(piece.len());
-            buf.copy_from_slice(piece);
-            f.write_all(buf)?;
-        }
-    }
-    if whole < data.len() {
-        let flags = rustix::fs::fcntl_getfl(&f)?;
-        rustix::fs::fcntl_setfl(&f, flags - OFlags::DIRECT)?;
-        f.write_all(&data[whole..])?;
-    }
-    Ok(())
-}
-
-/// A buffer whose usable part starts on a [`ALIGN`] boundary.
-struct AlignedBuf {
-    raw: Vec<u8>,
-    start: usize,
-}
-
-impl AlignedBuf {
-    fn new(len: usize) -> Self {
-        let raw = vec![0u8; len + ALIGN];
-        let start = raw.as_ptr().align_offset(ALIGN);
-        Self { raw, start }
-    }
-
-    /// The first `len` aligned bytes (at most the length it was made with).
-    fn get(&mut self, len: usize) -> &mut [u8] {
-        &mut self.raw[self.start..self.start + len]
-    }
-}
-
 /// Returns the payload offset if the file holds exactly chunk `id` with a matching checksum.
 fn verify(id: &ChunkId, buf: &[u8]) -> Option<usize> {
     let header = buf.get(..HEADER_LEN)?;
@@ -456,6 +400,7 @@ fn rand_suffix() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::direct::BOUNCE;
     use crate::space::testing::{BLOCK, FakeDevice};
     use cairn_core::ByteSize;
     use std::sync::atomic::Ordering;

@@ -15,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -23,8 +23,9 @@ use bytes::{Bytes, BytesMut};
 use cairn_core::{ChunkId, ObjectVersion};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
+use crate::direct::{self, ALIGN};
 use crate::space::Room;
 
 const RECORD: &str = "record.json";
@@ -144,6 +145,56 @@ pub struct Journal {
     uploaded: Mutex<(HashMap<String, String>, VecDeque<String>)>,
     /// Makes room on the device for journal bytes (set once the cache is open).
     room: OnceLock<Room>,
+    /// False once the journal's filesystem refused an `O_DIRECT` open or write.
+    direct: AtomicBool,
+}
+
+/// A write's data file being written: with `O_DIRECT` (see [`crate::direct`]) where the journal's
+/// filesystem takes it, so acknowledging a write costs no copy into the page cache and the fsync
+/// has only the last partial block to flush.
+pub struct DataFile {
+    file: File,
+    direct: bool,
+}
+
+impl DataFile {
+    /// Writes `pieces` at `offset`, feeding each byte to `hash` if given (reset first, so a retry
+    /// of the same range starts it over).
+    pub fn write_at<B: AsRef<[u8]>>(&mut self, offset: u64, pieces: &[B], mut hash: Option<&mut Xxh3>) -> io::Result<()> {
+        if let Some(h) = hash.as_deref_mut() {
+            h.reset();
+        }
+        if self.direct && offset % ALIGN as u64 == 0 {
+            match direct::write_at(&self.file, offset, pieces, hash.as_deref_mut()) {
+                Ok(()) => return Ok(()),
+                Err(e) if direct::refused(&e) => {
+                    tracing::info!("the journal's filesystem refuses O_DIRECT writes: they go through the page cache");
+                    if let Some(h) = hash.as_deref_mut() {
+                        h.reset();
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if self.direct {
+            direct::buffered(&self.file)?;
+            self.direct = false;
+        }
+        direct::write_buffered_at(&self.file, offset, pieces, hash)
+    }
+
+    /// Whether writes bypass the page cache.
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    pub fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
 }
 
 /// Uploaded writes whose origin version is remembered.
@@ -178,6 +229,7 @@ impl Journal {
             dirty: AtomicU64::new(0),
             uploaded: Mutex::new((HashMap::new(), VecDeque::new())),
             room: OnceLock::new(),
+            direct: AtomicBool::new(true),
         };
         for r in &found {
             journal.dirty.fetch_add(r.held_bytes(), Ordering::Relaxed);
@@ -221,6 +273,21 @@ impl Journal {
         Ok(dir)
     }
 
+    /// Creates a data file of a write (`O_DIRECT` where the filesystem takes it).
+    pub fn create_data(&self, path: &Path) -> io::Result<DataFile> {
+        if self.direct.load(Ordering::Relaxed) {
+            match direct::create(path) {
+                Ok(file) => return Ok(DataFile { file, direct: true }),
+                Err(e) if direct::refused(&e) => {
+                    tracing::info!(dir = %self.root.display(), "the journal's filesystem refuses O_DIRECT: writes go through the page cache");
+                    self.direct.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(DataFile { file: File::create(path)?, direct: false })
+    }
+
     /// Makes the write durable and visible: syncs its folder and writes its record.
     pub fn commit(&self, record: WriteRecord) -> io::Result<()> {
         let dir = self.dir(&record.wid);
@@ -244,13 +311,14 @@ impl Journal {
 
     /// Stores one chunk of a replicated write, durably, before its record exists (the caller
     /// has counted its bytes as dirty).
-    pub fn write_replica_chunk(&self, wid: &str, index: u64, data: &[u8]) -> io::Result<()> {
+    pub fn write_replica_chunk<B: AsRef<[u8]>>(&self, wid: &str, index: u64, data: &[B]) -> io::Result<()> {
         let dir = self.create(wid)?;
         let path = dir.join(format!("c{index}"));
         let tmp = dir.join(format!("c{index}.tmp"));
-        let written = self.room().write(data.len() as u64, || {
-            let mut f = File::create(&tmp)?;
-            f.write_all(data)?;
+        let len: usize = data.iter().map(|d| d.as_ref().len()).sum();
+        let written = self.room().write(len as u64, || {
+            let mut f = self.create_data(&tmp)?;
+            f.write_at(0, data, None)?;
             f.sync_data()
         });
         if let Err(e) = written {

@@ -10,6 +10,7 @@
 //! (`space.rs`): [`ChunkStore::room`] hands out the [`Room`] that the journal and multipart
 //! staging write through.
 
+pub mod direct;
 pub mod disk;
 pub mod journal;
 pub mod ram;
