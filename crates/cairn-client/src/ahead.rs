@@ -24,12 +24,15 @@ pub type Learned = (Arc<Mutex<HashMap<String, usize>>>, String);
 /// that is slower than its fetches. The window a read ends with is remembered for its origin, so
 /// the next reader starts there. Each fetch runs as a task of its own, so it makes progress
 /// whether or not the reader is polling (a fetch only polled when the reader asks would not be
-/// ahead of it); the tasks still running when the read ends are aborted.
+/// ahead of it); the tasks still running when the read ends are aborted. A fetch is polled once
+/// in the reader's own task first, and becomes a task only when it cannot finish at once: a hit
+/// (a chunk in RAM) costs no task, no wake-up of another thread and no context switch, which on
+/// a small ranged read were more than its own work.
 pub struct Ahead<F, T = Bytes> {
     pieces: std::iter::Enumerate<std::vec::IntoIter<(u64, Range<usize>)>>,
     first: Option<T>,
     fetch: F,
-    inflight: std::collections::VecDeque<tokio::task::JoinHandle<Result<T, io::Error>>>,
+    inflight: std::collections::VecDeque<Fetch<T>>,
     window: usize,
     max: usize,
     /// The piece the reader last had to wait for (grows the window once per piece).
@@ -66,11 +69,36 @@ where
         }
     }
 
-    fn fill(&mut self) {
+    fn fill(&mut self, cx: &mut std::task::Context<'_>) {
         while self.inflight.len() < self.window {
             let Some((n, (index, sub))) = self.pieces.next() else { return };
             let ready = if n == 0 { self.first.take() } else { None };
-            self.inflight.push_back(tokio::spawn((self.fetch)(index, sub, ready)));
+            let mut fetch = Box::pin((self.fetch)(index, sub, ready));
+            // A stale registration of the reader's waker, left by this poll when the fetch then
+            // moves to its task, costs at most one spurious wake-up of the reader.
+            self.inflight.push_back(match fetch.as_mut().poll(cx) {
+                std::task::Poll::Ready(done) => Fetch::Done(Some(done)),
+                std::task::Poll::Pending => Fetch::Task(tokio::spawn(fetch)),
+            });
+        }
+    }
+}
+
+/// One fetch of the window: finished when it was first polled, or running as a task.
+enum Fetch<T> {
+    Done(Option<Result<T, io::Error>>),
+    Task(tokio::task::JoinHandle<Result<T, io::Error>>),
+}
+
+impl<T> Fetch<T> {
+    fn poll(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<T, io::Error>> {
+        match self {
+            Self::Done(done) => {
+                std::task::Poll::Ready(done.take().unwrap_or_else(|| Err(io::Error::other("chunk fetch taken twice"))))
+            }
+            Self::Task(task) => std::pin::Pin::new(task)
+                .poll(cx)
+                .map(|r| r.unwrap_or_else(|e| Err(io::Error::other(format!("chunk fetch task: {e}"))))),
         }
     }
 }
@@ -89,14 +117,14 @@ where
     ) -> std::task::Poll<Option<Self::Item>> {
         use std::task::Poll;
         let this = self.get_mut();
-        this.fill();
+        this.fill(cx);
         let Some(front) = this.inflight.front_mut() else { return Poll::Ready(None) };
-        match std::pin::Pin::new(front).poll(cx) {
+        match front.poll(cx) {
             Poll::Ready(done) => {
                 this.inflight.pop_front();
                 this.taken += 1;
-                this.fill();
-                Poll::Ready(Some(done.unwrap_or_else(|e| Err(io::Error::other(format!("chunk fetch task: {e}"))))))
+                this.fill(cx);
+                Poll::Ready(Some(done))
             }
             Poll::Pending => {
                 // The reader waits for piece `taken`. The first piece always waits (nothing was
@@ -104,7 +132,7 @@ where
                 if this.taken > 0 && this.waited_on != Some(this.taken) && this.window < this.max {
                     this.waited_on = Some(this.taken);
                     this.window = (this.window + this.window.div_ceil(2)).min(this.max);
-                    this.fill();
+                    this.fill(cx);
                 }
                 Poll::Pending
             }
@@ -114,8 +142,10 @@ where
 
 impl<F, T> Drop for Ahead<F, T> {
     fn drop(&mut self) {
-        for task in &self.inflight {
-            task.abort();
+        for fetch in &self.inflight {
+            if let Fetch::Task(task) = fetch {
+                task.abort();
+            }
         }
         // Only reads long enough to have tested the window teach the next reader: the window it
         // grew to, or a quarter less when it never had to wait (the origin got faster, or the
