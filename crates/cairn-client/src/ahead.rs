@@ -24,10 +24,10 @@ pub type Learned = (Arc<Mutex<HashMap<String, usize>>>, String);
 /// that is slower than its fetches. The window a read ends with is remembered for its origin, so
 /// the next reader starts there. Each fetch runs as a task of its own, so it makes progress
 /// whether or not the reader is polling (a fetch only polled when the reader asks would not be
-/// ahead of it); the tasks still running when the read ends are aborted. A fetch is polled once
-/// in the reader's own task first, and becomes a task only when it cannot finish at once: a hit
-/// (a chunk in RAM) costs no task, no wake-up of another thread and no context switch, which on
-/// a small ranged read were more than its own work.
+/// ahead of it); the tasks still running when the read ends are aborted. The first piece, when
+/// the caller already holds its chunk (`first`, a hit), is polled in the reader's own task and
+/// becomes a task only if it cannot finish at once: a small ranged hit costs no task, no wake-up
+/// of another thread and no context switch, which were more than its own work.
 pub struct Ahead<F, T = Bytes> {
     pieces: std::iter::Enumerate<std::vec::IntoIter<(u64, Range<usize>)>>,
     first: Option<T>,
@@ -73,7 +73,12 @@ where
         while self.inflight.len() < self.window {
             let Some((n, (index, sub))) = self.pieces.next() else { return };
             let ready = if n == 0 { self.first.take() } else { None };
+            let inline = ready.is_some();
             let mut fetch = Box::pin((self.fetch)(index, sub, ready));
+            if !inline {
+                self.inflight.push_back(Fetch::Task(tokio::spawn(fetch)));
+                continue;
+            }
             // A stale registration of the reader's waker, left by this poll when the fetch then
             // moves to its task, costs at most one spurious wake-up of the reader.
             self.inflight.push_back(match fetch.as_mut().poll(cx) {
