@@ -10,7 +10,7 @@
 //!
 //! Offsets, lengths and buffers are aligned to [`ALIGN`]. The last partial block of a file goes
 //! through the page cache (the fsync that follows flushes it). A filesystem that refuses
-//! `O_DIRECT` (tmpfs, some network filesystems) answers `EINVAL`: callers fall back to buffered
+//! `O_DIRECT` (tmpfs before Linux 6.6, some network filesystems) answers `EINVAL`: callers fall back to buffered
 //! writes for good.
 
 use std::fs::File;
