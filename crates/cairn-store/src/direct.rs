@@ -57,7 +57,7 @@ pub fn buffered(f: &File) -> io::Result<()> {
 /// memory; a last partial block (the run must then end the file) goes through the page cache, and
 /// the file is left buffered. Each byte is fed to `hash`, if given, as it passes.
 pub fn write_at<B: AsRef<[u8]>>(f: &File, offset: u64, pieces: &[B], mut hash: Option<&mut Xxh3>) -> io::Result<()> {
-    debug_assert_eq!(offset % ALIGN as u64, 0);
+    debug_assert!(offset.is_multiple_of(ALIGN as u64));
     let total: usize = pieces.iter().map(|p| p.as_ref().len()).sum();
     let whole = total / ALIGN * ALIGN;
     BOUNCE_BUF.with_borrow_mut(|bounce| {
@@ -88,7 +88,7 @@ pub fn write_at<B: AsRef<[u8]>>(f: &File, offset: u64, pieces: &[B], mut hash: O
             }
         }
         if !tail.is_empty() {
-            if let Some(h) = hash.as_deref_mut() {
+            if let Some(h) = hash {
                 h.update(&tail);
             }
             buffered(f)?;
@@ -104,9 +104,9 @@ pub fn write_buffered_at<B: AsRef<[u8]>>(
     f: &File,
     offset: u64,
     pieces: &[B],
-    mut hash: Option<&mut Xxh3>,
+    hash: Option<&mut Xxh3>,
 ) -> io::Result<()> {
-    if let Some(h) = hash.as_deref_mut() {
+    if let Some(h) = hash {
         pieces.iter().for_each(|p| h.update(p.as_ref()));
     }
     let (mut i, mut skip, mut at) = (0usize, 0usize, offset);
@@ -146,7 +146,7 @@ pub fn write_file_with_header(path: &Path, header: &[u8], data: &[u8]) -> io::Re
     let block = first.get(ALIGN);
     block[..header.len()].copy_from_slice(header);
     f.write_all(block)?;
-    if data.as_ptr().align_offset(ALIGN) == 0 && data.len() % ALIGN == 0 {
+    if data.as_ptr().align_offset(ALIGN) == 0 && data.len().is_multiple_of(ALIGN) {
         f.write_all(data)
     } else {
         write_at(&f, ALIGN as u64, &[data], None)

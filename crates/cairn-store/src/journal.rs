@@ -169,7 +169,7 @@ impl DataFile {
         if let Some(h) = hash.as_deref_mut() {
             h.reset();
         }
-        if self.direct && offset % ALIGN as u64 == 0 {
+        if self.direct && offset.is_multiple_of(ALIGN as u64) {
             match direct::write_at(&self.file, offset, pieces, hash.as_deref_mut()) {
                 Ok(()) => return Ok(()),
                 Err(e) if direct::refused(&e) => {
