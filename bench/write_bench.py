@@ -26,8 +26,8 @@ Ratios: "vs direct" is the direct write's time over the row's time (how many tim
 writers are back to training); "vs disk" is the row's ack throughput over dd's. Every shard read
 back from the origin at the end is checked against its sha256. "cairn CPU ns per byte acked" is the
 CPU time of the 4 node processes from the start of a round to its last acknowledgement, over the
-bytes written: the stable figure beside the throughput, which moves with the machine's load. The table is printed and written to
-bench/write_results.md.
+bytes written: the stable figure beside the throughput, which moves with the machine's load. The
+table is printed and written to bench/write_results.md.
 """
 
 import argparse

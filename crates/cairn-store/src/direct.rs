@@ -10,8 +10,8 @@
 //!
 //! Offsets, lengths and buffers are aligned to [`ALIGN`]. The last partial block of a file goes
 //! through the page cache (the fsync that follows flushes it). A filesystem that refuses
-//! `O_DIRECT` (tmpfs before Linux 6.6, some network filesystems) answers `EINVAL`: callers fall back to buffered
-//! writes for good.
+//! `O_DIRECT` (tmpfs before Linux 6.6, some network filesystems) answers `EINVAL`: callers fall
+//! back to buffered writes for good.
 
 use std::fs::File;
 use std::io::{self, Write};

@@ -145,8 +145,9 @@ pub struct Journal {
     uploaded: Mutex<(HashMap<String, String>, VecDeque<String>)>,
     /// Makes room on the device for journal bytes (set once the cache is open).
     room: OnceLock<Room>,
-    /// False once the journal's filesystem refused an `O_DIRECT` open or write.
-    direct: AtomicBool,
+    /// False once the journal's filesystem refused an `O_DIRECT` open or write (shared with the
+    /// data files being written, so one refusal stops every later attempt).
+    direct: Arc<AtomicBool>,
 }
 
 /// A write's data file being written: with `O_DIRECT` (see [`crate::direct`]) where the journal's
@@ -155,6 +156,8 @@ pub struct Journal {
 pub struct DataFile {
     file: File,
     direct: bool,
+    /// The journal's flag: cleared when a write is refused.
+    journal_direct: Arc<AtomicBool>,
 }
 
 impl DataFile {
@@ -173,7 +176,11 @@ impl DataFile {
             match direct::write_at(&self.file, offset, pieces, hash.as_deref_mut()) {
                 Ok(()) => return Ok(()),
                 Err(e) if direct::refused(&e) => {
-                    tracing::info!("the journal's filesystem refuses O_DIRECT writes: they go through the page cache");
+                    if self.journal_direct.swap(false, Ordering::Relaxed) {
+                        tracing::info!(
+                            "the journal's filesystem refuses O_DIRECT writes: they go through the page cache"
+                        );
+                    }
                     if let Some(h) = hash.as_deref_mut() {
                         h.reset();
                     }
@@ -234,7 +241,7 @@ impl Journal {
             dirty: AtomicU64::new(0),
             uploaded: Mutex::new((HashMap::new(), VecDeque::new())),
             room: OnceLock::new(),
-            direct: AtomicBool::new(true),
+            direct: Arc::new(AtomicBool::new(true)),
         };
         for r in &found {
             journal.dirty.fetch_add(r.held_bytes(), Ordering::Relaxed);
@@ -282,7 +289,7 @@ impl Journal {
     pub fn create_data(&self, path: &Path) -> io::Result<DataFile> {
         if self.direct.load(Ordering::Relaxed) {
             match direct::create(path) {
-                Ok(file) => return Ok(DataFile { file, direct: true }),
+                Ok(file) => return Ok(DataFile { file, direct: true, journal_direct: self.direct.clone() }),
                 Err(e) if direct::refused(&e) => {
                     tracing::info!(dir = %self.root.display(), "the journal's filesystem refuses O_DIRECT: writes go through the page cache");
                     self.direct.store(false, Ordering::Relaxed);
@@ -290,7 +297,7 @@ impl Journal {
                 Err(e) => return Err(e),
             }
         }
-        Ok(DataFile { file: File::create(path)?, direct: false })
+        Ok(DataFile { file: File::create(path)?, direct: false, journal_direct: self.direct.clone() })
     }
 
     /// Makes the write durable and visible: syncs its folder and writes its record.
@@ -600,9 +607,10 @@ mod tests {
         if shm.is_dir() {
             roots.push(tempfile::tempdir_in(shm).expect("journal test step"));
         }
-        for tmp in &roots {
-            let root = tmp.path().join("j");
-            let chunk = 64 * 1024u64;
+        // 64 KiB chunks stay block-aligned; 10,000-byte chunks put the second chunk at an
+        // unaligned offset, where the file turns to buffered writes for the rest.
+        for (tmp, chunk) in roots.iter().flat_map(|t| [(t, 64 * 1024u64), (t, 10_000)]) {
+            let root = tmp.path().join(format!("j{chunk}"));
             let data: Vec<u8> = (0..(3 * chunk as usize + 5_000)).map(|i| (i * 13 % 251) as u8).collect();
             let wid = "abcdef0123456789abcdef0123456789";
             let (direct, sums) = {
@@ -617,6 +625,8 @@ mod tests {
                     f.write_at(i as u64 * chunk, &pieces, Some(&mut h)).expect("journal test step");
                     sums.push(h.digest());
                 }
+                // An unaligned chunk size leaves the file buffered after its first chunk.
+                assert_eq!(f.is_direct(), direct && chunk.is_multiple_of(ALIGN as u64));
                 f.sync_data().expect("journal test step");
                 let mut r = record(&dir, wid, &[], chunk);
                 r.size = data.len() as u64;
